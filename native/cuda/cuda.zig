@@ -1,0 +1,1 @@
+//! TODO: CUDA driver, cuBLASLt and NVRTC, loaded at run time.

@@ -1,0 +1,31 @@
+//! The root of libngpt: every exported C-ABI symbol is reached from here.
+//! Conventions (see README "Native library"):
+//!   - names are prefix-first: ng_<area>_<verb>, e.g. ng_cpu_matmul, ng_cuda_mem_alloc;
+//!   - a function that can fail returns i32: 0 on success, else a nonzero status, with a message
+//!     naming the failed API kept for ng_last_error;
+//!   - pointers to backend memory travel as u64 addresses.
+const std = @import("std");
+pub const err = @import("err.zig");
+
+comptime {
+    _ = err;
+    _ = @import("host.zig");
+    _ = @import("cpu/pool.zig");
+    _ = @import("cpu/convert.zig");
+    _ = @import("cpu/embed.zig");
+    _ = @import("cpu/layernorm.zig");
+    _ = @import("cpu/matmul.zig");
+    _ = @import("cpu/attention.zig");
+    _ = @import("cpu/gather.zig");
+    _ = @import("cpu/sample.zig");
+    _ = @import("cuda/cuda.zig");
+}
+
+/// Bumped whenever an exported signature changes; src/native/lib.ts checks it.
+export fn ng_version() u32 {
+    return 1;
+}
+
+test {
+    std.testing.refAllDecls(@This());
+}

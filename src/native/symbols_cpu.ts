@@ -1,0 +1,1 @@
+export const cpu_symbols = {} as const satisfies Deno.ForeignLibraryInterface;

@@ -1,0 +1,1 @@
+export const cuda_symbols = {} as const satisfies Deno.ForeignLibraryInterface;
