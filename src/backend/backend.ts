@@ -76,6 +76,8 @@ export interface MatmulArgs {
   K: number;
   act: Activation;
   accumulate: boolean;
+  /** Write `out` as f32 whatever the backend dtype (the LM head's logits). Not with accumulate. */
+  out_f32?: boolean;
 }
 
 /**
@@ -137,6 +139,14 @@ export interface AdvanceArgs {
   B: number;
 }
 
+/** A device-to-host copy in flight (CUDA: into pinned memory, completion tracked by an event). */
+export interface PendingRead {
+  /** True when the bytes have arrived (never blocks). */
+  done(): boolean;
+  /** Waits for the bytes and returns them (a copy the caller owns). */
+  wait(): Uint8Array;
+}
+
 /** A backend: memory, the ops of the GPT-2 forward pass, and step execution. */
 export interface Backend extends Disposable {
   readonly kind: "cpu" | "cuda";
@@ -179,4 +189,11 @@ export interface Backend extends Disposable {
   run_step(key: string, record: () => void): void;
   /** Waits until all enqueued work is done. */
   synchronize(): void;
+  /**
+   * Starts copying `bytes` from `src` to the host behind the work already enqueued, without waiting
+   * (the CPU backend copies at once). Optional: the engine falls back to read().
+   */
+  read_async?(src: Buf, bytes: number): PendingRead;
+  /** Forgets every recorded step (destroys CUDA graphs), e.g. before buffers they use are freed. */
+  reset_steps?(): void;
 }

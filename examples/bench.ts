@@ -1,0 +1,196 @@
+/**
+ * Decode benchmark: tok/s, time per step, TTFT and memory against batch size, with CUDA graphs and
+ * without, for GPT-2 sizes (random weights) or any model path.
+ *
+ *   deno task bench [--device cpu|cuda|auto] [--models gpt2,gpt2-xl] [--batches 1,8,64]
+ *                   [--prompt 64] [--new 256] [--graphs both|on|off] [--dtype bf16]
+ *                   [--json out.json] [--svg chart.svg] [--peer peer.jsonl]
+ *
+ * Models: a GPT-2 size (random weights), `shakespeare` (../shared/models/shakespeare-char), or any
+ * spec load_model accepts. `--peer` reads torch_baseline.py's JSON lines to draw them on the chart.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { create_backend, Engine, GPT, GPT2_SIZES, open_model } from "../mod.ts";
+import { create_tokenizer } from "../src/tokenizer/tokenizer.ts";
+import { render_chart, type Series } from "./bench_chart.ts";
+
+/** One measurement. */
+export interface BenchRow {
+  model: string;
+  batch: number;
+  engine: string;
+  prompt: number;
+  new: number;
+  tok_s: number;
+  step_us: number;
+  ttft_ms: number;
+  weight_bytes: number;
+  kv_bytes: number;
+  /** Bytes the backend allocated (weights, KV cache, workspace). */
+  allocated_bytes: number;
+  /** Device memory in use beyond what was in use before the model (CUDA: driver's view). */
+  peak_device_bytes?: number;
+  device: string;
+  error?: string;
+}
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    device: { type: "string", default: "auto" },
+    models: { type: "string", default: "gpt2" },
+    batches: { type: "string", default: "1" },
+    prompt: { type: "string", default: "64" },
+    new: { type: "string", default: "256" },
+    graphs: { type: "string", default: "both" },
+    dtype: { type: "string" },
+    json: { type: "string" },
+    svg: { type: "string" },
+    peer: { type: "string" },
+    threads: { type: "string" },
+    help: { type: "boolean", short: "h", default: false },
+  },
+});
+if (values.help) {
+  console.log(
+    "deno task bench [--device cpu|cuda|auto] [--models gpt2,...,shakespeare,PATH] [--batches 1,8] " +
+      "[--prompt 64] [--new 256] [--graphs both|on|off] [--dtype bf16|f16|f32] [--json F] [--svg F] [--peer F]",
+  );
+  Deno.exit(0);
+}
+
+const SHAKESPEARE = decodeURIComponent(
+  new URL("../../shared/models/shakespeare-char/ckpt-slim.pt", import.meta.url).pathname,
+);
+const spec_of = (m: string) => m in GPT2_SIZES ? `random:${m}` : m === "shakespeare" ? SHAKESPEARE : m;
+const P = Number(values.prompt), N = Number(values.new);
+const batches = values.batches.split(",").map(Number);
+if (!(P >= 1 && N >= 2) || batches.some((b) => !(b >= 1))) throw new Error("--prompt >= 1, --new >= 2, batches >= 1");
+const rows: BenchRow[] = [];
+
+function rng(seed: number) {
+  let s = seed >>> 0;
+  return () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32);
+}
+
+for (const m of values.models.split(",")) {
+  using source = await open_model(spec_of(m));
+  const tokenizer = create_tokenizer(source.tokenizer);
+  const probe = create_backend({ device: values.device as "auto", dtype: values.dtype as "bf16" | undefined });
+  const is_cuda = probe.kind === "cuda";
+  probe[Symbol.dispose]();
+  const modes = !is_cuda ? [true] : values.graphs === "both" ? [true, false] : [values.graphs !== "off"];
+  for (const graphs of modes) {
+    const mem0 = is_cuda ? await cuda_used_bytes() : 0;
+    using backend = create_backend({
+      device: is_cuda ? "cuda" : "cpu",
+      dtype: values.dtype as "bf16" | undefined,
+      graphs,
+      threads: values.threads ? Number(values.threads) : undefined,
+    });
+    using gpt = await GPT.load(backend, source);
+    const engine_name = is_cuda ? (graphs ? "ngpt" : "ngpt-nographs") : "ngpt-cpu";
+    console.error(`${m}: ${backend.device_name}, ${engine_name}, weights ${(gpt.weight_bytes / 2 ** 20).toFixed(0)} MiB`);
+    for (const B of batches) {
+      const base: BenchRow = {
+        model: m,
+        batch: B,
+        engine: engine_name,
+        prompt: P,
+        new: N,
+        tok_s: 0,
+        step_us: 0,
+        ttft_ms: 0,
+        weight_bytes: gpt.weight_bytes,
+        kv_bytes: 0,
+        allocated_bytes: 0,
+        device: backend.device_name,
+      };
+      try {
+        using engine = new Engine(gpt, tokenizer, { context_overflow: "error" });
+        const r = rng(B);
+        const V = gpt.config.vocab_size;
+        const prompts = Array.from({ length: B }, () => Array.from({ length: P }, () => Math.floor(r() * V)));
+        const reqs = (n: number) =>
+          prompts.map((prompt) => ({ prompt, max_new_tokens: n, temperature: 0, stop_at_eot: false }));
+        engine.reserve(B, P + N);
+        await engine.generate(reqs(Math.min(N, 4))); // warm-up: compiles kernels, records every step
+        await engine.generate(reqs(N));
+        const st = engine.stats;
+        const row: BenchRow = {
+          ...base,
+          tok_s: B * st.decode_steps / (st.decode_ms / 1000),
+          step_us: st.decode_ms * 1000 / st.decode_steps,
+          ttft_ms: st.ttft_ms,
+          kv_bytes: engine.kv_bytes,
+          allocated_bytes: backend.allocated_bytes(),
+        };
+        if (is_cuda) row.peak_device_bytes = (await cuda_used_bytes()) - mem0;
+        rows.push(row);
+        console.log(JSON.stringify(row));
+      } catch (e) {
+        rows.push({ ...base, error: (e as Error).message.slice(0, 300) });
+        console.log(JSON.stringify(rows[rows.length - 1]));
+      }
+    }
+  }
+}
+
+/** Device memory in use (total - free) on CUDA device 0. */
+async function cuda_used_bytes(): Promise<number> {
+  const { cuda_mem_info } = await import("../src/backend/cuda.ts");
+  const m = cuda_mem_info();
+  return m.total_bytes - m.free_bytes;
+}
+
+const peers: BenchRow[] = [];
+if (values.peer) {
+  for (const line of Deno.readTextFileSync(values.peer).split("\n")) {
+    if (!line.startsWith("{")) continue;
+    const r = JSON.parse(line);
+    if (r.engine && r.tok_s) peers.push({ ...r, engine: `torch-${r.engine}` });
+  }
+}
+const all = [...rows, ...peers];
+const device = rows.find((r) => !r.error)?.device ?? "unknown device";
+if (values.json) {
+  Deno.writeTextFileSync(values.json, JSON.stringify({ device, date: new Date().toISOString(), rows: all }, null, 2));
+}
+if (values.svg) {
+  const series = new Map<string, Series>();
+  for (const r of all) {
+    if (r.error || !r.tok_s) continue;
+    const key = `${r.model} ${r.engine}`;
+    if (!series.has(key)) series.set(key, { name: key, points: [] });
+    series.get(key)!.points.push([r.batch, r.tok_s]);
+  }
+  Deno.writeTextFileSync(
+    values.svg,
+    render_chart(
+      [...series.values()],
+      `Decode throughput vs batch size (prompt ${P}, ${N} new tokens) on ${device}, ${
+        new Date().toISOString().slice(0, 10)
+      }`,
+    ),
+  );
+}
+
+const pad = (s: string | number, n: number) => String(s).padStart(n);
+console.log(
+  `\n${"model".padEnd(12)} ${pad("B", 4)} ${"engine".padEnd(16)} ${pad("tok/s", 10)} ${pad("step_us", 9)} ${
+    pad("ttft_ms", 8)
+  } ${pad("mem_MiB", 8)}`,
+);
+for (const r of all) {
+  if (r.error) {
+    console.log(`${r.model.padEnd(12)} ${pad(r.batch, 4)} ${r.engine.padEnd(16)} ERROR ${r.error.slice(0, 80)}`);
+    continue;
+  }
+  const mem = r.peak_device_bytes ?? r.allocated_bytes;
+  console.log(
+    `${r.model.padEnd(12)} ${pad(r.batch, 4)} ${r.engine.padEnd(16)} ${pad(r.tok_s.toFixed(0), 10)} ${
+      pad(r.step_us.toFixed(1), 9)
+    } ${pad(r.ttft_ms.toFixed(2), 8)} ${pad(mem ? (mem / 2 ** 20).toFixed(0) : "-", 8)}`,
+  );
+}

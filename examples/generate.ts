@@ -1,0 +1,151 @@
+/**
+ * Generates text from a GPT-2 or nanoGPT model and streams it to stdout (logs go to stderr).
+ *
+ *   deno run -A examples/generate.ts --model PATH_OR_NAME [options] [PROMPT]
+ *
+ * Run with --help for the options. The prompt comes from the arguments, else from stdin.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { load_model, SAMPLING_DEFAULTS } from "../mod.ts";
+
+const HELP = `Usage: deno run -A examples/generate.ts --model PATH_OR_NAME [options] [PROMPT]
+
+Generates a continuation of PROMPT (or of stdin when no prompt is given) and streams it to stdout.
+
+Model (--model, required):
+  path/to/ckpt.pt         a nanoGPT checkpoint (its out_dir works too); meta.pkl beside it gives the
+                          character vocabulary, else GPT-2 BPE
+  path/to/hf_dir          a Hugging Face GPT-2 directory (config.json + model.safetensors)
+  gpt2 | gpt2-xl | org/m  a hub name: downloaded into the cache (NGPT_CACHE, default ~/.cache/ngpt)
+  random:gpt2-xl          random weights of a GPT-2 size (for benchmarks)
+
+Options:
+  --device auto|cpu|cuda  where to run (default auto: CUDA when a device works, else the CPU)
+  --dtype bf16|f16|f32    storage type on CUDA (default bf16; the CPU runs f32)
+  --no-graphs             launch kernels one by one instead of one CUDA graph per step
+  --max-new-tokens N      tokens to generate (default ${SAMPLING_DEFAULTS.max_new_tokens})
+  --temperature T         0 = greedy (default ${SAMPLING_DEFAULTS.temperature})
+  --top-k K               0 = off (default ${SAMPLING_DEFAULTS.top_k})
+  --top-p P               1 = off (default ${SAMPLING_DEFAULTS.top_p})
+  --seed S                same seed, same text (default: random)
+  --stop STR              stop at this string (repeatable)
+  --no-eot                do not stop at the end-of-text token
+  --num-samples N         generate N samples of the prompt in one batch (seeds seed, seed+1, ...)
+  --context slide|error   past the model's context: slide like nanoGPT's sample.py, or fail
+  --threads N             CPU threads (default all cores)
+  --revision REV          hub revision (default main)
+  --echo                  print the prompt before the continuation
+  --quiet                 no logs on stderr
+  -h, --help              this help
+`;
+
+function num(name: string, v: string | undefined, int: boolean): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === "" || !Number.isFinite(n) || (int && !Number.isInteger(n))) {
+    throw new Error(`--${name} expects ${int ? "an integer" : "a number"}, got "${v}"`);
+  }
+  return n;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      model: { type: "string" },
+      device: { type: "string", default: "auto" },
+      dtype: { type: "string" },
+      "no-graphs": { type: "boolean", default: false },
+      "max-new-tokens": { type: "string" },
+      temperature: { type: "string" },
+      "top-k": { type: "string" },
+      "top-p": { type: "string" },
+      seed: { type: "string" },
+      stop: { type: "string", multiple: true },
+      "no-eot": { type: "boolean", default: false },
+      "num-samples": { type: "string" },
+      context: { type: "string", default: "slide" },
+      threads: { type: "string" },
+      revision: { type: "string" },
+      echo: { type: "boolean", default: false },
+      quiet: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (!values.model) {
+    console.error("error: --model is required (see --help)");
+    return 2;
+  }
+  let prompt = positionals.join(" ");
+  if (positionals.length === 0) {
+    if (Deno.stdin.isTerminal()) console.error("reading the prompt from stdin (end with Ctrl-D)...");
+    prompt = await new Response(Deno.stdin.readable).text();
+  }
+  const log = values.quiet ? undefined : (m: string) => console.error(m);
+  const opts = {
+    max_new_tokens: num("max-new-tokens", values["max-new-tokens"], true),
+    temperature: num("temperature", values.temperature, false),
+    top_k: num("top-k", values["top-k"], true),
+    top_p: num("top-p", values["top-p"], false),
+    seed: num("seed", values.seed, true),
+    stop: values.stop,
+    stop_at_eot: !values["no-eot"],
+  };
+  const n_samples = num("num-samples", values["num-samples"], true) ?? 1;
+  if (n_samples < 1) throw new Error(`--num-samples must be >= 1, got ${n_samples}`);
+  const t0 = performance.now();
+  using model = await load_model(values.model, {
+    device: values.device as "auto" | "cpu" | "cuda",
+    dtype: values.dtype as "bf16" | "f16" | "f32" | undefined,
+    graphs: !values["no-graphs"],
+    threads: num("threads", values.threads, true),
+    revision: values.revision,
+    context_overflow: values.context as "slide" | "error",
+    log,
+  });
+  log?.(`loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s`);
+  const out = new TextEncoder();
+  const write = (s: string) => {
+    const bytes = out.encode(s);
+    let off = 0;
+    while (off < bytes.length) off += Deno.stdout.writeSync(bytes.subarray(off));
+  };
+  if (values.echo) write(prompt);
+  let tokens = 0;
+  const t1 = performance.now();
+  if (n_samples === 1) {
+    for await (const piece of model.stream(prompt, opts)) write(piece);
+    write("\n");
+  } else {
+    const seed = opts.seed ?? Math.floor(Math.random() * 2 ** 31);
+    const reqs = Array.from({ length: n_samples }, (_, i) => ({ ...opts, prompt, seed: seed + i }));
+    const results = await model.engine.generate(reqs);
+    results.forEach((r, i) => {
+      write(`${i > 0 ? "---------------\n" : ""}${values.echo && i > 0 ? prompt : ""}${r.text}\n`);
+      tokens += r.tokens.length;
+    });
+  }
+  const st = model.engine.stats;
+  log?.(
+    `${model.backend.device_name}: first token ${st.ttft_ms.toFixed(1)} ms, ${st.decode_steps} decode steps in ` +
+      `${st.decode_ms.toFixed(1)} ms (${(st.decode_ms * 1000 / Math.max(1, st.decode_steps)).toFixed(0)} us/step), ` +
+      `total ${(performance.now() - t1).toFixed(0)} ms`,
+  );
+  void tokens;
+  return 0;
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
+}

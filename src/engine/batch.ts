@@ -1,0 +1,80 @@
+/**
+ * The device-side state of a batch, allocated once for (batch, max_T): the KV cache, the
+ * per-sequence lengths / new-token counts / sampling parameters, the prompt token slots and the
+ * activation workspace. Everything a recorded step points at lives here, so steps (CUDA graphs)
+ * stay valid until the batch is disposed.
+ * @module
+ */
+import type { Buf } from "../backend/backend.ts";
+import { dtype_bytes } from "../backend/backend.ts";
+import type { GPT, LayerCache, StepState, Workspace } from "../model/gpt.ts";
+
+/** Device state for up to `batch` sequences of up to `max_T` tokens. */
+export class DeviceBatch implements Disposable {
+  readonly batch: number;
+  readonly max_T: number;
+  /** Token slots per sequence in `tokens` (the largest prefill T). */
+  readonly slots: number;
+  readonly state: StepState;
+  readonly cache: LayerCache[];
+  readonly ws: Workspace;
+  /** Prompt tokens (batch, slots) int32. */
+  readonly tokens: Buf;
+  /** Bytes of the KV cache. */
+  readonly kv_bytes: number;
+  #model: GPT;
+  #owned: Buf[] = [];
+
+  /** Allocates everything up front; on failure frees what it took and rethrows. */
+  constructor(model: GPT, batch: number, max_T: number, max_rows: number) {
+    const c = model.config, be = model.backend;
+    if (!(batch >= 1 && max_T >= 1 && max_T <= c.block_size)) {
+      throw new RangeError(`batch ${batch} x max_T ${max_T}: need batch >= 1 and 1 <= max_T <= ${c.block_size}`);
+    }
+    this.#model = model;
+    this.batch = batch;
+    this.max_T = max_T;
+    this.slots = max_T;
+    const a = (bytes: number, label: string) => {
+      const b = be.alloc(bytes, label);
+      this.#owned.push(b);
+      return b;
+    };
+    const D = c.n_embd / c.n_head;
+    const layer_bytes = batch * c.n_head * max_T * D * dtype_bytes(be.dtype);
+    this.kv_bytes = 2 * c.n_layer * layer_bytes;
+    try {
+      this.state = {
+        lengths: a(batch * 4, "lengths"),
+        n_new: a(batch * 4, "n_new"),
+        temperature: a(batch * 4, "temperature"),
+        top_k: a(batch * 4, "top_k"),
+        top_p: a(batch * 4, "top_p"),
+        seed: a(batch * 8, "seed"),
+        next_token: a(batch * 4, "next_token"),
+      };
+      this.tokens = a(batch * this.slots * 4, "prompt tokens");
+      this.cache = [];
+      for (let l = 0; l < c.n_layer; l++) {
+        this.cache.push({ k: a(layer_bytes, `kv cache layer ${l} k`), v: a(layer_bytes, `kv cache layer ${l} v`) });
+      }
+      const rows = Math.max(batch, Math.min(max_rows, batch * max_T));
+      this.ws = model.alloc_workspace(rows, batch);
+    } catch (e) {
+      this.#free_owned();
+      throw e;
+    }
+  }
+
+  #free_owned(): void {
+    for (const b of this.#owned) this.#model.backend.free(b);
+    this.#owned = [];
+  }
+
+  /** Frees every buffer of the batch. */
+  [Symbol.dispose](): void {
+    if (this.#owned.length === 0) return;
+    this.#model.free_workspace(this.ws);
+    this.#free_owned();
+  }
+}

@@ -1,0 +1,441 @@
+/**
+ * The engine: runs batches of requests through a model on its backend. It owns the device batch
+ * (KV cache, lengths, sampling parameters), turns prompts into a ragged prefill step, then runs
+ * one decode step per token — each a recorded step (a CUDA graph keyed by phase and shape) — and
+ * reads sampled tokens back one step behind, so the host never stalls the device in steady state.
+ * @module
+ */
+import type { Backend, Buf, PendingRead } from "../backend/backend.ts";
+import { sub_buf } from "../backend/buf.ts";
+import type { GPT } from "../model/gpt.ts";
+import type { Tokenizer } from "../tokenizer/tokenizer.ts";
+import { DeviceBatch } from "./batch.ts";
+import { resolve_sampling, type ResolvedSampling, type SamplingOptions, seed_words } from "./sampling.ts";
+import { TextStream } from "./text_stream.ts";
+
+/** One generation request: a prompt (text or token ids) and its sampling options. */
+export interface GenerateRequest extends SamplingOptions {
+  prompt: string | number[];
+}
+
+/** Why a sequence ended. */
+export type FinishReason = "length" | "eot" | "stop";
+
+/** The outcome of one request. */
+export interface GenerateResult {
+  /** Generated text (without the prompt, the end-of-text token or the stop string). */
+  text: string;
+  /** Generated token ids (the end-of-text token included when it ended the sequence). */
+  tokens: number[];
+  finish_reason: FinishReason;
+  /** Prompt length in tokens (before any cropping to the context). */
+  prompt_tokens: number;
+}
+
+/** A piece of text from sequence `index`; `done` is set on its last piece. */
+export interface TextEvent {
+  index: number;
+  text: string;
+  done?: FinishReason;
+}
+
+/** What happens past the model's context (block_size). */
+export type ContextOverflow = "slide" | "error";
+
+/** Engine options. */
+export interface EngineOptions {
+  /**
+   * "slide" (default) follows nanoGPT's sample.py: keep the last block_size tokens and recompute;
+   * "error" refuses prompts + max_new_tokens longer than the context.
+   */
+  context_overflow?: ContextOverflow;
+  /** Most token slots one step processes; larger prefills are split by sequence (default 16384). */
+  max_prefill_rows?: number;
+}
+
+/** Timings of the last run, in milliseconds from its start. */
+export interface RunStats {
+  /** Time to the first token of every sequence on the host. */
+  ttft_ms: number;
+  /** Decode steps launched. */
+  decode_steps: number;
+  /** Time from the first token to the end. */
+  decode_ms: number;
+  total_ms: number;
+}
+
+interface Seq {
+  req: ResolvedSampling;
+  prompt: number[];
+  /** Prompt + generated tokens (for sliding past the context). */
+  history: number[];
+  generated: number[];
+  text: TextStream;
+  done: FinishReason | null;
+  /** Tokens in this sequence's KV cache on the device, as the host mirrors it. */
+  len: number;
+  /** Whether the device treats the sequence as active (n_new = 1). */
+  active: boolean;
+}
+
+function next_pow2(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+/** Runs generation on one model. */
+export class Engine implements Disposable {
+  readonly model: GPT;
+  readonly tokenizer: Tokenizer;
+  readonly context_overflow: ContextOverflow;
+  readonly max_prefill_rows: number;
+  /** Timings of the last run. */
+  stats: RunStats = { ttft_ms: 0, decode_steps: 0, decode_ms: 0, total_ms: 0 };
+  #batch: DeviceBatch | null = null;
+  #busy = false;
+
+  constructor(model: GPT, tokenizer: Tokenizer, opts: EngineOptions = {}) {
+    this.model = model;
+    this.tokenizer = tokenizer;
+    this.context_overflow = opts.context_overflow ?? "slide";
+    this.max_prefill_rows = opts.max_prefill_rows ?? 16384;
+    if (this.context_overflow !== "slide" && this.context_overflow !== "error") {
+      throw new RangeError(`context_overflow must be "slide" or "error", got ${this.context_overflow}`);
+    }
+  }
+
+  get #be(): Backend {
+    return this.model.backend;
+  }
+
+  /** Bytes of the KV cache currently allocated. */
+  get kv_bytes(): number {
+    return this.#batch?.kv_bytes ?? 0;
+  }
+
+  /**
+   * Allocates the device batch for `batch` sequences of up to `max_T` tokens now, so that later
+   * runs within it allocate nothing and reuse their recorded steps.
+   */
+  reserve(batch: number, max_T: number): void {
+    this.#ensure_batch(batch, this.#cache_T(Math.min(max_T, this.model.config.block_size)));
+  }
+
+  /** Tokenizes a prompt (or checks given ids); an empty prompt starts from end-of-text when there is one. */
+  encode_prompt(prompt: string | number[]): number[] {
+    const V = this.model.config.vocab_size;
+    const ids = typeof prompt === "string" ? this.tokenizer.encode(prompt) : [...prompt];
+    for (let i = 0; i < ids.length; i++) {
+      if (!Number.isInteger(ids[i]) || ids[i] < 0 || ids[i] >= V) {
+        throw new RangeError(`prompt token ${i} is ${ids[i]}: token ids must be integers in [0, ${V})`);
+      }
+    }
+    if (ids.length === 0) {
+      if (this.tokenizer.eot_id === null) throw new Error("the prompt is empty and the tokenizer has no end-of-text token");
+      ids.push(this.tokenizer.eot_id);
+    }
+    return ids;
+  }
+
+  /** Makes sure the device batch holds `B` sequences of `max_T` tokens (reallocating if smaller). */
+  #ensure_batch(B: number, max_T: number): DeviceBatch {
+    const cur = this.#batch;
+    if (cur && cur.batch >= B && cur.max_T >= max_T) return cur;
+    const want_B = Math.max(B, cur?.batch ?? 0);
+    const want_T = Math.min(this.model.config.block_size, Math.max(max_T, cur?.max_T ?? 0));
+    if (cur) {
+      this.#be.synchronize();
+      this.#be.reset_steps?.();
+      cur[Symbol.dispose]();
+      this.#batch = null;
+    }
+    this.#batch = new DeviceBatch(this.model, want_B, want_T, this.max_prefill_rows);
+    return this.#batch;
+  }
+
+  /** Writes int32 values for sequences 0..n-1 into a per-sequence buffer. */
+  #write_i32(buf: Buf, values: number[]): void {
+    this.#be.write(buf, Int32Array.from(values));
+  }
+
+  /**
+   * Runs one ragged step for sequences 0..B-1: `inputs[b]` are its new tokens (empty: inactive),
+   * `lengths[b]` what its cache already holds. Split into groups of sequences so that each group's
+   * B*T token slots fit the workspace. With T == 1 and inputs taken from next_token, use #decode.
+   */
+  #ragged_step(batch: DeviceBatch, inputs: number[][], lengths: number[], sample = true): void {
+    const B = inputs.length, be = this.#be;
+    const longest = Math.max(1, ...inputs.map((x) => x.length));
+    const T = Math.min(batch.max_T, Math.max(16, next_pow2(longest)));
+    if (longest > batch.max_T) throw new Error(`internal: step of ${longest} tokens > cache ${batch.max_T}`);
+    const toks = new Int32Array(B * T);
+    inputs.forEach((x, b) => toks.set(x, b * T));
+    be.write(batch.tokens, toks);
+    this.#write_i32(batch.state.lengths, lengths);
+    this.#write_i32(batch.state.n_new, inputs.map((x) => x.length));
+    const group = Math.max(1, Math.min(B, Math.floor(batch.ws.rows / T)));
+    const c = this.model.config;
+    const layer_seq_bytes = c.n_head * batch.max_T * (c.n_embd / c.n_head) *
+      (be.dtype === "f32" ? 4 : 2);
+    for (let b0 = 0; b0 < B; b0 += group) {
+      const nb = Math.min(group, B - b0);
+      const s = batch.state;
+      const v4 = (buf: Buf) => sub_buf(buf, b0 * 4, nb * 4);
+      const st = {
+        lengths: v4(s.lengths),
+        n_new: v4(s.n_new),
+        temperature: v4(s.temperature),
+        top_k: v4(s.top_k),
+        top_p: v4(s.top_p),
+        seed: sub_buf(s.seed, b0 * 8, nb * 8),
+        next_token: v4(s.next_token),
+      };
+      const cache = batch.cache.map((l) => ({
+        k: sub_buf(l.k, b0 * layer_seq_bytes, nb * layer_seq_bytes),
+        v: sub_buf(l.v, b0 * layer_seq_bytes, nb * layer_seq_bytes),
+      }));
+      const tokens = sub_buf(batch.tokens, b0 * T * 4, nb * T * 4);
+      be.run_step(
+        `prefill:${b0}:${nb}:${T}:${sample ? "s" : "n"}`,
+        () => this.model.forward(batch.ws, st, cache, tokens, nb, T, batch.max_T, sample),
+      );
+    }
+  }
+
+  /** One decode step for sequences 0..B-1: input = next_token, one slot each. */
+  #decode(batch: DeviceBatch, B: number, sample = true): void {
+    const s = batch.state;
+    this.#be.run_step(
+      `decode:${B}:${sample ? "s" : "n"}`,
+      () => this.model.forward(batch.ws, s, batch.cache, s.next_token, B, 1, batch.max_T, sample),
+    );
+  }
+
+  #read_tokens(batch: DeviceBatch, B: number): PendingRead {
+    const be = this.#be;
+    if (be.read_async) return be.read_async(batch.state.next_token, B * 4);
+    const out = new Uint8Array(B * 4);
+    be.read(batch.state.next_token, out);
+    return { done: () => true, wait: () => out };
+  }
+
+  /**
+   * Generates for a batch of requests, yielding text pieces as tokens come back. One request per
+   * sequence; each has its own sampling parameters, seed and stop conditions.
+   */
+  async *run(requests: GenerateRequest[]): AsyncGenerator<TextEvent> {
+    if (this.#busy) throw new Error("this engine is already generating: one run at a time");
+    if (requests.length === 0) return;
+    this.#busy = true;
+    try {
+      yield* this.#run(requests);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  async *#run(requests: GenerateRequest[]): AsyncGenerator<TextEvent> {
+    const t0 = performance.now();
+    const cfg = this.model.config, bs = cfg.block_size, eot = this.tokenizer.eot_id;
+    const seqs: Seq[] = requests.map((r, i) => {
+      let req: ResolvedSampling;
+      try {
+        req = resolve_sampling(r);
+      } catch (e) {
+        if (e instanceof Error) e.message = `request ${i}: ${e.message}`;
+        throw e;
+      }
+      const prompt = this.encode_prompt(r.prompt);
+      if (this.context_overflow === "error" && prompt.length + req.max_new_tokens > bs) {
+        throw new RangeError(
+          `request ${i}: prompt (${prompt.length} tokens) + max_new_tokens (${req.max_new_tokens}) exceeds ` +
+            `the model's context of ${bs} tokens (context_overflow is "error")`,
+        );
+      }
+      return {
+        req,
+        prompt,
+        history: [...prompt],
+        generated: [],
+        text: new TextStream(this.tokenizer, req.stop),
+        done: req.max_new_tokens === 0 ? "length" : null,
+        len: 0,
+        active: false,
+      };
+    });
+    const B = seqs.length;
+    for (let b = 0; b < B; b++) if (seqs[b].done) yield { index: b, text: "", done: seqs[b].done! };
+    if (seqs.every((s) => s.done)) return;
+
+    const needed = Math.max(...seqs.map((s) => Math.min(bs, s.prompt.length + s.req.max_new_tokens)));
+    const batch = this.#ensure_batch(B, Math.min(bs, Math.ceil(needed / 64) * 64));
+    const be = this.#be;
+    // Per-sequence sampling parameters.
+    be.write(batch.state.temperature, Float32Array.from(seqs.map((s) => s.req.temperature)));
+    this.#write_i32(batch.state.top_k, seqs.map((s) => s.req.top_k));
+    be.write(batch.state.top_p, Float32Array.from(seqs.map((s) => s.req.top_p)));
+    be.write(batch.state.seed, Uint32Array.from(seqs.flatMap((s) => seed_words(s.req.seed))));
+
+    // Prefill: every prompt at once, cropped to the context as nanoGPT does.
+    const inputs = seqs.map((s) => s.done ? [] : s.prompt.slice(-Math.min(bs, batch.max_T)));
+    this.#ragged_step(batch, inputs, seqs.map(() => 0));
+    seqs.forEach((s, b) => {
+      s.len = inputs[b].length;
+      s.active = inputs[b].length > 0;
+    });
+    let pending: PendingRead | null = this.#read_tokens(batch, B);
+    let first = true;
+    let steps = 0;
+    let t_first = t0;
+
+    const process = (bytes: Uint8Array): TextEvent[] => {
+      const toks = new Int32Array(bytes.buffer, bytes.byteOffset, B);
+      const events: TextEvent[] = [];
+      for (let b = 0; b < B; b++) {
+        const s = seqs[b];
+        if (s.done) continue;
+        const t = toks[b];
+        s.generated.push(t);
+        s.history.push(t);
+        let piece = "";
+        if (s.req.stop_at_eot && eot !== null && t === eot) s.done = "eot";
+        else {
+          piece = s.text.push(t);
+          if (s.text.stopped) s.done = "stop";
+        }
+        if (!s.done && s.generated.length >= s.req.max_new_tokens) s.done = "length";
+        if (s.done && s.done !== "stop") piece += s.text.finish();
+        if (piece || s.done) events.push(s.done ? { index: b, text: piece, done: s.done } : { index: b, text: piece });
+      }
+      return events;
+    };
+    const deactivate_finished = () => {
+      if (!seqs.some((s) => s.done && s.active)) return;
+      for (const s of seqs) if (s.done) s.active = false;
+      this.#write_i32(batch.state.n_new, seqs.map((s) => s.active ? 1 : 0));
+    };
+
+    while (true) {
+      if (seqs.every((s) => s.done)) break;
+      const slide = seqs.some((s) => !s.done && s.active && s.len + 1 > batch.max_T);
+      if (slide) {
+        // Past the context: wait for the latest tokens, then recompute the sliding sequences
+        // over their last max_T tokens (positions restart at 0) in one ragged step.
+        if (pending) {
+          const ev = process(pending.wait());
+          pending = null;
+          if (ev.length) yield* ev;
+          if (seqs.every((s) => s.done)) break;
+        }
+        const sliding = seqs.map((s) => !s.done && s.len + 1 > batch.max_T);
+        const ins = seqs.map((s, b) => {
+          if (s.done) return [];
+          return sliding[b] ? s.history.slice(-batch.max_T) : [s.history[s.history.length - 1]];
+        });
+        const lens = seqs.map((s, b) => sliding[b] ? 0 : s.len);
+        this.#ragged_step(batch, ins, lens);
+        seqs.forEach((s, b) => {
+          s.active = ins[b].length > 0;
+          s.len = lens[b] + ins[b].length;
+        });
+        this.#write_i32(batch.state.n_new, seqs.map((s) => s.active ? 1 : 0));
+        pending = this.#read_tokens(batch, B);
+        steps++;
+        continue;
+      }
+      // Steady state: launch step k+1, then handle step k's tokens while the device works.
+      this.#decode(batch, B);
+      steps++;
+      for (const s of seqs) if (s.active) s.len++;
+      const next = this.#read_tokens(batch, B);
+      if (pending) {
+        const ev = process(pending.wait());
+        if (first) {
+          t_first = performance.now();
+          first = false;
+        }
+        if (ev.length) yield* ev;
+        deactivate_finished();
+      }
+      pending = next;
+    }
+    if (first) t_first = performance.now();
+    be.synchronize();
+    const t_end = performance.now();
+    this.stats = { ttft_ms: t_first - t0, decode_steps: steps, decode_ms: t_end - t_first, total_ms: t_end - t0 };
+    this.#last_results = seqs.map((s) => ({
+      text: s.text.text,
+      tokens: s.generated,
+      finish_reason: s.done ?? "length",
+      prompt_tokens: s.prompt.length,
+    }));
+  }
+
+  #last_results: GenerateResult[] = [];
+
+  /** Generates for every request and returns the results in order. */
+  async generate(requests: GenerateRequest[]): Promise<GenerateResult[]> {
+    for await (const _ of this.run(requests)) { /* collect at the end */ }
+    return this.#last_results;
+  }
+
+  /**
+   * Logits (f32, vocab_size each) at the last position of each prompt, from one prefill step.
+   * Starts from an empty cache; for tests and scoring.
+   */
+  prefill_logits(prompts: number[][]): Float32Array[] {
+    const B = prompts.length, V = this.model.config.vocab_size;
+    for (const p of prompts) this.#check_fits(p);
+    const batch = this.#ensure_batch(B, this.#cache_T(Math.max(...prompts.map((p) => p.length))));
+    this.#ragged_step(batch, prompts, prompts.map(() => 0), false);
+    return this.#read_logits(batch, B, V);
+  }
+
+  /**
+   * Logits at every position of `ids`, computed the way generation does: a prefill of the first
+   * `prefill` tokens, then one decode step per following token (teacher forcing through the KV cache).
+   */
+  teacher_forced_logits(ids: number[], prefill = 1): Float32Array[] {
+    this.#check_fits(ids);
+    const V = this.model.config.vocab_size;
+    const batch = this.#ensure_batch(1, this.#cache_T(ids.length));
+    const out: Float32Array[] = [];
+    this.#ragged_step(batch, [ids.slice(0, prefill)], [0], false);
+    out.push(...this.#read_logits(batch, 1, V));
+    for (let t = prefill; t < ids.length; t++) {
+      this.#write_i32(batch.state.next_token, [ids[t]]);
+      this.#write_i32(batch.state.n_new, [1]);
+      this.#decode(batch, 1, false);
+      out.push(...this.#read_logits(batch, 1, V));
+    }
+    return out;
+  }
+
+  #check_fits(ids: number[]): void {
+    this.encode_prompt(ids);
+    if (ids.length > this.model.config.block_size) {
+      throw new RangeError(`${ids.length} tokens exceed the model's context of ${this.model.config.block_size}`);
+    }
+  }
+
+  #cache_T(n: number): number {
+    return Math.min(this.model.config.block_size, Math.ceil(n / 64) * 64);
+  }
+
+  #read_logits(batch: DeviceBatch, B: number, V: number): Float32Array[] {
+    const all = new Float32Array(B * V);
+    this.#be.read(batch.ws.logits, all);
+    return Array.from({ length: B }, (_, b) => all.slice(b * V, (b + 1) * V));
+  }
+
+  /** Frees the device batch (KV cache, workspace) and forgets recorded steps. */
+  [Symbol.dispose](): void {
+    if (this.#batch) {
+      this.#be.synchronize();
+      this.#be.reset_steps?.();
+      this.#batch[Symbol.dispose]();
+      this.#batch = null;
+    }
+  }
+}

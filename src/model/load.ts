@@ -1,0 +1,152 @@
+/**
+ * load_model: from a checkpoint path, a Hugging Face directory, a hub name or `random:<size>` to a
+ * model on a backend with its tokenizer and engine, ready to generate.
+ * @module
+ */
+import type { Backend, DType } from "../backend/backend.ts";
+import { create_cpu_backend } from "../backend/cpu.ts";
+import { create_cuda_backend, cuda_status } from "../backend/cuda.ts";
+import { type ContextOverflow, Engine, type GenerateRequest, type GenerateResult } from "../engine/engine.ts";
+import type { SamplingOptions } from "../engine/sampling.ts";
+import { open_model } from "../loaders/open_model.ts";
+import { create_tokenizer, type Tokenizer } from "../tokenizer/tokenizer.ts";
+import type { GPTConfig } from "./config.ts";
+import { GPT } from "./gpt.ts";
+
+/** Where to run: "auto" picks CUDA when a device works, else the CPU. */
+export type DeviceKind = "auto" | "cpu" | "cuda";
+
+/** Options of load_model. */
+export interface LoadOptions {
+  /** Default "auto". */
+  device?: DeviceKind;
+  /** Storage type on CUDA (default "bf16"); the CPU backend computes in "f32" only. */
+  dtype?: DType;
+  /** CUDA graphs for every step (default true); false launches kernels one by one. */
+  graphs?: boolean;
+  /** CPU threads (default: all cores). */
+  threads?: number;
+  /** CUDA device ordinal (default 0). */
+  cuda_device?: number;
+  /** Hub revision for hub names (default "main"). */
+  revision?: string;
+  /** Cache directory for downloads and compiled kernels. */
+  cache_dir?: string;
+  /** Past the context: "slide" like nanoGPT's sample.py (default) or "error". */
+  context_overflow?: ContextOverflow;
+  /** Path of libngpt (default: NGPT_LIB, then the repo's zig-out). */
+  lib_path?: string;
+  /** Called with progress messages (default: none). */
+  log?: (msg: string) => void;
+}
+
+/** Picks and creates the backend for `opts`; throws a clear Error when the choice cannot run. */
+export function create_backend(opts: LoadOptions = {}): Backend {
+  const device = opts.device ?? "auto";
+  if (!["auto", "cpu", "cuda"].includes(device)) {
+    throw new RangeError(`device must be "auto", "cpu" or "cuda", got "${device}"`);
+  }
+  let use_cuda = device === "cuda";
+  if (device === "auto") {
+    const st = cuda_status();
+    use_cuda = st.ok;
+    if (!st.ok) opts.log?.(`no usable CUDA device (${st.reason}): using the CPU`);
+  }
+  if (use_cuda) {
+    return create_cuda_backend({
+      dtype: opts.dtype ?? "bf16",
+      graphs: opts.graphs ?? true,
+      device: opts.cuda_device,
+      lib_path: opts.lib_path,
+      cache_dir: opts.cache_dir,
+    });
+  }
+  if (opts.dtype && opts.dtype !== "f32") {
+    throw new RangeError(`the CPU backend computes in f32 only; dtype "${opts.dtype}" needs --device cuda`);
+  }
+  return create_cpu_backend({ threads: opts.threads, lib_path: opts.lib_path });
+}
+
+/** A loaded model: weights on a backend, its tokenizer, and an engine to generate with. */
+export class Model implements Disposable {
+  readonly config: GPTConfig;
+  readonly tokenizer: Tokenizer;
+  readonly backend: Backend;
+  readonly gpt: GPT;
+  readonly engine: Engine;
+  /** Where the weights came from. */
+  readonly origin: string;
+  #own_backend: boolean;
+
+  constructor(gpt: GPT, tokenizer: Tokenizer, origin: string, engine: Engine, own_backend: boolean) {
+    this.gpt = gpt;
+    this.config = gpt.config;
+    this.backend = gpt.backend;
+    this.tokenizer = tokenizer;
+    this.origin = origin;
+    this.engine = engine;
+    this.#own_backend = own_backend;
+  }
+
+  /** Generates a continuation of one prompt. */
+  async generate(prompt: string | number[], opts: SamplingOptions = {}): Promise<GenerateResult> {
+    return (await this.engine.generate([{ ...opts, prompt }]))[0];
+  }
+
+  /**
+   * Generates for a batch of prompts in one batch on the device. Each item is a prompt, or a
+   * request with its own sampling options; `opts` gives the defaults.
+   */
+  generate_batch(
+    prompts: (string | number[] | GenerateRequest)[],
+    opts: SamplingOptions = {},
+  ): Promise<GenerateResult[]> {
+    return this.engine.generate(this.#requests(prompts, opts));
+  }
+
+  /** Streams the continuation of one prompt as text pieces. */
+  async *stream(prompt: string | number[], opts: SamplingOptions = {}): AsyncGenerator<string> {
+    for await (const ev of this.engine.run([{ ...opts, prompt }])) if (ev.text) yield ev.text;
+  }
+
+  /** Streams a batch: events carry the index of their request. */
+  stream_batch(prompts: (string | number[] | GenerateRequest)[], opts: SamplingOptions = {}) {
+    return this.engine.run(this.#requests(prompts, opts));
+  }
+
+  #requests(prompts: (string | number[] | GenerateRequest)[], opts: SamplingOptions): GenerateRequest[] {
+    return prompts.map((p) => typeof p === "string" || Array.isArray(p) ? { ...opts, prompt: p } : { ...opts, ...p });
+  }
+
+  /** Frees the engine's buffers, the weights and (if load_model created it) the backend. */
+  [Symbol.dispose](): void {
+    this.engine[Symbol.dispose]();
+    this.gpt[Symbol.dispose]();
+    if (this.#own_backend) this.backend[Symbol.dispose]();
+  }
+
+  /** Same as [Symbol.dispose]. */
+  dispose(): void {
+    this[Symbol.dispose]();
+  }
+}
+
+/**
+ * Loads a model: `spec` is a nanoGPT `ckpt.pt` (or its out_dir), a Hugging Face model directory,
+ * a hub name such as `gpt2` (downloaded into a cache), or `random:gpt2`..`random:gpt2-xl`.
+ * Pass `backend` to share one backend between models (it is then not disposed with the model).
+ */
+export async function load_model(spec: string, opts: LoadOptions & { backend?: Backend } = {}): Promise<Model> {
+  using source = await open_model(spec, { revision: opts.revision, cache_dir: opts.cache_dir });
+  const tokenizer = create_tokenizer(source.tokenizer);
+  const backend = opts.backend ?? create_backend(opts);
+  try {
+    opts.log?.(`loading ${source.origin} onto ${backend.device_name} (${backend.dtype})`);
+    const gpt = await GPT.load(backend, source);
+    const engine = new Engine(gpt, tokenizer, { context_overflow: opts.context_overflow });
+    return new Model(gpt, tokenizer, source.origin, engine, !opts.backend);
+  } catch (e) {
+    if (!opts.backend) backend[Symbol.dispose]();
+    throw e;
+  }
+}

@@ -1,0 +1,31 @@
+/** Numeric comparison helpers for tests. */
+
+/** ||a - b|| / ||b||. */
+export function rel_l2(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length mismatch: ${a.length} vs ${b.length}`);
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = a[i] - b[i];
+    if (!Number.isFinite(a[i])) return Infinity;
+    num += d * d;
+    den += b[i] * b[i];
+  }
+  return Math.sqrt(num / den);
+}
+
+/** Index of the largest value (lowest index on ties). */
+export function argmax(a: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i;
+  return best;
+}
+
+/** Path of the shared shakespeare-char model directory. */
+export const SHAKESPEARE = decodeURIComponent(
+  new URL("../../../shared/models/shakespeare-char/", import.meta.url).pathname,
+);
+
+/** Path of a fixture file under tests/fixtures/. */
+export function fixture(name: string): string {
+  return decodeURIComponent(new URL(`../fixtures/${name}`, import.meta.url).pathname);
+}
