@@ -1,0 +1,252 @@
+/**
+ * Hugging Face GPT-2 directories (`config.json` + `model.safetensors`, as `save_pretrained` writes them
+ * or the hub serves them) as a ModelSource with canonical tensor names.
+ * @module
+ */
+import { join } from "node:path";
+import { type GPTConfig, validate_config, weight_shapes } from "../model/config.ts";
+import { SafetensorsFile } from "./safetensors.ts";
+import type { ModelSource, TensorSource } from "./source.ts";
+
+const ACTIVATIONS: Record<string, GPTConfig["activation"]> = {
+  gelu_new: "gelu_tanh",
+  gelu_pytorch_tanh: "gelu_tanh",
+  gelu: "gelu_erf",
+};
+
+/**
+ * GPTConfig from a parsed GPT-2 `config.json`. `what` names the file in errors. Missing
+ * `layer_norm_epsilon` / `activation_function` take transformers' defaults (1e-5, gelu_new).
+ */
+export function hf_config(json: unknown, what: string): GPTConfig {
+  if (json === null || typeof json !== "object" || Array.isArray(json)) {
+    throw new Error(`${what}: not a JSON object`);
+  }
+  const j = json as Record<string, unknown>;
+  if (j.model_type !== undefined && j.model_type !== "gpt2") {
+    throw new Error(`${what}: model_type is ${JSON.stringify(j.model_type)}: only "gpt2" is supported`);
+  }
+  const int = (k: string, fallback?: string) => {
+    const key = j[k] === undefined && fallback !== undefined && j[fallback] !== undefined ? fallback : k;
+    const v = j[key];
+    if (v === undefined) throw new Error(`${what}: missing field "${k}"`);
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) {
+      throw new Error(`${what}: field "${key}" must be a positive integer, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  };
+  const act_name = j.activation_function ?? "gelu_new";
+  const activation = typeof act_name === "string" ? ACTIVATIONS[act_name] : undefined;
+  if (!activation) {
+    throw new Error(
+      `${what}: activation_function ${JSON.stringify(act_name)} is unsupported: expected one of ` +
+        Object.keys(ACTIVATIONS).join(", "),
+    );
+  }
+  const eps = j.layer_norm_epsilon ?? 1e-5;
+  if (typeof eps !== "number" || !(eps > 0)) {
+    throw new Error(
+      `${what}: field "layer_norm_epsilon" must be a positive number, got ${JSON.stringify(eps)}`,
+    );
+  }
+  const config: GPTConfig = {
+    n_layer: int("n_layer"),
+    n_head: int("n_head"),
+    n_embd: int("n_embd"),
+    block_size: int("n_positions", "n_ctx"),
+    vocab_size: int("vocab_size"),
+    bias: true,
+    activation,
+    layer_norm_eps: eps,
+  };
+  if (j.n_inner != null && j.n_inner !== 4 * config.n_embd) {
+    throw new Error(
+      `${what}: field "n_inner" is ${j.n_inner}: only 4 * n_embd (${4 * config.n_embd}) is supported`,
+    );
+  }
+  if (j.scale_attn_by_inverse_layer_idx === true) {
+    throw new Error(`${what}: field "scale_attn_by_inverse_layer_idx" = true is unsupported`);
+  }
+  if (j.scale_attn_weights === false) {
+    throw new Error(`${what}: field "scale_attn_weights" = false is unsupported`);
+  }
+  validate_config(config, what);
+  return config;
+}
+
+/** Canonical name of an HF GPT-2 key (with or without `transformer.`). */
+export function hf_canonical_name(key: string): string {
+  const k = key.startsWith("transformer.") ? key.slice("transformer.".length) : key;
+  if (k === "wte.weight" || k === "wpe.weight" || k === "lm_head.weight") {
+    return k.slice(0, -".weight".length);
+  }
+  return k;
+}
+
+// Conv1D layers store their weight (in_features, out_features).
+const CONV1D = /^h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$/;
+const DTYPES: Record<string, TensorSource["dtype"]> = { F32: "f32", F16: "f16", BF16: "bf16" };
+
+function same_bytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const shape_str = (s: readonly number[]) => `[${s.join(", ")}]`;
+
+/** Opens the safetensors of `dir`: model.safetensors, or the shards its index names. */
+async function open_weights(dir: string): Promise<SafetensorsFile[]> {
+  const single = join(dir, "model.safetensors");
+  if (await exists(single)) return [await SafetensorsFile.open(single)];
+  const index_path = join(dir, "model.safetensors.index.json");
+  if (!(await exists(index_path))) {
+    throw new Error(`${dir}: no model.safetensors (or model.safetensors.index.json) in the directory`);
+  }
+  let index: unknown;
+  try {
+    index = JSON.parse(await Deno.readTextFile(index_path));
+  } catch (e) {
+    throw new Error(`${index_path}: invalid JSON: ${(e as Error).message}`);
+  }
+  const map = (index as { weight_map?: unknown })?.weight_map;
+  if (!map || typeof map !== "object") throw new Error(`${index_path}: missing field "weight_map"`);
+  const files = [...new Set(Object.values(map as Record<string, unknown>))];
+  const out: SafetensorsFile[] = [];
+  try {
+    for (const f of files) {
+      if (typeof f !== "string" || f.includes("/") || f.includes("\\")) {
+        throw new Error(`${index_path}: weight_map names an invalid file ${JSON.stringify(f)}`);
+      }
+      out.push(await SafetensorsFile.open(join(dir, f)));
+    }
+  } catch (e) {
+    for (const f of out) f.close();
+    throw e;
+  }
+  return out;
+}
+
+/**
+ * Opens an HF GPT-2 directory. The tensors must be exactly the model's (buffers `h.N.attn.bias` /
+ * `h.N.attn.masked_bias` are ignored); missing, mis-shaped or unexpected ones are an Error naming the
+ * tensor and the file. `lm_head.weight` is dropped when absent or byte-identical to wte.
+ */
+export async function open_hf(dir: string, opts: { origin?: string } = {}): Promise<ModelSource> {
+  const config_path = join(dir, "config.json");
+  let text: string;
+  try {
+    text = await Deno.readTextFile(config_path);
+  } catch (e) {
+    throw new Error(`${config_path}: cannot read: ${(e as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${config_path}: invalid JSON: ${(e as Error).message}`);
+  }
+  const config = hf_config(json, config_path);
+  const files = await open_weights(dir);
+  const close_all = () => files.forEach((f) => f.close());
+  try {
+    const expected = weight_shapes(config);
+    type Found = { key: string; file: SafetensorsFile; dtype: string; shape: readonly number[] };
+    const found = new Map<string, Found>();
+    const unexpected: string[] = [];
+    let lm_head: Found | null = null;
+    for (const file of files) {
+      for (const [key, e] of file.entries) {
+        const name = hf_canonical_name(key);
+        if (/^h\.\d+\.attn\.(bias|masked_bias)$/.test(name)) continue; // causal mask buffers
+        const f = { key, file, dtype: e.dtype, shape: e.shape };
+        if (name === "lm_head") {
+          lm_head = f;
+          continue;
+        }
+        if (!expected.has(name)) {
+          unexpected.push(`"${key}" with shape ${shape_str(e.shape)} in ${file.path}`);
+          continue;
+        }
+        const prev = found.get(name);
+        if (prev) throw new Error(`${file.path}: tensors "${prev.key}" and "${key}" both map to "${name}"`);
+        found.set(name, f);
+      }
+    }
+    const where = files.length === 1 ? files[0].path : dir;
+    const tensors = new Map<string, TensorSource>();
+    for (const [name, shape] of expected) {
+      const f = found.get(name);
+      if (!f) throw new Error(`${where}: missing tensor "${name}" (expected shape ${shape_str(shape)})`);
+      const transposed = CONV1D.test(name);
+      const want = transposed ? [shape[1], shape[0]] : shape;
+      if (f.shape.length !== want.length || f.shape.some((s, i) => s !== want[i])) {
+        throw new Error(
+          `${f.file.path}: tensor "${name}" ("${f.key}") has shape ${shape_str(f.shape)}, expected ` +
+            `${shape_str(want)}${transposed ? " (Conv1D: in, out)" : ""}`,
+        );
+      }
+      const dtype = DTYPES[f.dtype];
+      if (!dtype) {
+        throw new Error(`${f.file.path}: tensor "${f.key}" has dtype ${f.dtype}: expected F32, F16 or BF16`);
+      }
+      const { file, key } = f;
+      tensors.set(name, {
+        name,
+        dtype,
+        shape: [...shape],
+        ...(transposed ? { stored_transposed: [want[0], want[1]] as [number, number] } : {}),
+        read: () => file.read(key),
+      });
+    }
+    if (unexpected.length) {
+      throw new Error(
+        `${where}: unexpected model tensor ${unexpected.join(", ")} (not part of a GPT-2 with n_layer=` +
+          `${config.n_layer})`,
+      );
+    }
+    if (lm_head) {
+      const lm: Found = lm_head;
+      const want = [config.vocab_size, config.n_embd];
+      if (lm.shape.length !== 2 || lm.shape.some((s, i) => s !== want[i])) {
+        throw new Error(
+          `${lm.file.path}: tensor "lm_head" ("${lm.key}") has shape ${shape_str(lm.shape)}, expected ${
+            shape_str(want)
+          }`,
+        );
+      }
+      const dtype = DTYPES[lm.dtype];
+      if (!dtype) {
+        throw new Error(
+          `${lm.file.path}: tensor "${lm.key}" has dtype ${lm.dtype}: expected F32, F16 or BF16`,
+        );
+      }
+      const wte = found.get("wte")!;
+      const tied = lm.dtype === wte.dtype &&
+        same_bytes(await lm.file.read(lm.key), await wte.file.read(wte.key));
+      if (!tied) {
+        tensors.set("lm_head", { name: "lm_head", dtype, shape: want, read: () => lm.file.read(lm.key) });
+      }
+    }
+    return {
+      origin: opts.origin ?? dir,
+      format: "hf",
+      config,
+      tensors,
+      tokenizer: { kind: "gpt2" },
+      [Symbol.dispose]: close_all,
+    };
+  } catch (e) {
+    close_all();
+    throw e;
+  }
+}

@@ -1,0 +1,256 @@
+/** ZipReader: real torch checkpoints, hand-built archives (stored, deflate, ZIP64), and broken files. */
+import { deflateRawSync } from "node:zlib";
+import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
+import { ZipReader } from "../src/loaders/zip.ts";
+import { fixture, SHAKESPEARE } from "./helpers/compare.ts";
+
+const CRC_TABLE = (() => {
+  const t = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c >>> 0;
+  }
+  return t;
+})();
+
+function crc32(b: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const x of b) c = CRC_TABLE[(c ^ x) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+interface TestEntry {
+  name: string;
+  data: Uint8Array;
+  /** 0 stored (default), 8 deflate, anything else: written stored but labelled with this method. */
+  method?: number;
+}
+
+/** A minimal zip writer; with `zip64`, sizes and offsets go to ZIP64 records as in archives over 4 GiB. */
+function make_zip(entries: TestEntry[], opts: { zip64?: boolean; comment?: string } = {}): Uint8Array {
+  const enc = new TextEncoder();
+  const parts: Uint8Array[] = [];
+  const central: Uint8Array[] = [];
+  let off = 0;
+  const push = (b: Uint8Array) => {
+    parts.push(b);
+    off += b.length;
+  };
+  for (const e of entries) {
+    const name = enc.encode(e.name);
+    const method = e.method ?? 0;
+    const body = method === 8 ? new Uint8Array(deflateRawSync(e.data)) : e.data;
+    const crc = crc32(e.data);
+    const lh = new DataView(new ArrayBuffer(30));
+    lh.setUint32(0, 0x04034b50, true);
+    lh.setUint16(4, 45, true);
+    lh.setUint16(8, method, true);
+    lh.setUint32(14, crc, true);
+    lh.setUint32(18, body.length, true);
+    lh.setUint32(22, e.data.length, true);
+    lh.setUint16(26, name.length, true);
+    const lho = off;
+    push(new Uint8Array(lh.buffer));
+    push(name);
+    push(body);
+    const extra = opts.zip64 ? new DataView(new ArrayBuffer(4 + 24)) : null;
+    if (extra) {
+      extra.setUint16(0, 0x0001, true);
+      extra.setUint16(2, 24, true);
+      extra.setBigUint64(4, BigInt(e.data.length), true);
+      extra.setBigUint64(12, BigInt(body.length), true);
+      extra.setBigUint64(20, BigInt(lho), true);
+    }
+    const ch = new DataView(new ArrayBuffer(46));
+    ch.setUint32(0, 0x02014b50, true);
+    ch.setUint16(4, 45, true);
+    ch.setUint16(6, 45, true);
+    ch.setUint16(10, method, true);
+    ch.setUint32(16, crc, true);
+    ch.setUint32(20, opts.zip64 ? 0xffffffff : body.length, true);
+    ch.setUint32(24, opts.zip64 ? 0xffffffff : e.data.length, true);
+    ch.setUint16(28, name.length, true);
+    ch.setUint16(30, extra ? extra.byteLength : 0, true);
+    ch.setUint32(42, opts.zip64 ? 0xffffffff : lho, true);
+    central.push(new Uint8Array(ch.buffer), name);
+    if (extra) central.push(new Uint8Array(extra.buffer));
+  }
+  const cd_offset = off;
+  for (const c of central) push(c);
+  const cd_size = off - cd_offset;
+  if (opts.zip64) {
+    const z = new DataView(new ArrayBuffer(56));
+    z.setUint32(0, 0x06064b50, true);
+    z.setBigUint64(4, 44n, true);
+    z.setUint16(12, 45, true);
+    z.setUint16(14, 45, true);
+    z.setBigUint64(24, BigInt(entries.length), true);
+    z.setBigUint64(32, BigInt(entries.length), true);
+    z.setBigUint64(40, BigInt(cd_size), true);
+    z.setBigUint64(48, BigInt(cd_offset), true);
+    const z_off = off;
+    push(new Uint8Array(z.buffer));
+    const loc = new DataView(new ArrayBuffer(20));
+    loc.setUint32(0, 0x07064b50, true);
+    loc.setBigUint64(8, BigInt(z_off), true);
+    loc.setUint32(16, 1, true);
+    push(new Uint8Array(loc.buffer));
+  }
+  const comment = enc.encode(opts.comment ?? "");
+  const eocd = new DataView(new ArrayBuffer(22));
+  eocd.setUint32(0, 0x06054b50, true);
+  eocd.setUint16(8, opts.zip64 ? 0xffff : entries.length, true);
+  eocd.setUint16(10, opts.zip64 ? 0xffff : entries.length, true);
+  eocd.setUint32(12, opts.zip64 ? 0xffffffff : cd_size, true);
+  eocd.setUint32(16, opts.zip64 ? 0xffffffff : cd_offset, true);
+  eocd.setUint16(20, comment.length, true);
+  push(new Uint8Array(eocd.buffer));
+  push(comment);
+  const out = new Uint8Array(off);
+  let p = 0;
+  for (const b of parts) {
+    out.set(b, p);
+    p += b.length;
+  }
+  return out;
+}
+
+const tmp_dir = Deno.makeTempDirSync({ prefix: "ngpt_zip_test_" });
+globalThis.addEventListener("unload", () => Deno.removeSync(tmp_dir, { recursive: true }));
+let tmp_count = 0;
+
+async function write_tmp(bytes: Uint8Array, name = "test.zip"): Promise<string> {
+  const path = `${tmp_dir}/${tmp_count++}_${name}`;
+  await Deno.writeFile(path, bytes);
+  return path;
+}
+
+const sample = (n: number, seed: number) =>
+  Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed * 7 + (i >> 5)) & 0xff);
+
+Deno.test("zip: the real checkpoint's entries, and range reads of a stored entry", async () => {
+  using z = await ZipReader.open(`${SHAKESPEARE}ckpt.pt`);
+  // 27 parameters, 2 x 27 AdamW moments + 27 step counters, best_val_loss, and 6 bookkeeping entries.
+  assertEquals(z.entries.size, 115);
+  const pkl = z.entry("ckpt/data.pkl");
+  assertEquals(pkl.uncompressed_bytes, 15162);
+  const data = await z.read(pkl);
+  assertEquals(data[0], 0x80); // pickle PROTO
+  assertEquals(data[data.length - 1], 0x2e); // STOP
+  assertEquals(new TextDecoder().decode(await z.read("ckpt/byteorder")), "little");
+  const e = z.entry("ckpt/data/0");
+  assertEquals(e.uncompressed_bytes, 65 * 256 * 4);
+  const whole = await z.read(e);
+  assertEquals([...(await z.read(e, 1000, 24))], [...whole.subarray(1000, 1024)]);
+  // Concurrent reads do not interleave.
+  const [a, b] = await Promise.all([z.read(e, 0, 4096), z.read("ckpt/data/1", 0, 4096)]);
+  assertEquals([...a], [...whole.subarray(0, 4096)]);
+  assertEquals([...b], [...(await z.read("ckpt/data/1")).subarray(0, 4096)]);
+});
+
+for (const zip64 of [false, true]) {
+  Deno.test(`zip: stored and deflated entries${zip64 ? " (ZIP64 records)" : ""}`, async () => {
+    const e1 = sample(5000, 1);
+    const e2 = new TextEncoder().encode("hello ".repeat(500));
+    const path = await write_tmp(make_zip([
+      { name: "a/data.pkl", data: e1 },
+      { name: "a/data/0", data: e2, method: 8 },
+      { name: "a/empty", data: new Uint8Array(0) },
+    ], { zip64, comment: "a comment" }));
+    using z = await ZipReader.open(path);
+    assertEquals([...z.entries.keys()], ["a/data.pkl", "a/data/0", "a/empty"]);
+    assertEquals(z.entry("a/data/0").method, 8);
+    assert(z.entry("a/data/0").compressed_bytes < e2.length);
+    assertEquals([...(await z.read("a/data.pkl"))], [...e1]);
+    assertEquals([...(await z.read("a/data.pkl", 4000, 1000))], [...e1.subarray(4000)]);
+    assertEquals(new TextDecoder().decode(await z.read("a/data/0")), "hello ".repeat(500));
+    assertEquals([...(await z.read("a/data/0", 6, 5))], [...e2.subarray(6, 11)]);
+    assertEquals((await z.read("a/empty")).length, 0);
+    await assertRejects(() => z.read("a/data.pkl", 4990, 20), Error, "past the end of zip entry");
+    await assertRejects(() => z.read("nope"), Error, `zip entry "nope" not found`);
+  });
+}
+
+Deno.test("zip: wrong magic is 'not a zip' naming the file", async () => {
+  const path = await write_tmp(new TextEncoder().encode("this is not a zip file at all, just text"), "x.pt");
+  await assertRejects(() => ZipReader.open(path), Error, `${path}: not a zip file (wrong magic`);
+});
+
+Deno.test("zip: a truncated file names the file", async () => {
+  const full = await Deno.readFile(fixture("nano_bias.pt"));
+  const path = await write_tmp(full.subarray(0, Math.floor(full.length / 2)), "half.pt");
+  await assertRejects(() => ZipReader.open(path), Error, `${path}: truncated or corrupt zip`);
+  const tiny = await write_tmp(full.subarray(0, 10), "tiny.pt");
+  await assertRejects(() => ZipReader.open(tiny), Error, `${tiny}: truncated zip`);
+  // Bytes missing in the middle: the central directory no longer sits where the end record says.
+  const z = make_zip([{ name: "a", data: sample(100, 2) }, { name: "b", data: sample(100, 3) }]);
+  const cut = new Uint8Array(z.length - 30);
+  cut.set(z.subarray(0, 140));
+  cut.set(z.subarray(170), 140);
+  const cut_path = await write_tmp(cut, "cut.zip");
+  await assertRejects(
+    () => ZipReader.open(cut_path),
+    Error,
+    `${cut_path}: truncated or corrupt zip: central directory`,
+  );
+});
+
+Deno.test("zip: flipped bytes in the central directory are 'corrupt' naming the file", async () => {
+  const z = make_zip([{ name: "x/data.pkl", data: sample(64, 4) }, {
+    name: "x/data/0",
+    data: sample(64, 5),
+  }]);
+  const first_cd = new DataView(z.buffer).getUint32(z.length - 22 + 16, true);
+  const second_cd = first_cd + 46 + "x/data.pkl".length;
+  // Signature, the second record's name length, the first record's local header offset.
+  for (const at of [first_cd, second_cd + 28, first_cd + 42]) {
+    const bad = z.slice();
+    bad[at] ^= 0xff;
+    bad[at + 1] ^= 0x5a;
+    const path = await write_tmp(bad, "flipped.zip");
+    const e = await assertRejects(async () => {
+      using r = await ZipReader.open(path);
+      for (const e of r.entries.values()) await r.read(e);
+    });
+    assert(e.message.startsWith(`${path}: `) && e.message.includes("corrupt"), e.message);
+  }
+});
+
+Deno.test("zip: an entry past the end of the file is an error naming it", async () => {
+  const z = make_zip([{ name: "big", data: sample(256, 6) }]);
+  const cd = new DataView(z.buffer).getUint32(z.length - 22 + 16, true);
+  const dv = new DataView(z.buffer);
+  dv.setUint32(cd + 20, 1 << 20, true); // compressed size
+  dv.setUint32(cd + 24, 1 << 20, true); // uncompressed size
+  const path = await write_tmp(z, "past.zip");
+  await assertRejects(() => ZipReader.open(path), Error, `zip entry "big" (1048576 bytes`);
+});
+
+Deno.test("zip: a corrupt local header is an error naming the entry", async () => {
+  const z = make_zip([{ name: "x/data.pkl", data: sample(64, 7) }]);
+  z[0] = 0x50; // keep "PK" magic, break the local header's name
+  z[30] ^= 0x20;
+  const path = await write_tmp(z, "local.zip");
+  using r = await ZipReader.open(path);
+  await assertRejects(() => r.read("x/data.pkl"), Error, `corrupt zip: the local header of "x/data.pkl"`);
+});
+
+Deno.test("zip: unsupported compression is an error naming the entry and method", async () => {
+  const path = await write_tmp(make_zip([{ name: "lzma", data: sample(64, 8), method: 14 }]), "lzma.zip");
+  using r = await ZipReader.open(path);
+  await assertRejects(() => r.read("lzma"), Error, `unsupported compression method 14 for zip entry "lzma"`);
+});
+
+Deno.test("zip: a CRC-32 mismatch of a whole entry is 'corrupt' naming the entry", async () => {
+  const z = make_zip([{ name: "x/data.pkl", data: sample(64, 9) }]);
+  z[30 + "x/data.pkl".length + 5] ^= 1; // one bit of the stored data
+  const path = await write_tmp(z, "crc.zip");
+  using r = await ZipReader.open(path);
+  await assertRejects(
+    () => r.read("x/data.pkl"),
+    Error,
+    `${path}: corrupt zip: entry "x/data.pkl" fails its CRC-32`,
+  );
+  assertEquals((await r.read("x/data.pkl", 0, 4)).length, 4); // a partial read cannot check it
+});

@@ -1,0 +1,105 @@
+/** Tokenizers: GPT-2 BPE (js-tiktoken ranks) and nanoGPT's character vocabulary from meta.pkl. */
+import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
+import { create_tokenizer } from "../src/tokenizer/tokenizer.ts";
+import { load_char_vocab } from "../src/loaders/nanogpt.ts";
+import { SHAKESPEARE } from "./helpers/compare.ts";
+
+const dir = SHAKESPEARE.replace(/\/$/, "");
+
+Deno.test("gpt2: Hello world -> [15496, 995], and back", () => {
+  const t = create_tokenizer({ kind: "gpt2" });
+  assertEquals(t.vocab_size, 50257);
+  assertEquals(t.eot_id, 50256);
+  assertEquals(t.encode("Hello world"), [15496, 995]);
+  assertEquals(t.decode([15496, 995]), "Hello world");
+});
+
+Deno.test("gpt2: <|endoftext|> encodes as the special token 50256", () => {
+  const t = create_tokenizer({ kind: "gpt2" });
+  const ids = t.encode("Hi<|endoftext|>there");
+  assert(ids.includes(50256), `ids ${ids}`);
+  assertEquals(ids.filter((i) => i === 50256).length, 1);
+  assertEquals(t.decode(ids), "Hi<|endoftext|>there");
+});
+
+Deno.test("gpt2: decode round trip of mixed text", () => {
+  const t = create_tokenizer({ kind: "gpt2" });
+  for (
+    const text of [
+      "The quick brown fox jumps over the lazy dog.",
+      "  leading spaces, tabs\tand\nnewlines\n\n",
+      "naïve café — 日本語のテキスト 🙂👍🏽",
+      "code: for (let i = 0; i < n; i++) { x += 1e-5; }",
+    ]
+  ) {
+    const ids = t.encode(text);
+    assert(ids.every((i) => Number.isInteger(i) && i >= 0 && i < 50257));
+    assertEquals(t.decode(ids), text);
+    assertEquals(new TextDecoder().decode(t.decode_bytes(ids)), text);
+  }
+});
+
+Deno.test("gpt2: decode_bytes of a token that splits a multi-byte character", () => {
+  const t = create_tokenizer({ kind: "gpt2" });
+  const text = "日本語🙂";
+  const ids = t.encode(text);
+  const pieces = ids.map((id) => t.decode_bytes([id]));
+  // Some single token must not be a whole UTF-8 sequence.
+  const partial = pieces.filter((b) => {
+    try {
+      new TextDecoder("utf-8", { fatal: true }).decode(b);
+      return false;
+    } catch {
+      return true;
+    }
+  });
+  assert(partial.length > 0, "expected a token holding part of a character");
+  // Concatenated bytes are exactly the UTF-8 of the text, and a streaming decoder rebuilds it.
+  const all = t.decode_bytes(ids);
+  assertEquals([...all], [...new TextEncoder().encode(text)]);
+  const dec = new TextDecoder();
+  let streamed = "";
+  for (const b of pieces) streamed += dec.decode(b, { stream: true });
+  streamed += dec.decode();
+  assertEquals(streamed, text);
+  // Decoding a lone partial token gives a replacement character, not an exception.
+  const partial_id = ids[pieces.indexOf(partial[0])];
+  assert(t.decode([partial_id]).includes("\uFFFD"));
+});
+
+Deno.test("gpt2: an out-of-range id is an error naming it", () => {
+  const t = create_tokenizer({ kind: "gpt2" });
+  assertThrows(() => t.decode([1, 50257]), Error, "token id 50257 at index 1");
+  assertThrows(() => t.decode_bytes([-1]), Error, "token id -1");
+});
+
+Deno.test("char: meta.pkl vocabulary round-trips reference.json's prompt", async () => {
+  const ref = JSON.parse(await Deno.readTextFile(`${dir}/reference.json`));
+  const spec = await load_char_vocab(`${dir}/meta.pkl`);
+  const t = create_tokenizer(spec);
+  assertEquals(t.vocab_size, 65);
+  assertEquals(t.eot_id, null);
+  assertEquals(t.encode(ref.prompt), ref.prompt_ids);
+  assertEquals(t.decode(ref.prompt_ids), ref.prompt);
+  assertEquals(t.decode(ref.greedy_ids), ref.greedy_text);
+  assertEquals(new TextDecoder().decode(t.decode_bytes(ref.prompt_ids)), ref.prompt);
+});
+
+Deno.test("char: an unknown character is an error naming it (JSON-escaped) and its index", async () => {
+  const t = create_tokenizer(await load_char_vocab(`${dir}/meta.pkl`));
+  assertThrows(() => t.encode("abc\u00e9d"), Error, `character "é" at index 3`);
+  assertThrows(() => t.encode("ab\tc"), Error, `character "\\t" at index 2`);
+  // Index counts characters (code points), not UTF-16 units.
+  assertThrows(() => t.encode("ab🙂"), Error, `"🙂" at index 2`);
+  assertThrows(() => t.decode([0, 65]), Error, "token id 65 at index 1");
+});
+
+Deno.test("char: inconsistent stoi/itos is rejected", () => {
+  const stoi = new Map([["a", 0], ["b", 1]]);
+  const itos = new Map([[0, "a"], [1, "c"]]);
+  assertThrows(
+    () => create_tokenizer({ kind: "char", stoi, itos }),
+    Error,
+    `stoi["b"] = 1 but itos[1] = "c"`,
+  );
+});
