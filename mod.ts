@@ -30,7 +30,7 @@ export {
 } from "./src/engine/engine.ts";
 export { SAMPLING_DEFAULTS, type SamplingOptions } from "./src/engine/sampling.ts";
 export { GPT } from "./src/model/gpt.ts";
-export { gpt2_config, type GPTConfig, GPT2_SIZES } from "./src/model/config.ts";
+export { gpt2_config, GPT2_SIZES, type GPTConfig } from "./src/model/config.ts";
 export type { Activation, Backend, Buf, DType } from "./src/backend/backend.ts";
 export { create_cpu_backend } from "./src/backend/cpu.ts";
 export { create_cuda_backend, cuda_status } from "./src/backend/cuda.ts";

@@ -11,7 +11,8 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { create_backend, Engine, GPT, GPT2_SIZES, open_model } from "../mod.ts";
+import { type Backend, create_backend, Engine, GPT, GPT2_SIZES, open_model } from "../mod.ts";
+import { CudaBackend } from "../src/backend/cuda.ts";
 import { create_tokenizer } from "../src/tokenizer/tokenizer.ts";
 import { render_chart, type Series } from "./bench_chart.ts";
 
@@ -66,7 +67,9 @@ const SHAKESPEARE = decodeURIComponent(
 const spec_of = (m: string) => m in GPT2_SIZES ? `random:${m}` : m === "shakespeare" ? SHAKESPEARE : m;
 const P = Number(values.prompt), N = Number(values.new);
 const batches = values.batches.split(",").map(Number);
-if (!(P >= 1 && N >= 2) || batches.some((b) => !(b >= 1))) throw new Error("--prompt >= 1, --new >= 2, batches >= 1");
+if (!(P >= 1 && N >= 2) || batches.some((b) => !(b >= 1))) {
+  throw new Error("--prompt >= 1, --new >= 2, batches >= 1");
+}
 const rows: BenchRow[] = [];
 
 function rng(seed: number) {
@@ -77,21 +80,26 @@ function rng(seed: number) {
 for (const m of values.models.split(",")) {
   using source = await open_model(spec_of(m));
   const tokenizer = create_tokenizer(source.tokenizer);
-  const probe = create_backend({ device: values.device as "auto", dtype: values.dtype as "bf16" | undefined });
+  const probe = create_backend({
+    device: values.device as "auto",
+    dtype: values.dtype as "bf16" | undefined,
+  });
   const is_cuda = probe.kind === "cuda";
   probe[Symbol.dispose]();
   const modes = !is_cuda ? [true] : values.graphs === "both" ? [true, false] : [values.graphs !== "off"];
   for (const graphs of modes) {
-    const mem0 = is_cuda ? await cuda_used_bytes() : 0;
     using backend = create_backend({
       device: is_cuda ? "cuda" : "cpu",
       dtype: values.dtype as "bf16" | undefined,
       graphs,
       threads: values.threads ? Number(values.threads) : undefined,
     });
+    const mem0 = used_bytes(backend);
     using gpt = await GPT.load(backend, source);
     const engine_name = is_cuda ? (graphs ? "ngpt" : "ngpt-nographs") : "ngpt-cpu";
-    console.error(`${m}: ${backend.device_name}, ${engine_name}, weights ${(gpt.weight_bytes / 2 ** 20).toFixed(0)} MiB`);
+    console.error(
+      `${m}: ${backend.device_name}, ${engine_name}, weights ${(gpt.weight_bytes / 2 ** 20).toFixed(0)} MiB`,
+    );
     for (const B of batches) {
       const base: BenchRow = {
         model: m,
@@ -126,7 +134,7 @@ for (const m of values.models.split(",")) {
           kv_bytes: engine.kv_bytes,
           allocated_bytes: backend.allocated_bytes(),
         };
-        if (is_cuda) row.peak_device_bytes = (await cuda_used_bytes()) - mem0;
+        if (is_cuda) row.peak_device_bytes = used_bytes(backend) - mem0;
         rows.push(row);
         console.log(JSON.stringify(row));
       } catch (e) {
@@ -137,10 +145,10 @@ for (const m of values.models.split(",")) {
   }
 }
 
-/** Device memory in use (total - free) on CUDA device 0. */
-async function cuda_used_bytes(): Promise<number> {
-  const { cuda_mem_info } = await import("../src/backend/cuda.ts");
-  const m = cuda_mem_info();
+/** Device memory in use (total - free) as the driver reports it; 0 on the CPU. */
+function used_bytes(backend: Backend): number {
+  if (!(backend instanceof CudaBackend)) return 0;
+  const m = backend.mem_info();
   return m.total_bytes - m.free_bytes;
 }
 
@@ -155,7 +163,10 @@ if (values.peer) {
 const all = [...rows, ...peers];
 const device = rows.find((r) => !r.error)?.device ?? "unknown device";
 if (values.json) {
-  Deno.writeTextFileSync(values.json, JSON.stringify({ device, date: new Date().toISOString(), rows: all }, null, 2));
+  Deno.writeTextFileSync(
+    values.json,
+    JSON.stringify({ device, date: new Date().toISOString(), rows: all }, null, 2),
+  );
 }
 if (values.svg) {
   const series = new Map<string, Series>();
@@ -184,7 +195,9 @@ console.log(
 );
 for (const r of all) {
   if (r.error) {
-    console.log(`${r.model.padEnd(12)} ${pad(r.batch, 4)} ${r.engine.padEnd(16)} ERROR ${r.error.slice(0, 80)}`);
+    console.log(
+      `${r.model.padEnd(12)} ${pad(r.batch, 4)} ${r.engine.padEnd(16)} ERROR ${r.error.slice(0, 80)}`,
+    );
     continue;
   }
   const mem = r.peak_device_bytes ?? r.allocated_bytes;

@@ -9,7 +9,17 @@ export interface Series {
   points: [number, number][];
 }
 
-const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"];
+const COLORS = [
+  "#1f77b4",
+  "#d62728",
+  "#2ca02c",
+  "#ff7f0e",
+  "#9467bd",
+  "#8c564b",
+  "#e377c2",
+  "#7f7f7f",
+  "#17becf",
+];
 
 function esc(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
@@ -19,7 +29,11 @@ function esc(s: string): string {
 export function render_chart(series: Series[], title: string): string {
   const W = 900, H = 520, L = 80, R = 250, T = 50, Bm = 60;
   const pts = series.flatMap((s) => s.points);
-  if (pts.length === 0) return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="80"><text x="10" y="40">${esc(title)}: no data</text></svg>`;
+  if (pts.length === 0) {
+    return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="80"><text x="10" y="40">${
+      esc(title)
+    }: no data</text></svg>`;
+  }
   const xs = pts.map((p) => Math.log2(p[0])), ys = pts.map((p) => Math.log10(p[1]));
   const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
   const y0 = Math.floor(Math.min(...ys)), y1 = Math.ceil(Math.max(...ys, y0 + 1));
@@ -46,7 +60,9 @@ export function render_chart(series: Series[], title: string): string {
   }
   out.push(`<text x="${(L + W - R) / 2}" y="${H - 18}" text-anchor="middle">batch size</text>`);
   out.push(
-    `<text x="18" y="${(T + H - Bm) / 2}" text-anchor="middle" transform="rotate(-90 18 ${(T + H - Bm) / 2})">decode tokens/s</text>`,
+    `<text x="18" y="${(T + H - Bm) / 2}" text-anchor="middle" transform="rotate(-90 18 ${
+      (T + H - Bm) / 2
+    })">decode tokens/s</text>`,
   );
   series.forEach((s, i) => {
     const c = COLORS[i % COLORS.length];
@@ -57,9 +73,15 @@ export function render_chart(series: Series[], title: string): string {
         p.map(([b, v]) => `${px(b).toFixed(1)},${py(v).toFixed(1)}`).join(" ")
       }"/>`,
     );
-    for (const [b, v] of p) out.push(`<circle cx="${px(b).toFixed(1)}" cy="${py(v).toFixed(1)}" r="3" fill="${c}"/>`);
+    for (const [b, v] of p) {
+      out.push(`<circle cx="${px(b).toFixed(1)}" cy="${py(v).toFixed(1)}" r="3" fill="${c}"/>`);
+    }
     const ly = T + 10 + i * 18;
-    out.push(`<line x1="${W - R + 15}" x2="${W - R + 40}" y1="${ly}" y2="${ly}" stroke="${c}" stroke-width="2"${dash}/>`);
+    out.push(
+      `<line x1="${W - R + 15}" x2="${
+        W - R + 40
+      }" y1="${ly}" y2="${ly}" stroke="${c}" stroke-width="2"${dash}/>`,
+    );
     out.push(`<text x="${W - R + 46}" y="${ly + 4}">${esc(s.name)}</text>`);
   });
   out.push("</svg>");

@@ -117,7 +117,6 @@ async function main(argv: string[]): Promise<number> {
     while (off < bytes.length) off += Deno.stdout.writeSync(bytes.subarray(off));
   };
   if (values.echo) write(prompt);
-  let tokens = 0;
   const t1 = performance.now();
   if (n_samples === 1) {
     for await (const piece of model.stream(prompt, opts)) write(piece);
@@ -128,16 +127,18 @@ async function main(argv: string[]): Promise<number> {
     const results = await model.engine.generate(reqs);
     results.forEach((r, i) => {
       write(`${i > 0 ? "---------------\n" : ""}${values.echo && i > 0 ? prompt : ""}${r.text}\n`);
-      tokens += r.tokens.length;
     });
   }
   const st = model.engine.stats;
   log?.(
-    `${model.backend.device_name}: first token ${st.ttft_ms.toFixed(1)} ms, ${st.decode_steps} decode steps in ` +
-      `${st.decode_ms.toFixed(1)} ms (${(st.decode_ms * 1000 / Math.max(1, st.decode_steps)).toFixed(0)} us/step), ` +
+    `${model.backend.device_name}: first token ${
+      st.ttft_ms.toFixed(1)
+    } ms, ${st.decode_steps} decode steps in ` +
+      `${st.decode_ms.toFixed(1)} ms (${
+        (st.decode_ms * 1000 / Math.max(1, st.decode_steps)).toFixed(0)
+      } us/step), ` +
       `total ${(performance.now() - t1).toFixed(0)} ms`,
   );
-  void tokens;
   return 0;
 }
 

@@ -18,6 +18,9 @@ comptime {
     _ = @import("cpu/attention.zig");
     _ = @import("cpu/gather.zig");
     _ = @import("cpu/sample.zig");
+    _ = @import("cpu/advance.zig");
+    _ = @import("cpu/philox.zig");
+    _ = @import("cpu/vec.zig");
     _ = @import("cuda/cuda.zig");
 }
 

@@ -10,7 +10,12 @@ const CKPT = `${SHAKESPEARE}ckpt-slim.pt`;
 
 Deno.test("engine: a ragged greedy batch equals running each prompt alone", async () => {
   using model = await load_model(CKPT, { device: "cpu" });
-  const prompts = ["ROMEO:", "JULIET:\nO Romeo", "First Citizen:\nBefore we proceed any further, hear me speak.", "A"];
+  const prompts = [
+    "ROMEO:",
+    "JULIET:\nO Romeo",
+    "First Citizen:\nBefore we proceed any further, hear me speak.",
+    "A",
+  ];
   const opts = { temperature: 0, max_new_tokens: 40 };
   const batch = await model.generate_batch(prompts, opts);
   for (let i = 0; i < prompts.length; i++) {
@@ -41,19 +46,20 @@ Deno.test("engine: same seed same text; another seed, another text; per-request 
 
 Deno.test("engine: stop strings, max tokens, streaming pieces", async () => {
   using model = await load_model(CKPT, { device: "cpu" });
-  const full = await model.generate("ROMEO:", { temperature: 0, max_new_tokens: 100 });
+  const P = "ROMEO:\nBut soft, what light through yonder";
+  const full = await model.generate(P, { temperature: 0, max_new_tokens: 100 });
   const i = full.text.indexOf("\n\n");
   assert(i > 0, "the greedy text has a blank line to stop at");
-  const stopped = await model.generate("ROMEO:", { temperature: 0, max_new_tokens: 100, stop: ["\n\n"] });
+  const stopped = await model.generate(P, { temperature: 0, max_new_tokens: 100, stop: ["\n\n"] });
   assertEquals(stopped.finish_reason, "stop");
   assertEquals(stopped.text, full.text.slice(0, i));
   let streamed = "";
-  for await (const piece of model.stream("ROMEO:", { temperature: 0, max_new_tokens: 100, stop: ["\n\n"] })) {
+  for await (const piece of model.stream(P, { temperature: 0, max_new_tokens: 100, stop: ["\n\n"] })) {
     streamed += piece;
   }
   assertEquals(streamed, stopped.text);
-  const none = await model.generate("ROMEO:", { max_new_tokens: 0 });
-  assertEquals(none, { text: "", tokens: [], finish_reason: "length", prompt_tokens: 6 });
+  const none = await model.generate(P, { max_new_tokens: 0 });
+  assertEquals(none, { text: "", tokens: [], finish_reason: "length", prompt_tokens: 42 });
 });
 
 Deno.test("engine: past block_size it crops to the last block_size tokens and recomputes, like sample.py", async () => {
@@ -79,12 +85,20 @@ Deno.test("engine: past block_size it crops to the last block_size tokens and re
 
 Deno.test("engine: context_overflow 'error' and bad requests give clear errors", async () => {
   using model = await load_model(fixture("nano_bias.pt"), { device: "cpu", context_overflow: "error" });
-  await assertRejects(() => model.generate([1, 2, 3], { max_new_tokens: 40 }), RangeError, "exceeds the model's context of 32");
+  await assertRejects(
+    () => model.generate([1, 2, 3], { max_new_tokens: 40 }),
+    RangeError,
+    "exceeds the model's context of 32",
+  );
   await assertRejects(() => model.generate([1, 2, 999]), RangeError, "prompt token 2 is 999");
   await assertRejects(() => model.generate([1], { temperature: -1 }), RangeError, "temperature");
   await assertRejects(() => model.generate([1], { top_k: 1.5 }), RangeError, "top_k");
   await assertRejects(() => model.generate([1], { max_new_tokens: -2 }), RangeError, "max_new_tokens");
-  assertThrows(() => model.engine.prefill_logits([Array(40).fill(1)]), RangeError, "exceed the model's context");
+  assertThrows(
+    () => model.engine.prefill_logits([Array(40).fill(1)]),
+    RangeError,
+    "exceed the model's context",
+  );
 });
 
 Deno.test("engine: the CPU backend frees everything it allocated", async () => {

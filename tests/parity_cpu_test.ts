@@ -7,7 +7,10 @@ import { assert } from "./helpers/assert.ts";
 import { load_model } from "../mod.ts";
 import { fixture, rel_l2 } from "./helpers/compare.ts";
 
-const hf = JSON.parse(Deno.readTextFileSync(fixture("hf_tiny.json"))) as { input_ids: number[]; logits: number[][] };
+const hf = JSON.parse(Deno.readTextFileSync(fixture("hf_tiny.json"))) as {
+  input_ids: number[];
+  logits: number[][];
+};
 const nano = JSON.parse(Deno.readTextFileSync(fixture("nano.json"))) as Record<
   string,
   { input_ids: number[]; logits: number[][] }

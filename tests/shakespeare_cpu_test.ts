@@ -72,7 +72,11 @@ Deno.test("examples/generate.ts reads the prompt from stdin and rejects bad opti
     await w.write(new TextEncoder().encode(stdin));
     await w.close();
     const o = await p.output();
-    return { code: o.code, stdout: new TextDecoder().decode(o.stdout), stderr: new TextDecoder().decode(o.stderr) };
+    return {
+      code: o.code,
+      stdout: new TextDecoder().decode(o.stdout),
+      stderr: new TextDecoder().decode(o.stderr),
+    };
   };
   const model = ["--model", `${SHAKESPEARE}ckpt-slim.pt`, "--device", "cpu", "--quiet"];
   const ok = await run([...model, "--temperature", "0", "--max-new-tokens", "20"], ref.prompt);

@@ -29,7 +29,9 @@ export class DeviceBatch implements Disposable {
   constructor(model: GPT, batch: number, max_T: number, max_rows: number) {
     const c = model.config, be = model.backend;
     if (!(batch >= 1 && max_T >= 1 && max_T <= c.block_size)) {
-      throw new RangeError(`batch ${batch} x max_T ${max_T}: need batch >= 1 and 1 <= max_T <= ${c.block_size}`);
+      throw new RangeError(
+        `batch ${batch} x max_T ${max_T}: need batch >= 1 and 1 <= max_T <= ${c.block_size}`,
+      );
     }
     this.#model = model;
     this.batch = batch;
@@ -56,7 +58,10 @@ export class DeviceBatch implements Disposable {
       this.tokens = a(batch * this.slots * 4, "prompt tokens");
       this.cache = [];
       for (let l = 0; l < c.n_layer; l++) {
-        this.cache.push({ k: a(layer_bytes, `kv cache layer ${l} k`), v: a(layer_bytes, `kv cache layer ${l} v`) });
+        this.cache.push({
+          k: a(layer_bytes, `kv cache layer ${l} k`),
+          v: a(layer_bytes, `kv cache layer ${l} v`),
+        });
       }
       const rows = Math.max(batch, Math.min(max_rows, batch * max_T));
       this.ws = model.alloc_workspace(rows, batch);

@@ -132,7 +132,9 @@ export class Engine implements Disposable {
       }
     }
     if (ids.length === 0) {
-      if (this.tokenizer.eot_id === null) throw new Error("the prompt is empty and the tokenizer has no end-of-text token");
+      if (this.tokenizer.eot_id === null) {
+        throw new Error("the prompt is empty and the tokenizer has no end-of-text token");
+      }
       ids.push(this.tokenizer.eot_id);
     }
     return ids;
@@ -265,8 +267,19 @@ export class Engine implements Disposable {
       };
     });
     const B = seqs.length;
+    this.#last_results = [];
+    const results = () =>
+      seqs.map((s) => ({
+        text: s.text.text,
+        tokens: s.generated,
+        finish_reason: s.done ?? "length",
+        prompt_tokens: s.prompt.length,
+      }));
     for (let b = 0; b < B; b++) if (seqs[b].done) yield { index: b, text: "", done: seqs[b].done! };
-    if (seqs.every((s) => s.done)) return;
+    if (seqs.every((s) => s.done)) {
+      this.#last_results = results();
+      return;
+    }
 
     const needed = Math.max(...seqs.map((s) => Math.min(bs, s.prompt.length + s.req.max_new_tokens)));
     const batch = this.#ensure_batch(B, Math.min(bs, Math.ceil(needed / 64) * 64));
@@ -284,6 +297,7 @@ export class Engine implements Disposable {
       s.len = inputs[b].length;
       s.active = inputs[b].length > 0;
     });
+    this.#write_i32(batch.state.n_new, seqs.map((s) => s.active ? 1 : 0));
     let pending: PendingRead | null = this.#read_tokens(batch, B);
     let first = true;
     let steps = 0;
@@ -306,7 +320,9 @@ export class Engine implements Disposable {
         }
         if (!s.done && s.generated.length >= s.req.max_new_tokens) s.done = "length";
         if (s.done && s.done !== "stop") piece += s.text.finish();
-        if (piece || s.done) events.push(s.done ? { index: b, text: piece, done: s.done } : { index: b, text: piece });
+        if (piece || s.done) {
+          events.push(s.done ? { index: b, text: piece, done: s.done } : { index: b, text: piece });
+        }
       }
       return events;
     };
@@ -363,13 +379,13 @@ export class Engine implements Disposable {
     if (first) t_first = performance.now();
     be.synchronize();
     const t_end = performance.now();
-    this.stats = { ttft_ms: t_first - t0, decode_steps: steps, decode_ms: t_end - t_first, total_ms: t_end - t0 };
-    this.#last_results = seqs.map((s) => ({
-      text: s.text.text,
-      tokens: s.generated,
-      finish_reason: s.done ?? "length",
-      prompt_tokens: s.prompt.length,
-    }));
+    this.stats = {
+      ttft_ms: t_first - t0,
+      decode_steps: steps,
+      decode_ms: t_end - t_first,
+      total_ms: t_end - t0,
+    };
+    this.#last_results = results();
   }
 
   #last_results: GenerateResult[] = [];
@@ -415,7 +431,9 @@ export class Engine implements Disposable {
   #check_fits(ids: number[]): void {
     this.encode_prompt(ids);
     if (ids.length > this.model.config.block_size) {
-      throw new RangeError(`${ids.length} tokens exceed the model's context of ${this.model.config.block_size}`);
+      throw new RangeError(
+        `${ids.length} tokens exceed the model's context of ${this.model.config.block_size}`,
+      );
     }
   }
 

@@ -30,8 +30,17 @@ export const GPT2_SIZES: Record<string, Pick<GPTConfig, "n_layer" | "n_head" | "
 /** Full config of a GPT-2 size as OpenAI released it (vocab 50257, context 1024, tanh GELU). */
 export function gpt2_config(name: string): GPTConfig {
   const s = GPT2_SIZES[name];
-  if (!s) throw new Error(`unknown GPT-2 size "${name}": expected one of ${Object.keys(GPT2_SIZES).join(", ")}`);
-  return { ...s, block_size: 1024, vocab_size: 50257, bias: true, activation: "gelu_tanh", layer_norm_eps: 1e-5 };
+  if (!s) {
+    throw new Error(`unknown GPT-2 size "${name}": expected one of ${Object.keys(GPT2_SIZES).join(", ")}`);
+  }
+  return {
+    ...s,
+    block_size: 1024,
+    vocab_size: 50257,
+    bias: true,
+    activation: "gelu_tanh",
+    layer_norm_eps: 1e-5,
+  };
 }
 
 /** Throws an Error naming the field when a config is not one the model can run. */
@@ -43,7 +52,9 @@ export function validate_config(c: GPTConfig, what = "model config"): void {
   if (c.n_embd % c.n_head !== 0) {
     throw new Error(`${what}: n_embd (${c.n_embd}) must be divisible by n_head (${c.n_head})`);
   }
-  if (!(c.layer_norm_eps > 0)) throw new Error(`${what}: layer_norm_eps must be > 0, got ${c.layer_norm_eps}`);
+  if (!(c.layer_norm_eps > 0)) {
+    throw new Error(`${what}: layer_norm_eps must be > 0, got ${c.layer_norm_eps}`);
+  }
 }
 
 /**

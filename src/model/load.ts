@@ -6,7 +6,13 @@
 import type { Backend, DType } from "../backend/backend.ts";
 import { create_cpu_backend } from "../backend/cpu.ts";
 import { create_cuda_backend, cuda_status } from "../backend/cuda.ts";
-import { type ContextOverflow, Engine, type GenerateRequest, type GenerateResult } from "../engine/engine.ts";
+import {
+  type ContextOverflow,
+  Engine,
+  type GenerateRequest,
+  type GenerateResult,
+  type TextEvent,
+} from "../engine/engine.ts";
 import type { SamplingOptions } from "../engine/sampling.ts";
 import { open_model } from "../loaders/open_model.ts";
 import { create_tokenizer, type Tokenizer } from "../tokenizer/tokenizer.ts";
@@ -110,12 +116,17 @@ export class Model implements Disposable {
   }
 
   /** Streams a batch: events carry the index of their request. */
-  stream_batch(prompts: (string | number[] | GenerateRequest)[], opts: SamplingOptions = {}) {
+  stream_batch(
+    prompts: (string | number[] | GenerateRequest)[],
+    opts: SamplingOptions = {},
+  ): AsyncGenerator<TextEvent> {
     return this.engine.run(this.#requests(prompts, opts));
   }
 
   #requests(prompts: (string | number[] | GenerateRequest)[], opts: SamplingOptions): GenerateRequest[] {
-    return prompts.map((p) => typeof p === "string" || Array.isArray(p) ? { ...opts, prompt: p } : { ...opts, ...p });
+    return prompts.map((p) =>
+      typeof p === "string" || Array.isArray(p) ? { ...opts, prompt: p } : { ...opts, ...p }
+    );
   }
 
   /** Frees the engine's buffers, the weights and (if load_model created it) the backend. */
@@ -136,7 +147,10 @@ export class Model implements Disposable {
  * a hub name such as `gpt2` (downloaded into a cache), or `random:gpt2`..`random:gpt2-xl`.
  * Pass `backend` to share one backend between models (it is then not disposed with the model).
  */
-export async function load_model(spec: string, opts: LoadOptions & { backend?: Backend } = {}): Promise<Model> {
+export async function load_model(
+  spec: string,
+  opts: LoadOptions & { backend?: Backend } = {},
+): Promise<Model> {
   using source = await open_model(spec, { revision: opts.revision, cache_dir: opts.cache_dir });
   const tokenizer = create_tokenizer(source.tokenizer);
   const backend = opts.backend ?? create_backend(opts);

@@ -81,8 +81,11 @@ export async function ensure_built(opts: { force?: boolean; quiet?: boolean; ext
     console.error(`warning: Zig ${version} found, build.zig.zon pins ${pinned_zig()}`);
   }
   const args = [...zig.slice(1), "build", "-Doptimize=ReleaseFast", ...(opts.extra ?? [])];
-  if (!opts.quiet) console.error(`building libngpt: ${zig.join(" ")} ${args.slice(zig.length - 1).join(" ")}`);
-  const out = await new Deno.Command(zig[0], { args, cwd: root, stdout: "inherit", stderr: "inherit" }).output();
+  if (!opts.quiet) {
+    console.error(`building libngpt: ${zig.join(" ")} ${args.slice(zig.length - 1).join(" ")}`);
+  }
+  const out = await new Deno.Command(zig[0], { args, cwd: root, stdout: "inherit", stderr: "inherit" })
+    .output();
   if (!out.success) throw new Error(`zig build failed (exit ${out.code}); see the compiler output above`);
   return built_lib_path();
 }
@@ -91,6 +94,10 @@ if (import.meta.main) {
   const argv = [...Deno.args];
   const dd = argv.indexOf("--");
   const extra = dd >= 0 ? argv.splice(dd).slice(1) : [];
-  const path = await ensure_built({ force: argv.includes("--force"), quiet: argv.includes("--quiet"), extra });
+  const path = await ensure_built({
+    force: argv.includes("--force"),
+    quiet: argv.includes("--quiet"),
+    extra,
+  });
   if (!argv.includes("--quiet")) console.error(`libngpt: ${path}`);
 }

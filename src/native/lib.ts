@@ -86,7 +86,9 @@ export class NativeLib implements Disposable {
     const v = this.symbols.ng_version();
     if (v !== NATIVE_ABI_VERSION) {
       this.#lib.close();
-      throw new Error(`native library ${path} has ABI version ${v}, expected ${NATIVE_ABI_VERSION}: rebuild it`);
+      throw new Error(
+        `native library ${path} has ABI version ${v}, expected ${NATIVE_ABI_VERSION}: rebuild it`,
+      );
     }
   }
 

@@ -12,14 +12,20 @@ export function assertEquals<T>(actual: T, expected: T, msg?: string): void {
 }
 
 function check_error(e: unknown, cls: new (...a: never[]) => Error, includes?: string): void {
-  if (!(e instanceof cls)) throw new Error(`expected ${cls.name}, got ${e instanceof Error ? e.name : typeof e}: ${e}`);
+  if (!(e instanceof cls)) {
+    throw new Error(`expected ${cls.name}, got ${e instanceof Error ? e.name : typeof e}: ${e}`);
+  }
   if (includes && !e.message.includes(includes)) {
     throw new Error(`expected the error message to include ${JSON.stringify(includes)}, got: ${e.message}`);
   }
 }
 
 /** Asserts that `fn` throws an instance of `cls` whose message includes `includes`; returns the error. */
-export function assertThrows(fn: () => unknown, cls: new (...a: never[]) => Error = Error, includes?: string): Error {
+export function assertThrows(
+  fn: () => unknown,
+  cls: new (...a: never[]) => Error = Error,
+  includes?: string,
+): Error {
   try {
     fn();
   } catch (e) {

@@ -1,0 +1,5 @@
+// advance: lengths[b] += n_new[b]. Any grid covering B.
+extern "C" __global__ void ng_advance(int* __restrict__ lengths, const int* __restrict__ n_new, int B) {
+  const int b = blockIdx.x * blockDim.x + threadIdx.x;
+  if (b < B) lengths[b] += n_new[b];
+}

@@ -1,0 +1,112 @@
+// attention_prefill: causal attention of the new slots of each sequence over its KV cache, read
+// after kv_append wrote them: out[b*T+t, h*D:(h+1)*D] = softmax(q . K[0..L+t] * scale) V with
+// L = lengths[b], for t < n_new[b]; padding rows get zeros. Flash-style: a block takes BQ query
+// rows of one (b, h), walks the keys in tiles of BK staged in shared memory (f32) and keeps an
+// online softmax per row (each warp owns BQ / 4 rows; lane j scores key j of the tile; lane d
+// accumulates output dims d, d + 32, ...). Needs -DNG_HEAD_DIM=D (1..128).
+// Grid: (ceil(T / BQ), H, B); block: 128 threads.
+#ifndef NG_HEAD_DIM
+#error "attention_prefill needs -DNG_HEAD_DIM"
+#endif
+#if NG_HEAD_DIM < 1 || NG_HEAD_DIM > 128
+#error "attention_prefill supports head_dim 1..128"
+#endif
+#define HD NG_HEAD_DIM
+#define BQ 16
+#define BK 32
+#define NWARPS 4
+#define RPW (BQ / NWARPS)
+#define DPL ((HD + 31) / 32)
+
+extern "C" __global__ void __launch_bounds__(128)
+ng_attention_prefill(st_t* __restrict__ out, const st_t* __restrict__ qkv, const st_t* __restrict__ k_cache,
+                     const st_t* __restrict__ v_cache, const int* __restrict__ lengths,
+                     const int* __restrict__ n_new, int T, int H, int max_T, float scale) {
+  __shared__ float q_s[BQ][HD];
+  __shared__ float k_s[BK][HD + 1];
+  __shared__ float v_s[BK][HD];
+  __shared__ float p_s[NWARPS][BK];
+  const int b = blockIdx.z, h = blockIdx.y, t0 = blockIdx.x * BQ;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int C = H * HD;
+  const int L = lengths[b];
+  const int nn = min(n_new[b], T);
+  const int rows = min(BQ, nn - t0);
+  if (rows <= 0) {
+    for (int i = tid; i < BQ * HD; i += blockDim.x) {
+      const int r = i / HD, d = i - r * HD, t = t0 + r;
+      if (t < T) out[((size_t)b * T + t) * C + h * HD + d] = from_f32(0.0f);
+    }
+    return;
+  }
+  for (int i = tid; i < BQ * HD; i += blockDim.x) {
+    const int r = i / HD, d = i - r * HD;
+    q_s[r][d] = r < rows ? to_f32(qkv[((size_t)b * T + t0 + r) * 3 * C + h * HD + d]) * scale : 0.0f;
+  }
+  float m[RPW], l[RPW], acc[RPW][DPL];
+#pragma unroll
+  for (int rr = 0; rr < RPW; rr++) {
+    m[rr] = NG_NEG_INF;
+    l[rr] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < DPL; k++) acc[rr][k] = 0.0f;
+  }
+  const int kv_len = L + t0 + rows;
+  const size_t base = ((size_t)b * H + h) * (size_t)max_T * HD;
+  const st_t* kb = k_cache + base;
+  const st_t* vb = v_cache + base;
+  for (int j0 = 0; j0 < kv_len; j0 += BK) {
+    __syncthreads();
+    for (int i = tid; i < BK * HD; i += blockDim.x) {
+      const int j = i / HD, d = i - j * HD;
+      const bool ok = j0 + j < kv_len;
+      k_s[j][d] = ok ? to_f32(kb[(size_t)(j0 + j) * HD + d]) : 0.0f;
+      v_s[j][d] = ok ? to_f32(vb[(size_t)(j0 + j) * HD + d]) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int rr = 0; rr < RPW; rr++) {
+      const int r = warp * RPW + rr;
+      const int qpos = L + t0 + r;
+      if (r < rows && j0 <= qpos) {  // warp-uniform
+        const int j = j0 + lane;
+        float s = NG_NEG_INF;
+        if (j <= qpos) {
+          float a = 0.0f;
+#pragma unroll 8
+          for (int d = 0; d < HD; d++) a += q_s[r][d] * k_s[lane][d];
+          s = a;
+        }
+        const float m_new = fmaxf(m[rr], warp_max(s));
+        const float p = j <= qpos ? expf(s - m_new) : 0.0f;
+        const float corr = expf(m[rr] - m_new);
+        l[rr] = l[rr] * corr + warp_sum(p);
+        p_s[warp][lane] = p;
+        __syncwarp();
+#pragma unroll
+        for (int k = 0; k < DPL; k++) {
+          const int d = lane + 32 * k;
+          if (d < HD) {
+            float a = acc[rr][k] * corr;
+#pragma unroll 8
+            for (int jj = 0; jj < BK; jj++) a += p_s[warp][jj] * v_s[jj][d];
+            acc[rr][k] = a;
+          }
+        }
+        __syncwarp();
+        m[rr] = m_new;
+      }
+    }
+  }
+#pragma unroll
+  for (int rr = 0; rr < RPW; rr++) {
+    const int r = warp * RPW + rr, t = t0 + r;
+    if (t >= T) continue;
+    const float inv = r < rows ? 1.0f / l[rr] : 0.0f;
+#pragma unroll
+    for (int k = 0; k < DPL; k++) {
+      const int d = lane + 32 * k;
+      if (d < HD) out[((size_t)b * T + t) * C + h * HD + d] = from_f32(r < rows ? acc[rr][k] * inv : 0.0f);
+    }
+  }
+}

@@ -1,0 +1,379 @@
+/**
+ * The CUDA backend: the CUDA driver API, cuBLASLt and NVRTC, all loaded at run time by the native
+ * library; kernels compiled from native/kernels/*.cu at first use (cached on disk); steps
+ * captured into CUDA graphs.
+ *
+ * Steps (run_step) with graphs on: the first time a key is seen, `record` runs twice: once as a
+ * dry run, where every op only gets ready (compiles and loads its kernel, creates its cuBLASLt
+ * plan, grows scratch memory) and launches nothing, then under stream capture (where nothing may
+ * be allocated or created); the graph is instantiated, kept under the key and launched. Later
+ * calls with the key only launch the graph. So `record` must only enqueue backend ops, the same
+ * ones each time for a key (which a graph replay assumes anyway). With graphs off, `record` runs
+ * once and its ops launch one by one. Host transfers (write, read, read_async, write_weight,
+ * synchronize) are refused inside `record`.
+ * @module
+ */
+import {
+  type AdvanceArgs,
+  type AttentionArgs,
+  type Backend,
+  type Buf,
+  type DType,
+  dtype_bytes,
+  type EmbedArgs,
+  type GatherLastArgs,
+  type LayerNormArgs,
+  type MatmulArgs,
+  type PendingRead,
+  type SampleArgs,
+} from "./backend.ts";
+import { native, type NativeLib } from "../native/lib.ts";
+import { CudaContext, type MemInfo } from "./cuda/driver.ts";
+import { DeviceMemory } from "./cuda/memory.ts";
+import { PinnedStaging } from "./cuda/staging.ts";
+import { ReadRing } from "./cuda/read_ring.ts";
+import { KernelModules } from "./cuda/modules.ts";
+import { KernelOps } from "./cuda/ops.ts";
+import { Matmuls } from "./cuda/matmul.ts";
+import { StepGraphs } from "./cuda/graphs.ts";
+import { cache_root } from "./cuda/paths.ts";
+import { dtype_code } from "./cuda/kernels.ts";
+
+export { cuda_status, type CudaStatus } from "./cuda/driver.ts";
+export { compile_variant, kernel_sources, kernel_variants } from "./cuda/kernels.ts";
+
+/** Options of create_cuda_backend. */
+export interface CudaBackendOptions {
+  /** Storage type of weights, activations and the KV cache (default "bf16"). */
+  dtype?: DType;
+  /** Capture steps into CUDA graphs (default true). */
+  graphs?: boolean;
+  /** Device ordinal (default 0). */
+  device?: number;
+  /** Path of libngpt (default: the usual lookup, see src/native/lib.ts). */
+  lib_path?: string;
+  /** Cache root for compiled kernels (default $NGPT_CACHE, $XDG_CACHE_HOME/ngpt, ~/.cache/ngpt). */
+  cache_dir?: string;
+}
+
+function view_bytes(v: ArrayBufferView): Uint8Array {
+  return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+}
+
+/** The CUDA implementation of Backend. */
+export class CudaBackend implements Backend {
+  readonly kind = "cuda" as const;
+  readonly dtype: DType;
+  readonly device_name: string;
+  /** Whether steps are captured into CUDA graphs. */
+  readonly graphs: boolean;
+  #lib: NativeLib;
+  #ctx: CudaContext;
+  #stream: bigint;
+  #mem: DeviceMemory;
+  #staging: PinnedStaging;
+  #ring: ReadRing;
+  #modules: KernelModules;
+  #ops: KernelOps;
+  #mm: Matmuls;
+  #steps: StepGraphs;
+  #in_step = false;
+  #disposed = false;
+
+  /** Use create_cuda_backend. */
+  constructor(lib: NativeLib, ctx: CudaContext, stream: bigint, mm: Matmuls, opts: CudaBackendOptions) {
+    this.#lib = lib;
+    this.#ctx = ctx;
+    this.#stream = stream;
+    this.#mm = mm;
+    this.dtype = opts.dtype ?? "bf16";
+    this.graphs = opts.graphs ?? true;
+    this.device_name = ctx.name;
+    this.#mem = new DeviceMemory(ctx);
+    this.#staging = new PinnedStaging(ctx, stream);
+    this.#ring = new ReadRing(ctx, stream);
+    this.#modules = new KernelModules(ctx, this.dtype, cache_root(opts.cache_dir));
+    this.#ops = new KernelOps(ctx, this.#modules, stream, this.dtype);
+    this.#steps = new StepGraphs(ctx);
+  }
+
+  /** Compute capability as major * 10 + minor (the sm_XY kernels are compiled for). */
+  get arch(): number {
+    return this.#ctx.arch;
+  }
+
+  #open(what: string): void {
+    if (this.#disposed) throw new Error(`${what}: the CUDA backend has been disposed`);
+  }
+
+  #host_op(what: string): void {
+    this.#open(what);
+    if (this.#in_step) {
+      throw new Error(
+        `${what}: host transfers cannot run inside run_step's record (they cannot be captured)`,
+      );
+    }
+  }
+
+  #range(what: string, buf: Buf, offset: number, bytes: number): void {
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + bytes > buf.bytes) {
+      throw new RangeError(
+        `${what}: ${bytes} bytes at offset ${offset} do not fit "${buf.label}" (${buf.bytes} bytes)`,
+      );
+    }
+  }
+
+  alloc(bytes: number, label: string): Buf {
+    this.#open(`alloc "${label}"`);
+    if (this.#in_step) throw new Error(`alloc "${label}": cannot allocate inside run_step's record`);
+    return this.#mem.alloc(bytes, label);
+  }
+
+  free(buf: Buf): void {
+    this.#open(`free "${buf.label}"`);
+    this.#mem.free(buf);
+  }
+
+  allocated_bytes(): number {
+    return this.#mem.allocated_bytes();
+  }
+
+  /** Free and total device memory. */
+  mem_info(): MemInfo {
+    this.#open("mem_info");
+    return this.#ctx.mem_info();
+  }
+
+  /** Number of captured step graphs. */
+  graph_count(): number {
+    return this.#steps.count();
+  }
+
+  write(dst: Buf, src: ArrayBufferView, dst_offset = 0): void {
+    this.#host_op(`write to "${dst.label}"`);
+    const bytes = view_bytes(src);
+    this.#range(`write to "${dst.label}"`, dst, dst_offset, bytes.length);
+    const s = this.#lib.symbols;
+    this.#staging.upload(dst.ptr + BigInt(dst_offset), bytes.length, (pinned, off, n) => {
+      s.ng_host_write(pinned, bytes.subarray(off, off + n), BigInt(n));
+    });
+  }
+
+  read(src: Buf, dst: ArrayBufferView, src_offset = 0): void {
+    this.#host_op(`read from "${src.label}"`);
+    const bytes = view_bytes(dst);
+    this.#range(`read from "${src.label}"`, src, src_offset, bytes.length);
+    const s = this.#lib.symbols;
+    this.#staging.download(src.ptr + BigInt(src_offset), bytes.length, (pinned, off, n) => {
+      s.ng_host_read(pinned, bytes.subarray(off, off + n), BigInt(n));
+    });
+  }
+
+  /** Starts a device-to-host copy behind the enqueued work; see Backend.read_async. */
+  read_async(src: Buf, bytes: number): PendingRead {
+    this.#host_op(`read_async from "${src.label}"`);
+    this.#range(`read_async from "${src.label}"`, src, 0, bytes);
+    return this.#ring.read(src.ptr, bytes);
+  }
+
+  write_weight(dst: Buf, src: Uint8Array, src_dtype: DType, n: number, transpose?: [number, number]): void {
+    const what = `write_weight to "${dst.label}"`;
+    this.#host_op(what);
+    const es_src = dtype_bytes(src_dtype), es = dtype_bytes(this.dtype);
+    if (!Number.isSafeInteger(n) || n < 0) {
+      throw new RangeError(`${what}: n must be a non-negative integer, got ${n}`);
+    }
+    if (src.length < n * es_src) {
+      throw new RangeError(`${what}: source holds ${src.length} bytes, needs ${n * es_src}`);
+    }
+    this.#range(what, dst, 0, n * es);
+    if (transpose && transpose[0] * transpose[1] !== n) {
+      throw new RangeError(`${what}: transpose [${transpose}] does not hold n = ${n} elements`);
+    }
+    const s = this.#lib.symbols, sd = dtype_code(src_dtype), dd = dtype_code(this.dtype);
+    if (!transpose) {
+      this.#staging.upload(dst.ptr, n * es, (pinned, off, bytes) => {
+        const i0 = off / es, count = bytes / es;
+        const part = src.subarray(i0 * es_src, (i0 + count) * es_src);
+        this.#lib.check(s.ng_convert_buf(pinned, dd, part, sd, BigInt(count), 0n, 0n), "ng_convert_buf");
+      });
+      return;
+    }
+    const out = new BigUint64Array(1);
+    this.#lib.check(s.ng_host_alloc(BigInt(Math.max(1, n * es)), out), "ng_host_alloc");
+    const tmp = out[0];
+    try {
+      this.#lib.check(
+        s.ng_convert_buf(tmp, dd, src, sd, BigInt(n), BigInt(transpose[0]), BigInt(transpose[1])),
+        "ng_convert_buf",
+      );
+      this.#staging.upload(dst.ptr, n * es, (pinned, off, bytes) => {
+        s.ng_host_copy(pinned, tmp + BigInt(off), BigInt(bytes));
+      });
+    } finally {
+      s.ng_host_free(tmp, BigInt(Math.max(1, n * es)));
+    }
+  }
+
+  embed(a: EmbedArgs): void {
+    this.#open("embed");
+    this.#ops.embed(a);
+  }
+
+  layernorm(a: LayerNormArgs): void {
+    this.#open("layernorm");
+    this.#ops.layernorm(a);
+  }
+
+  matmul(a: MatmulArgs): void {
+    this.#open("matmul");
+    this.#mm.validate(a);
+    const p = this.#mm.plan(a, this.#ops.mode !== "capture");
+    if (this.#ops.mode !== "prepare") this.#mm.run(a, p, this.#stream);
+    if (p.post_gelu !== null) this.#ops.bias_gelu(a.out, null, a.M * a.N, a.N, p.post_gelu);
+  }
+
+  attention(a: AttentionArgs): void {
+    this.#open("attention");
+    this.#ops.attention(a);
+  }
+
+  gather_last(a: GatherLastArgs): void {
+    this.#open("gather_last");
+    this.#ops.gather_last(a);
+  }
+
+  sample(a: SampleArgs): void {
+    this.#open("sample");
+    this.#ops.sample(a);
+  }
+
+  advance(a: AdvanceArgs): void {
+    this.#open("advance");
+    this.#ops.advance(a);
+  }
+
+  run_step(key: string, record: () => void): void {
+    this.#open(`run_step "${key}"`);
+    if (this.#in_step) throw new Error(`run_step "${key}": called inside another run_step's record`);
+    this.#in_step = true;
+    try {
+      if (!this.graphs) {
+        record();
+        return;
+      }
+      let g = this.#steps.get(key);
+      if (!g) g = this.#capture(key, record);
+      this.#ctx.graph_launch(g.exec, this.#stream);
+    } finally {
+      this.#ops.mode = "direct";
+      this.#in_step = false;
+    }
+  }
+
+  #capture(key: string, record: () => void) {
+    this.#ops.mode = "prepare";
+    record();
+    this.#ops.mode = "capture";
+    this.#ctx.capture_begin(this.#stream);
+    try {
+      record();
+    } catch (e) {
+      this.#ctx.capture_abort(this.#stream);
+      throw e;
+    }
+    const graph = this.#ctx.capture_end(this.#stream);
+    let exec: bigint;
+    try {
+      exec = this.#ctx.graph_instantiate(graph);
+    } catch (e) {
+      this.#ctx.graph_destroy(graph);
+      throw e;
+    }
+    const g = { graph, exec };
+    this.#steps.add(key, g);
+    return g;
+  }
+
+  /** Destroys every captured step graph (before freeing buffers they use). */
+  reset_steps(): void {
+    this.#host_op("reset_steps");
+    this.#ctx.stream_sync(this.#stream);
+    const e = this.#steps.clear();
+    this.#ops.trim_scratch();
+    if (e) throw e;
+  }
+
+  synchronize(): void {
+    this.#host_op("synchronize");
+    this.#ctx.stream_sync(this.#stream);
+  }
+
+  /**
+   * Frees every buffer, graph, module, cuBLASLt plan, pinned buffer, event and the stream, and
+   * releases the primary context. Tries everything; then throws the first error, if any.
+   */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    let first: Error | null = null;
+    const step = (f: () => Error | null | void) => {
+      try {
+        const e = f();
+        if (e) first ??= e;
+      } catch (e) {
+        first ??= e as Error;
+      }
+    };
+    step(() => this.#ctx.stream_sync(this.#stream));
+    step(() => this.#steps.clear());
+    step(() => this.#ops.dispose());
+    step(() => this.#mm.dispose());
+    step(() => this.#modules.dispose());
+    step(() => this.#ring.dispose());
+    step(() => this.#staging.dispose());
+    step(() => this.#mem.free_all());
+    step(() => this.#ctx.stream_destroy(this.#stream));
+    step(() => this.#ctx.release());
+    if (first) throw first;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/**
+ * Opens device `opts.device` (default 0) and returns a CUDA backend storing `opts.dtype`
+ * (default bf16). Throws an Error saying why when there is no usable CUDA driver or device, or
+ * cuBLASLt is missing.
+ */
+export function create_cuda_backend(opts: CudaBackendOptions = {}): CudaBackend {
+  const dtype = opts.dtype ?? "bf16";
+  if (dtype !== "f32" && dtype !== "f16" && dtype !== "bf16") {
+    throw new Error(`create_cuda_backend: dtype must be "f32", "f16" or "bf16", got "${dtype}"`);
+  }
+  const device = opts.device ?? 0;
+  if (!Number.isInteger(device) || device < 0) {
+    throw new Error(`create_cuda_backend: device must be a non-negative integer, got ${device}`);
+  }
+  const lib = native(opts.lib_path);
+  let ctx: CudaContext;
+  try {
+    ctx = CudaContext.open(lib, device);
+  } catch (e) {
+    throw new Error(`CUDA backend unavailable: ${(e as Error).message}`);
+  }
+  let stream = 0n;
+  try {
+    stream = ctx.stream_create();
+    const mm = new Matmuls(ctx, dtype);
+    return new CudaBackend(lib, ctx, stream, mm, { ...opts, dtype });
+  } catch (e) {
+    try {
+      if (stream) ctx.stream_destroy(stream);
+      ctx.release();
+    } catch { /* keep the first error */ }
+    throw new Error(`CUDA backend unavailable: ${(e as Error).message}`);
+  }
+}

@@ -1,0 +1,173 @@
+/**
+ * The CUDA kernels: which file holds each op, its entry point, the -D options that specialise
+ * it, and compiling a variant to CUBIN (through the on-disk cache).
+ *
+ * Sources live in native/kernels/*.cu (one op per file); native/kernels/common.cuh is prepended
+ * to each, so NVRTC needs no include path. A variant is a kernel plus its specialisation:
+ * the storage dtype (-DNG_DTYPE=0 f32, 1 f16, 2 bf16) and, for attention, the head size
+ * (-DNG_HEAD_DIM).
+ * @module
+ */
+import type { DType } from "../backend.ts";
+import { cached_compile } from "./kernel_cache.ts";
+import type { Nvrtc } from "./nvrtc.ts";
+
+/** One kernel file and what it is specialised on. */
+export interface KernelInfo {
+  /** File under native/kernels/. */
+  readonly file: string;
+  /** The `extern "C" __global__` function's name. */
+  readonly entry: string;
+  /** Whether it reads or writes tensors of the storage dtype (-DNG_DTYPE). */
+  readonly dtype: boolean;
+  /** Whether it is specialised on the attention head size (-DNG_HEAD_DIM). */
+  readonly head_dim: boolean;
+}
+
+/** Every kernel, by op name. */
+export const KERNELS = {
+  embed: { file: "embed.cu", entry: "ng_embed", dtype: true, head_dim: false },
+  layernorm: { file: "layernorm.cu", entry: "ng_layernorm", dtype: true, head_dim: false },
+  bias_gelu: { file: "bias_gelu.cu", entry: "ng_bias_gelu", dtype: true, head_dim: false },
+  kv_append: { file: "kv_append.cu", entry: "ng_kv_append", dtype: true, head_dim: false },
+  attention_prefill: {
+    file: "attention_prefill.cu",
+    entry: "ng_attention_prefill",
+    dtype: true,
+    head_dim: true,
+  },
+  attention_decode: {
+    file: "attention_decode.cu",
+    entry: "ng_attention_decode",
+    dtype: true,
+    head_dim: true,
+  },
+  attention_combine: {
+    file: "attention_combine.cu",
+    entry: "ng_attention_combine",
+    dtype: true,
+    head_dim: true,
+  },
+  gather_last: { file: "gather_last.cu", entry: "ng_gather_last", dtype: true, head_dim: false },
+  advance: { file: "advance.cu", entry: "ng_advance", dtype: false, head_dim: false },
+  sample: { file: "sample.cu", entry: "ng_sample", dtype: false, head_dim: false },
+} as const satisfies Record<string, KernelInfo>;
+
+/** An op name of KERNELS. */
+export type KernelName = keyof typeof KERNELS;
+
+/** Keys per split of attention_decode (NG_DECODE_SPLIT in common.cuh). */
+export const DECODE_SPLIT = 128;
+/** Largest head size the attention kernels take. */
+export const MAX_HEAD_DIM = 128;
+
+/** A kernel with its specialisation. */
+export interface KernelVariant {
+  kernel: KernelName;
+  /** Storage dtype (ignored by kernels that do not use it). */
+  dtype: DType;
+  /** Head size, for the attention kernels. */
+  head_dim?: number;
+}
+
+/** DType code of the native side and the kernels' NG_DTYPE. */
+export function dtype_code(d: DType): number {
+  return d === "f32" ? 0 : d === "f16" ? 1 : 2;
+}
+
+const source_cache = new Map<string, string>();
+
+/** The text of a file under native/kernels/ (read once). */
+export function kernel_file_text(file: string): string {
+  const hit = source_cache.get(file);
+  if (hit !== undefined) return hit;
+  const url = new URL(`../../../native/kernels/${file}`, import.meta.url);
+  if (url.protocol !== "file:") {
+    throw new Error(`CUDA kernel source ${url.href} is not a local file: the CUDA backend needs a checkout`);
+  }
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(url);
+  } catch (e) {
+    throw new Error(
+      `cannot read CUDA kernel source ${decodeURIComponent(url.pathname)}: ${(e as Error).message}`,
+    );
+  }
+  source_cache.set(file, text);
+  return text;
+}
+
+/** The full source NVRTC compiles for a kernel: common.cuh, then the kernel's file. */
+export function kernel_source(kernel: KernelName): string {
+  const file = KERNELS[kernel].file;
+  return `#line 1 "common.cuh"\n${kernel_file_text("common.cuh")}\n#line 1 "${file}"\n${
+    kernel_file_text(file)
+  }`;
+}
+
+/** The full source of every kernel, by op name (what the compile test and the cache hash). */
+export function kernel_sources(): Record<KernelName, string> {
+  const out = {} as Record<KernelName, string>;
+  for (const k of Object.keys(KERNELS) as KernelName[]) out[k] = kernel_source(k);
+  return out;
+}
+
+/** NVRTC options for a variant on SM architecture `arch` (e.g. 90 for sm_90). */
+export function kernel_options(v: KernelVariant, arch: number): string[] {
+  const info: KernelInfo = KERNELS[v.kernel];
+  const opts = [`--gpu-architecture=sm_${arch}`, "--std=c++17"];
+  if (info.dtype) opts.push(`-DNG_DTYPE=${dtype_code(v.dtype)}`);
+  if (info.head_dim) {
+    const d = v.head_dim;
+    if (d === undefined || !Number.isInteger(d) || d < 1 || d > MAX_HEAD_DIM) {
+      throw new Error(`${v.kernel}: head_dim must be an integer in 1..${MAX_HEAD_DIM}, got ${d}`);
+    }
+    opts.push(`-DNG_HEAD_DIM=${d}`);
+  }
+  return opts;
+}
+
+/** A short name for a variant ("attention_decode.bf16.d64"), for caches and messages. */
+export function variant_name(v: KernelVariant): string {
+  const info: KernelInfo = KERNELS[v.kernel];
+  return v.kernel + (info.dtype ? `.${v.dtype}` : "") + (info.head_dim ? `.d${v.head_dim}` : "");
+}
+
+/**
+ * Every variant worth compiling ahead: each kernel in each dtype it depends on, and the attention
+ * kernels for each of `head_dims`.
+ */
+export function kernel_variants(
+  dtypes: DType[] = ["f32", "f16", "bf16"],
+  head_dims: number[] = [16, 24, 64, 80, 128],
+): KernelVariant[] {
+  const out: KernelVariant[] = [];
+  for (const kernel of Object.keys(KERNELS) as KernelName[]) {
+    const info: KernelInfo = KERNELS[kernel];
+    for (const dtype of info.dtype ? dtypes : (["f32"] as DType[])) {
+      if (info.head_dim) { for (const head_dim of head_dims) out.push({ kernel, dtype, head_dim }); }
+      else out.push({ kernel, dtype });
+    }
+  }
+  return out;
+}
+
+/**
+ * Compiles a variant for `arch` to CUBIN, through the cache under `cache_dir` (null: no cache).
+ * Throws NvrtcCompileError (with the log) when it does not compile.
+ */
+export function compile_variant(
+  nvrtc: Nvrtc,
+  v: KernelVariant,
+  arch: number,
+  cache_dir: string | null,
+): Uint8Array {
+  return cached_compile(
+    nvrtc,
+    kernel_source(v.kernel),
+    variant_name(v),
+    kernel_options(v, arch),
+    arch,
+    cache_dir,
+  );
+}

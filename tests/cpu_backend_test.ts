@@ -1,0 +1,783 @@
+/**
+ * Tests of the CPU backend: memory bookkeeping, dtype conversion, and every op against a naive
+ * TypeScript reference on random data; sampling by exact replay of the algorithm and a chi-square
+ * test. Random inputs come from a seeded generator whose seed is fresh each run (printed on
+ * failure; set NGPT_TEST_SEED to replay one).
+ */
+import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
+import type { Buf } from "../src/backend/backend.ts";
+import { create_cpu_backend } from "../src/backend/cpu.ts";
+import { native } from "../src/native/lib.ts";
+
+const run_seed = Number(Deno.env.get("NGPT_TEST_SEED") ?? Math.floor(Math.random() * 2 ** 31));
+const be = create_cpu_backend({ threads: 2 });
+
+/** mulberry32: a small seeded PRNG giving floats in [0, 1). */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randn_array(r: () => number, n: number, scale = 1): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = (r() * 2 - 1) * scale;
+  return a;
+}
+
+function upload(data: Float32Array | Int32Array | Uint32Array, label: string): Buf {
+  const b = be.alloc(data.byteLength, label);
+  be.write(b, data);
+  return b;
+}
+
+function download_f32(b: Buf, n: number): Float32Array {
+  const out = new Float32Array(n);
+  be.read(b, out);
+  return out;
+}
+
+function download_i32(b: Buf, n: number): Int32Array {
+  const out = new Int32Array(n);
+  be.read(b, out);
+  return out;
+}
+
+function rel_l2(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  assertEquals(got.length, want.length);
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < got.length; i++) {
+    num += (got[i] - want[i]) ** 2;
+    den += want[i] ** 2;
+  }
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+function assert_close(got: ArrayLike<number>, want: ArrayLike<number>, what: string, tol = 1e-5): void {
+  const e = rel_l2(got, want);
+  assert(e < tol, `${what}: relative L2 error ${e} >= ${tol} (seed ${run_seed})`);
+}
+
+/** erf in f64: e^{-x^2} sum 2^n x^{2n+1} / (2n+1)!! (converges everywhere, no cancellation). */
+function erf(x: number): number {
+  if (x > 6) return 1;
+  if (x < -6) return -1;
+  let term = x;
+  let sum = x;
+  for (let n = 1; Math.abs(term) > 1e-17 * Math.abs(sum); n++) {
+    term *= (2 * x * x) / (2 * n + 1);
+    sum += term;
+  }
+  return (2 / Math.sqrt(Math.PI)) * Math.exp(-x * x) * sum;
+}
+
+function free_all(...bufs: Buf[]): void {
+  for (const b of bufs) be.free(b);
+}
+
+Deno.test("cpu: alloc, free, bounds and leak accounting", () => {
+  const before = be.allocated_bytes();
+  const a = be.alloc(100, "test a");
+  const b = be.alloc(0, "test empty");
+  assertEquals(be.allocated_bytes() - before, 100);
+  assertEquals(a.ptr % 64n, 0n);
+  be.write(a, new Uint8Array([1, 2, 3]), 97);
+  assertThrows(() => be.write(a, new Uint8Array(4), 97), Error, "test a");
+  assertThrows(() => be.read(a, new Uint8Array(101)), Error, "test a");
+  const back = new Uint8Array(3);
+  be.read(a, back, 97);
+  assertEquals([...back], [1, 2, 3]);
+  be.free(a);
+  assertThrows(() => be.free(a), Error, "double free");
+  assertThrows(() => be.write(a, new Uint8Array(1)), Error, "test a");
+  be.free(b);
+  assertEquals(be.allocated_bytes(), before);
+  assertThrows(() => be.alloc(-1, "negative"), Error, "negative");
+  assert(be.device_name.startsWith("CPU ("), be.device_name);
+  assertEquals(be.kind, "cpu");
+  assertEquals(be.dtype, "f32");
+
+  using other = create_cpu_backend({ threads: 2 });
+  other.alloc(64, "left over 1");
+  other.alloc(128, "left over 2");
+  assertEquals(other.allocated_bytes(), 192);
+  other[Symbol.dispose]();
+  assertEquals(other.allocated_bytes(), 0);
+});
+
+/** f32 -> bf16 bits with round to nearest even (NaN kept quiet). */
+function bf16_bits(x: number): number {
+  const u = new Uint32Array(new Float32Array([x]).buffer)[0];
+  if (Number.isNaN(x)) return ((u >>> 16) | 0x40) & 0xffff;
+  return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+Deno.test("cpu: convert f32 <-> f16 <-> bf16 round trips and transpose", () => {
+  const { ng_convert_buf, ng_convert } = native().symbols;
+  const lib = native();
+  const r = rng(run_seed ^ 0x1111);
+  const n = 1000;
+  const src = new Float32Array(n);
+  for (let i = 0; i < n; i++) src[i] = (r() * 2 - 1) * 10 ** Math.floor(r() * 8 - 4);
+  src[0] = 65520; // rounds to inf in f16
+  src[1] = 1 + 2 ** -11; // f16 tie: to even (1)
+  src[2] = 1 + 3 * 2 ** -11; // f16 tie: to even (1 + 2^-9)
+  src[3] = 1 + 2 ** -8; // bf16 tie: to even (1)
+  src[4] = 1 + 3 * 2 ** -8; // bf16 tie: up
+  src[5] = -0;
+  src[6] = 1e-7; // f16 subnormal
+  const src_bytes = new Uint8Array(src.buffer);
+
+  // f32 -> f16 and back.
+  const h = be.alloc(n * 2, "f16");
+  lib.check(ng_convert_buf(h.ptr, 1, src_bytes, 0, BigInt(n), 0n, 0n), "ng_convert_buf");
+  const h_host = new Float16Array(n);
+  be.read(h, h_host);
+  for (let i = 0; i < n; i++) assertEquals(h_host[i], Math.f16round(src[i]), `f16 of ${src[i]}`);
+  const f = be.alloc(n * 4, "f32 back");
+  lib.check(ng_convert(f.ptr, 0, h.ptr, 1, BigInt(n), 0n, 0n), "ng_convert");
+  const back = download_f32(f, n);
+  for (let i = 0; i < n; i++) assertEquals(back[i], h_host[i]);
+
+  // f32 -> bf16 and back; bf16 -> f16 (through f32, one rounding).
+  const bf = be.alloc(n * 2, "bf16");
+  lib.check(ng_convert_buf(bf.ptr, 2, src_bytes, 0, BigInt(n), 0n, 0n), "ng_convert_buf");
+  const bf_host = new Uint16Array(n);
+  be.read(bf, bf_host);
+  for (let i = 0; i < n; i++) assertEquals(bf_host[i], bf16_bits(src[i]), `bf16 of ${src[i]}`);
+  lib.check(ng_convert(f.ptr, 0, bf.ptr, 2, BigInt(n), 0n, 0n), "ng_convert");
+  const bf_back = download_f32(f, n);
+  const widened = new Float32Array(new Uint32Array([...bf_host].map((b) => (b << 16) >>> 0)).buffer);
+  assertEquals([...bf_back], [...widened]);
+  lib.check(ng_convert(h.ptr, 1, bf.ptr, 2, BigInt(n), 0n, 0n), "ng_convert");
+  be.read(h, h_host);
+  for (let i = 0; i < n; i++) assertEquals(h_host[i], Math.f16round(widened[i]));
+
+  // write_weight: f16 source transposed (rows 7, cols 13) -> f32 (13, 7).
+  const rows = 7;
+  const cols = 13;
+  const m = new Float16Array(rows * cols);
+  for (let i = 0; i < m.length; i++) m[i] = r() * 4 - 2;
+  const wt = be.alloc(rows * cols * 4, "transposed");
+  be.write_weight(wt, new Uint8Array(m.buffer), "f16", rows * cols, [rows, cols]);
+  const t = download_f32(wt, rows * cols);
+  for (let i = 0; i < rows; i++) {
+    for (let j = 0; j < cols; j++) assertEquals(t[j * rows + i], m[i * cols + j]);
+  }
+  // bf16 source, unaligned bytes.
+  const raw = new Uint8Array(1 + rows * cols * 2);
+  const bsrc = new Uint16Array(rows * cols).map(() => bf16_bits(r() * 8 - 4));
+  raw.set(new Uint8Array(bsrc.buffer), 1);
+  be.write_weight(wt, raw.subarray(1), "bf16", rows * cols);
+  const tb = download_f32(wt, rows * cols);
+  for (let i = 0; i < bsrc.length; i++) {
+    assertEquals(tb[i], new Float32Array(new Uint32Array([bsrc[i] << 16]).buffer)[0]);
+  }
+  assertThrows(() => be.write_weight(wt, raw, "f32", rows * cols), Error, "transposed");
+  assertThrows(() => be.write_weight(wt, raw, "f16", rows * cols, [5, 5]), Error, "transpose shape");
+  free_all(h, f, bf, wt);
+});
+
+Deno.test("cpu: embed adds token and clamped position rows", () => {
+  const r = rng(run_seed ^ 0x2222);
+  const [B, T, C, V, max_pos] = [3, 5, 40, 17, 9];
+  const lengths = new Int32Array([0, 4, 6]);
+  const tokens = new Int32Array(B * T).map(() => Math.floor(r() * V));
+  const wte = randn_array(r, V * C);
+  const wpe = randn_array(r, max_pos * C);
+  const bufs = {
+    out: be.alloc(B * T * C * 4, "embed out"),
+    tokens: upload(tokens, "tokens"),
+    lengths: upload(lengths, "lengths"),
+    wte: upload(wte, "wte"),
+    wpe: upload(wpe, "wpe"),
+  };
+  be.embed({ ...bufs, B, T, C, max_pos });
+  const got = download_f32(bufs.out, B * T * C);
+  const want = new Float32Array(B * T * C);
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < T; t++) {
+      const row = b * T + t;
+      const pos = Math.min(lengths[b] + t, max_pos - 1);
+      for (let c = 0; c < C; c++) want[row * C + c] = wte[tokens[row] * C + c] + wpe[pos * C + c];
+    }
+  }
+  assertEquals([...got], [...want]);
+  be.write(bufs.tokens, new Int32Array([-3]), 4);
+  assertThrows(() => be.embed({ ...bufs, B, T, C, max_pos }), Error, "negative id -3");
+  free_all(...Object.values(bufs));
+});
+
+Deno.test("cpu: layernorm with and without bias, in place", () => {
+  const r = rng(run_seed ^ 0x3333);
+  for (const [rows, C, with_bias] of [[5, 768, true], [13, 37, false], [1, 3, true]] as const) {
+    const x = randn_array(r, rows * C, 3);
+    for (let i = 0; i < x.length; i++) x[i] += 2; // a mean far from 0
+    const w = randn_array(r, C);
+    const bias = randn_array(r, C);
+    const eps = 1e-5;
+    const want = new Float32Array(rows * C);
+    for (let i = 0; i < rows; i++) {
+      let mean = 0;
+      for (let c = 0; c < C; c++) mean += x[i * C + c];
+      mean /= C;
+      let v = 0;
+      for (let c = 0; c < C; c++) v += (x[i * C + c] - mean) ** 2;
+      const rstd = 1 / Math.sqrt(v / C + eps);
+      for (let c = 0; c < C; c++) {
+        want[i * C + c] = (x[i * C + c] - mean) * rstd * w[c] + (with_bias ? bias[c] : 0);
+      }
+    }
+    const xb = upload(x, "ln x");
+    const out = be.alloc(rows * C * 4, "ln out");
+    const wb = upload(w, "ln w");
+    const bb = upload(bias, "ln b");
+    be.layernorm({ out, x: xb, weight: wb, bias: with_bias ? bb : null, rows, C, eps });
+    assert_close(download_f32(out, rows * C), want, `layernorm ${rows}x${C}`);
+    be.layernorm({ out: xb, x: xb, weight: wb, bias: with_bias ? bb : null, rows, C, eps });
+    assert_close(download_f32(xb, rows * C), want, `layernorm in place ${rows}x${C}`);
+    free_all(xb, out, wb, bb);
+  }
+});
+
+function gelu_erf_ref(x: number): number {
+  return 0.5 * x * (1 + erf(x / Math.SQRT2));
+}
+
+function gelu_tanh_ref(x: number): number {
+  return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+}
+
+Deno.test("cpu: matmul with bias, activations and accumulate", () => {
+  const r = rng(run_seed ^ 0x4444);
+  const cases: [number, number, number][] = [
+    [1, 2304, 768],
+    [37, 50, 67],
+    [130, 19, 260],
+    [90, 21, 3100],
+    [4, 8, 16],
+    [3, 5, 1],
+  ];
+  for (const [M, N, K] of cases) {
+    const x = randn_array(r, M * K);
+    const w = randn_array(r, N * K, 0.2);
+    const bias = randn_array(r, N);
+    const init = randn_array(r, M * N);
+    const pre = new Float64Array(M * N);
+    for (let m = 0; m < M; m++) {
+      for (let n = 0; n < N; n++) {
+        let s = bias[n];
+        for (let k = 0; k < K; k++) s += x[m * K + k] * w[n * K + k];
+        pre[m * N + n] = s;
+      }
+    }
+    const bufs = { x: upload(x, "mm x"), w: upload(w, "mm w"), bias: upload(bias, "mm bias") };
+    const out = be.alloc(M * N * 4, "mm out");
+    const shape = `${M}x${N}x${K}`;
+    be.matmul({ out, ...bufs, M, N, K, act: "none", accumulate: false });
+    assert_close(download_f32(out, M * N), pre, `matmul ${shape}`);
+    be.matmul({ out, ...bufs, bias: null, M, N, K, act: "none", accumulate: false });
+    assert_close(download_f32(out, M * N), pre.map((v, i) => v - bias[i % N]), `matmul no bias ${shape}`);
+    be.matmul({ out, ...bufs, M, N, K, act: "gelu_erf", accumulate: false });
+    assert_close(download_f32(out, M * N), pre.map(gelu_erf_ref), `matmul gelu_erf ${shape}`);
+    be.matmul({ out, ...bufs, M, N, K, act: "gelu_tanh", accumulate: false });
+    assert_close(download_f32(out, M * N), pre.map(gelu_tanh_ref), `matmul gelu_tanh ${shape}`);
+    be.write(out, init);
+    be.matmul({ out, ...bufs, M, N, K, act: "none", accumulate: true });
+    assert_close(download_f32(out, M * N), pre.map((v, i) => v + init[i]), `matmul accumulate ${shape}`);
+    assertThrows(
+      () => be.matmul({ out, ...bufs, M, N, K, act: "gelu_erf", accumulate: true }),
+      Error,
+      "accumulate needs act none",
+    );
+    assertThrows(
+      () => be.matmul({ out, ...bufs, M: M + 1, N, K, act: "none", accumulate: false }),
+      Error,
+      "mm out",
+    );
+    free_all(out, ...Object.values(bufs));
+  }
+});
+
+Deno.test("cpu: gelu_erf and gelu_tanh are accurate over a wide range", () => {
+  // M rows of K = 1 times a 1x1 weight of 1: out[m] = gelu(x[m]).
+  const grid = Array.from({ length: 4001 }, (_, i) => -10 + (20 * i) / 4000);
+  const xs = new Float32Array([...grid, -1e4, -100, -30, 30, 100, 1e4, 3e19, -3e19]);
+  const n = xs.length;
+  const xb = upload(xs, "gelu x");
+  const w = upload(new Float32Array([1]), "gelu w");
+  const out = be.alloc(n * 4, "gelu out");
+  for (const [act, ref] of [["gelu_erf", gelu_erf_ref], ["gelu_tanh", gelu_tanh_ref]] as const) {
+    be.matmul({ out, x: xb, w, bias: null, M: n, N: 1, K: 1, act, accumulate: false });
+    const got = download_f32(out, n);
+    let max_err = 0;
+    for (let i = 0; i < n; i++) {
+      const want = ref(xs[i]);
+      assert(Number.isFinite(got[i]), `${act}(${xs[i]}) = ${got[i]}`);
+      max_err = Math.max(max_err, Math.abs(got[i] - want) / Math.max(1, Math.abs(want)));
+    }
+    assert(max_err < 3e-7, `${act} max error ${max_err}`);
+  }
+  free_all(xb, w, out);
+});
+
+interface AttnCase {
+  B: number;
+  T: number;
+  H: number;
+  D: number;
+  max_T: number;
+  lengths: number[];
+  n_new: number[];
+}
+
+function attention_case(c: AttnCase, r: () => number): void {
+  const { B, T, H, D, max_T } = c;
+  const C = H * D;
+  const qkv = randn_array(r, B * T * 3 * C);
+  const cache_n = B * H * max_T * D;
+  const k_init = randn_array(r, cache_n);
+  const v_init = randn_array(r, cache_n);
+  const lengths = new Int32Array(c.lengths);
+  const n_new = new Int32Array(c.n_new);
+  const bufs = {
+    out: be.alloc(B * T * C * 4, "attn out"),
+    qkv: upload(qkv, "qkv"),
+    k_cache: upload(k_init, "k cache"),
+    v_cache: upload(v_init, "v cache"),
+    lengths: upload(lengths, "attn lengths"),
+    n_new: upload(n_new, "attn n_new"),
+  };
+  be.attention({ ...bufs, B, T, n_head: H, head_dim: D, max_T });
+  const out = download_f32(bufs.out, B * T * C);
+  const kc = download_f32(bufs.k_cache, cache_n);
+  const vc = download_f32(bufs.v_cache, cache_n);
+
+  // Expected caches: the new k, v at positions lengths[b] + t for t < n_new[b]; the rest untouched.
+  const k_want = k_init.slice();
+  const v_want = v_init.slice();
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < n_new[b]; t++) {
+      const row = (b * T + t) * 3 * C;
+      for (let h = 0; h < H; h++) {
+        const dst = ((b * H + h) * max_T + lengths[b] + t) * D;
+        for (let d = 0; d < D; d++) {
+          k_want[dst + d] = qkv[row + C + h * D + d];
+          v_want[dst + d] = qkv[row + 2 * C + h * D + d];
+        }
+      }
+    }
+  }
+  const name = `attention B${B} T${T} H${H} D${D} lengths ${c.lengths} n_new ${c.n_new}`;
+  assertEquals([...kc], [...k_want], `${name}: k cache`);
+  assertEquals([...vc], [...v_want], `${name}: v cache`);
+
+  const got: number[] = [];
+  const want: number[] = [];
+  const scale = 1 / Math.sqrt(D);
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < n_new[b]; t++) {
+      const row = b * T + t;
+      for (let h = 0; h < H; h++) {
+        const base = (b * H + h) * max_T * D;
+        const n_keys = lengths[b] + t + 1;
+        const s = new Float64Array(n_keys);
+        for (let j = 0; j < n_keys; j++) {
+          let dot = 0;
+          for (let d = 0; d < D; d++) dot += qkv[row * 3 * C + h * D + d] * k_want[base + j * D + d];
+          s[j] = dot * scale;
+        }
+        const m = Math.max(...s);
+        let z = 0;
+        for (let j = 0; j < n_keys; j++) z += s[j] = Math.exp(s[j] - m);
+        for (let d = 0; d < D; d++) {
+          let acc = 0;
+          for (let j = 0; j < n_keys; j++) acc += s[j] * v_want[base + j * D + d];
+          want.push(acc / z);
+          got.push(out[row * C + h * D + d]);
+        }
+      }
+    }
+  }
+  assert_close(got, want, name);
+  free_all(...Object.values(bufs));
+}
+
+Deno.test("cpu: attention appends to the cache and attends causally (ragged, padded)", () => {
+  const r = rng(run_seed ^ 0x5555);
+  attention_case({ B: 3, T: 5, H: 3, D: 16, max_T: 24, lengths: [0, 7, 3], n_new: [5, 2, 0] }, r);
+  attention_case({ B: 2, T: 4, H: 2, D: 24, max_T: 160, lengths: [150, 0], n_new: [1, 3] }, r);
+  attention_case({ B: 1, T: 1, H: 4, D: 64, max_T: 300, lengths: [299], n_new: [1] }, r);
+  attention_case({ B: 1, T: 70, H: 2, D: 24, max_T: 80, lengths: [0], n_new: [70] }, r);
+  attention_case({ B: 4, T: 3, H: 1, D: 5, max_T: 6, lengths: [3, 0, 5, 6], n_new: [3, 1, 1, 0] }, r);
+  attention_case({ B: 1, T: 10, H: 2, D: 128, max_T: 90, lengths: [75], n_new: [10] }, r);
+  attention_case({ B: 2, T: 9, H: 1, D: 200, max_T: 80, lengths: [70, 3], n_new: [9, 4] }, r);
+});
+
+Deno.test("cpu: attention rejects out-of-range lengths with a clear error", () => {
+  const [B, T, H, D, max_T] = [2, 4, 2, 16, 8];
+  const C = H * D;
+  const bufs = {
+    out: be.alloc(B * T * C * 4, "out"),
+    qkv: be.alloc(B * T * 3 * C * 4, "qkv"),
+    k_cache: be.alloc(B * H * max_T * D * 4, "k"),
+    v_cache: be.alloc(B * H * max_T * D * 4, "v"),
+    lengths: upload(new Int32Array([2, 6]), "lengths"),
+    n_new: upload(new Int32Array([4, 3]), "n_new"),
+  };
+  const a = { ...bufs, B, T, n_head: H, head_dim: D, max_T };
+  assertThrows(() => be.attention(a), Error, "sequence 1 has lengths 6 + n_new 3 > max_T 8");
+  be.write(bufs.n_new, new Int32Array([5, 0]));
+  assertThrows(() => be.attention(a), Error, "n_new 5 outside 0..T 4");
+  be.write(bufs.n_new, new Int32Array([1, 1]));
+  be.write(bufs.lengths, new Int32Array([-1, 0]));
+  assertThrows(() => be.attention(a), Error, "negative length -1");
+  assertThrows(() => be.attention({ ...a, max_T: max_T + 1 }), Error, "'k'");
+  free_all(...Object.values(bufs));
+});
+
+Deno.test("cpu: gather_last and advance", () => {
+  const r = rng(run_seed ^ 0x6666);
+  const [B, T, C] = [4, 3, 10];
+  const x = randn_array(r, B * T * C);
+  const n_new = new Int32Array([3, 1, 0, 2]);
+  const lengths = new Int32Array([5, 0, 9, 1]);
+  const bufs = {
+    out: be.alloc(B * C * 4, "gather out"),
+    x: upload(x, "gather x"),
+    n_new: upload(n_new, "n_new"),
+    lengths: upload(lengths, "lengths"),
+  };
+  be.gather_last({ out: bufs.out, x: bufs.x, n_new: bufs.n_new, B, T, C });
+  const got = download_f32(bufs.out, B * C);
+  for (let b = 0; b < B; b++) {
+    const t = Math.max(n_new[b] - 1, 0);
+    assertEquals([...got.subarray(b * C, (b + 1) * C)], [
+      ...x.subarray((b * T + t) * C, (b * T + t + 1) * C),
+    ]);
+  }
+  be.advance({ lengths: bufs.lengths, n_new: bufs.n_new, B });
+  assertEquals([...download_i32(bufs.lengths, B)], [8, 1, 9, 3]);
+  be.write(bufs.n_new, new Int32Array([4]));
+  assertThrows(
+    () => be.gather_last({ out: bufs.out, x: bufs.x, n_new: bufs.n_new, B, T, C }),
+    Error,
+    "n_new 4",
+  );
+  be.write(bufs.n_new, new Int32Array([-1]));
+  assertThrows(() => be.advance({ lengths: bufs.lengths, n_new: bufs.n_new, B }), Error, "negative n_new");
+  assertEquals([...download_i32(bufs.lengths, B)], [8, 1, 9, 3]);
+  free_all(...Object.values(bufs));
+});
+
+// ---- sampling ----
+
+/** High 32 bits of a * b for u32 a, b. */
+function mulhi(a: number, b: number): number {
+  return Number((BigInt(a) * BigInt(b)) >> 32n);
+}
+
+/** Philox4x32-10, as in native/cpu/philox.zig. */
+function philox(ctr: number[], key: number[]): number[] {
+  let [c0, c1, c2, c3] = ctr;
+  let [k0, k1] = key;
+  for (let r = 0; r < 10; r++) {
+    if (r > 0) {
+      k0 = (k0 + 0x9e3779b9) >>> 0;
+      k1 = (k1 + 0xbb67ae85) >>> 0;
+    }
+    const hi0 = mulhi(0xd2511f53, c0);
+    const lo0 = Math.imul(0xd2511f53, c0) >>> 0;
+    const hi1 = mulhi(0xcd9e8d57, c2);
+    const lo1 = Math.imul(0xcd9e8d57, c2) >>> 0;
+    [c0, c1, c2, c3] = [(hi1 ^ c1 ^ k0) >>> 0, lo1, (hi0 ^ c3 ^ k1) >>> 0, lo0];
+  }
+  return [c0, c1, c2, c3];
+}
+
+interface SampleParams {
+  temperature: number;
+  top_k: number;
+  top_p: number;
+}
+
+/** The sampling algorithm of native/cpu/sample.zig, replayed in TypeScript. */
+function sample_ref(row: Float32Array, prm: SampleParams, counter: number, key: [number, number]): number {
+  const V = row.length;
+  const f = Math.fround;
+  const t = f(prm.temperature);
+  if (!(t > 0) || prm.top_k === 1) {
+    let best = 0;
+    for (let i = 1; i < V; i++) if (row[i] > row[best]) best = i;
+    return best;
+  }
+  const m = Math.max(...row);
+  const p = new Float32Array(V);
+  let z = 0;
+  for (let i = 0; i < V; i++) z += p[i] = f(Math.exp(f(f(row[i] - m) / t)));
+  const k = prm.top_k > 0 && prm.top_k < V ? prm.top_k : V;
+  const p_on = prm.top_p > 0 && prm.top_p < 1;
+  const p_mass = f(prm.top_p) * z;
+  let pivot = -1;
+  for (let r = 0;; r++) {
+    const u = (philox([counter >>> 0, r, 0, 0], key)[0] >>> 8) * 2 ** -24;
+    let total = 0;
+    for (let i = 0; i < V; i++) if (p[i] > pivot) total += p[i];
+    const target = u * total;
+    let run = 0;
+    let j = -1;
+    let last = -1;
+    for (let i = 0; i < V; i++) {
+      if (!(p[i] > pivot)) continue;
+      run += p[i];
+      last = i;
+      if (run > target) {
+        j = i;
+        break;
+      }
+    }
+    if (j < 0) j = last;
+    let cnt = 0;
+    let mass = 0;
+    for (let i = 0; i < V; i++) {
+      if (p[i] > p[j]) {
+        cnt++;
+        mass += p[i];
+      }
+    }
+    if (cnt < k && (!p_on || mass < p_mass)) return j;
+    pivot = p[j];
+  }
+}
+
+interface SampleRun {
+  logits: Float32Array;
+  V: number;
+  lengths: Int32Array;
+  n_new: Int32Array;
+  params: SampleParams[];
+  seeds: Uint32Array;
+  tokens_init?: Int32Array;
+}
+
+function run_sample(s: SampleRun): Int32Array {
+  const B = s.lengths.length;
+  const bufs = {
+    tokens_out: upload(s.tokens_init ?? new Int32Array(B).fill(-7), "tokens_out"),
+    logits: upload(s.logits, "logits"),
+    lengths: upload(s.lengths, "lengths"),
+    n_new: upload(s.n_new, "n_new"),
+    temperature: upload(new Float32Array(s.params.map((p) => p.temperature)), "temperature"),
+    top_k: upload(new Int32Array(s.params.map((p) => p.top_k)), "top_k"),
+    top_p: upload(new Float32Array(s.params.map((p) => p.top_p)), "top_p"),
+    seed: upload(s.seeds, "seed"),
+  };
+  try {
+    be.sample({ ...bufs, B, V: s.V });
+    return download_i32(bufs.tokens_out, B);
+  } finally {
+    free_all(...Object.values(bufs));
+  }
+}
+
+Deno.test("cpu: philox4x32-10 reference (TS replay) matches the Random123 known answers", () => {
+  assertEquals(philox([0, 0, 0, 0], [0, 0]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+  const f = 0xffffffff;
+  assertEquals(philox([f, f, f, f], [f, f]), [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]);
+});
+
+Deno.test("cpu: sample greedy, padding rows, determinism and exact replay", () => {
+  const r = rng(0x5eed);
+  const V = 300;
+  const B = 400;
+  const logits = randn_array(r, B * V, 3);
+  logits[17] = 50; // row 0 is greedy: a tie, the lowest index wins
+  logits[200] = 50;
+  const lengths = new Int32Array(B).map(() => Math.floor(r() * 1000));
+  const n_new = new Int32Array(B).map((_, b) => (b % 13 === 3 ? 0 : 1 + (b % 4)));
+  const param_sets: SampleParams[] = [
+    { temperature: 0, top_k: 0, top_p: 1 },
+    { temperature: 1, top_k: 1, top_p: 1 },
+    { temperature: 1, top_k: 0, top_p: 1 },
+    { temperature: 0.7, top_k: 20, top_p: 1 },
+    { temperature: 1.3, top_k: 0, top_p: 0.5 },
+    { temperature: 0.9, top_k: 40, top_p: 0.9 },
+  ];
+  const params = Array.from({ length: B }, (_, b) => param_sets[b % param_sets.length]);
+  const seeds = new Uint32Array(2 * B).map(() => Math.floor(r() * 2 ** 32));
+  const tokens_init = new Int32Array(B).fill(-7);
+  const tokens = run_sample({ logits, V, lengths, n_new, params, seeds, tokens_init });
+  for (let b = 0; b < B; b++) {
+    if (n_new[b] === 0) {
+      assertEquals(tokens[b], -7, `row ${b} has n_new 0 and must keep its token`);
+      continue;
+    }
+    const row = logits.subarray(b * V, (b + 1) * V);
+    const want = sample_ref(row, params[b], lengths[b] + n_new[b], [seeds[2 * b], seeds[2 * b + 1]]);
+    assertEquals(tokens[b], want, `row ${b} params ${JSON.stringify(params[b])}`);
+  }
+  // Greedy rows (param set 0): argmax, lowest index on ties.
+  assertEquals(tokens[0], 17);
+  for (let b = 0; b < B; b += param_sets.length) {
+    if (n_new[b] === 0) continue;
+    const row = logits.subarray(b * V, (b + 1) * V);
+    assertEquals(tokens[b], row.indexOf(Math.max(...row)));
+  }
+  // Same seed, same tokens; a single sequence draws the same token alone as in the batch.
+  assertEquals([...run_sample({ logits, V, lengths, n_new, params, seeds, tokens_init })], [...tokens]);
+  for (const b of [2, 9, 17]) {
+    const alone = run_sample({
+      logits: logits.slice(b * V, (b + 1) * V),
+      V,
+      lengths: lengths.slice(b, b + 1),
+      n_new: n_new.slice(b, b + 1),
+      params: [params[b]],
+      seeds: seeds.slice(2 * b, 2 * b + 2),
+    });
+    assertEquals(alone[0], tokens[b], `row ${b} alone`);
+  }
+  // Different seeds: the sampled (non-greedy) rows mostly change.
+  const other = run_sample({
+    logits,
+    V,
+    lengths,
+    n_new,
+    params,
+    seeds: seeds.map((s) => s ^ 0x9e3779b9),
+    tokens_init,
+  });
+  let sampled = 0;
+  let differ = 0;
+  for (let b = 0; b < B; b++) {
+    if (n_new[b] === 0 || params[b].temperature === 0 || params[b].top_k === 1) continue;
+    sampled++;
+    if (other[b] !== tokens[b]) differ++;
+  }
+  assert(differ > sampled / 3, `only ${differ} of ${sampled} sampled rows changed with the seed`);
+});
+
+Deno.test("cpu: sample tie-break of greedy and errors", () => {
+  const logits = new Float32Array([1, 5, 2, 5, 5]);
+  const one = { V: 5, lengths: new Int32Array([0]), n_new: new Int32Array([1]), seeds: new Uint32Array(2) };
+  assertEquals(run_sample({ ...one, logits, params: [{ temperature: 0, top_k: 0, top_p: 1 }] })[0], 1);
+  assertEquals(run_sample({ ...one, logits, params: [{ temperature: -1, top_k: 0, top_p: 1 }] })[0], 1);
+  const bad = new Float32Array([1, NaN, 2, 0, 0]);
+  assertThrows(
+    () => run_sample({ ...one, logits: bad, params: [{ temperature: 1, top_k: 0, top_p: 1 }] }),
+    Error,
+    "sequence 0 has non-finite logits",
+  );
+  assertThrows(
+    () =>
+      run_sample({
+        ...one,
+        logits,
+        lengths: new Int32Array([-2]),
+        params: [{ temperature: 1, top_k: 0, top_p: 1 }],
+      }),
+    Error,
+    "negative length -2",
+  );
+});
+
+/** The 0.999 quantile of chi-square with `df` degrees of freedom (Wilson-Hilferty). */
+function chi2_quantile_999(df: number): number {
+  const z = 3.090232306167813;
+  const a = 2 / (9 * df);
+  return df * (1 - a + z * Math.sqrt(a)) ** 3;
+}
+
+/** The exact distribution sampled: top-k and top-p kept set, renormalised (as the algorithm defines it). */
+function kept_distribution(logits: Float32Array, prm: SampleParams): Float64Array {
+  const V = logits.length;
+  const m = Math.max(...logits);
+  const p = Array.from(logits, (l) => Math.exp((l - m) / prm.temperature));
+  const z = p.reduce((a, b) => a + b, 0);
+  const k = prm.top_k > 0 && prm.top_k < V ? prm.top_k : V;
+  const P = prm.top_p > 0 && prm.top_p < 1 ? prm.top_p : Infinity;
+  const q = new Float64Array(V);
+  for (let i = 0; i < V; i++) {
+    let cnt = 0;
+    let mass = 0;
+    for (let j = 0; j < V; j++) {
+      if (p[j] > p[i]) {
+        cnt++;
+        mass += p[j];
+      }
+    }
+    if (cnt < k && mass < P * z) q[i] = p[i];
+  }
+  const s = q.reduce((a, b) => a + b, 0);
+  return q.map((v) => v / s);
+}
+
+Deno.test("cpu: sample matches the renormalised top-k/top-p distribution (chi-square)", () => {
+  const r = rng(0xc41);
+  const V = 30;
+  const row = randn_array(r, V, 2);
+  const N = 20000;
+  const cases: SampleParams[] = [
+    { temperature: 1, top_k: 0, top_p: 1 },
+    { temperature: 1.5, top_k: 0, top_p: 1 },
+    { temperature: 1, top_k: 7, top_p: 1 },
+    { temperature: 1, top_k: 0, top_p: 0.6 },
+    { temperature: 0.7, top_k: 10, top_p: 0.8 },
+  ];
+  for (const prm of cases) {
+    const q = kept_distribution(row, prm);
+    const logits = new Float32Array(N * V);
+    for (let b = 0; b < N; b++) logits.set(row, b * V);
+    const tokens = run_sample({
+      logits,
+      V,
+      lengths: new Int32Array(N).map((_, b) => b),
+      n_new: new Int32Array(N).fill(1),
+      params: Array(N).fill(prm),
+      seeds: new Uint32Array(2 * N).map((_, i) => (i % 2 === 0 ? 12345 : 678)),
+    });
+    const counts = new Float64Array(V);
+    for (const t of tokens) counts[t]++;
+    let chi2 = 0;
+    let bins = 0;
+    let pooled_obs = 0;
+    let pooled_exp = 0;
+    for (let i = 0; i < V; i++) {
+      if (q[i] === 0) {
+        assertEquals(counts[i], 0, `token ${i} is outside the kept set of ${JSON.stringify(prm)}`);
+        continue;
+      }
+      const e = q[i] * N;
+      if (e < 5) {
+        pooled_obs += counts[i];
+        pooled_exp += e;
+        continue;
+      }
+      chi2 += (counts[i] - e) ** 2 / e;
+      bins++;
+    }
+    if (pooled_exp > 0) {
+      chi2 += (pooled_obs - pooled_exp) ** 2 / pooled_exp;
+      bins++;
+    }
+    const kept = q.filter((v) => v > 0).length;
+    assert(
+      kept > 1 && kept < V || prm.top_k === 0 && prm.top_p === 1,
+      `case ${JSON.stringify(prm)} keeps ${kept}`,
+    );
+    const limit = chi2_quantile_999(bins - 1);
+    assert(
+      chi2 < limit,
+      `${JSON.stringify(prm)}: chi2 ${chi2.toFixed(1)} >= ${limit.toFixed(1)} (df ${bins - 1})`,
+    );
+  }
+});
+
+Deno.test("cpu: no buffers leak across the tests", () => {
+  assertEquals(be.allocated_bytes(), 0);
+});
