@@ -62,9 +62,17 @@ export interface LayerNormArgs {
   eps: number;
 }
 
+/** A layernorm over each row of a matmul's input, applied on the fly (x itself is unchanged). */
+export interface RowNorm {
+  weight: Buf;
+  bias: Buf | null;
+  eps: number;
+}
+
 /**
- * out[M, N] = act(x[M, K] @ w[N, K]^T + bias[N]), or with `accumulate` out += x @ w^T + bias
- * (the residual add; act must be "none" then). w is stored (out_features, in_features).
+ * out[M, N] = act(x'[M, K] @ w[N, K]^T + bias[N]), or with `accumulate` out += x' @ w^T + bias
+ * (the residual add; act must be "none" then), where x' = layernorm(x) over K when `ln` is given,
+ * else x. w is stored (out_features, in_features). out must not overlap x.
  */
 export interface MatmulArgs {
   out: Buf;
@@ -78,6 +86,8 @@ export interface MatmulArgs {
   accumulate: boolean;
   /** Write `out` as f32 whatever the backend dtype (the LM head's logits). Not with accumulate. */
   out_f32?: boolean;
+  /** Layernorm x's rows first (fused into the matmul where the backend can). */
+  ln?: RowNorm;
 }
 
 /**

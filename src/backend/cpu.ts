@@ -53,6 +53,8 @@ export class CpuBackend implements Backend {
   #lib: NativeLib;
   #sym: NativeLib["symbols"];
   #live = new Map<bigint, Buf>();
+  /** Layernorm output for matmuls with `ln` (backend-owned, not counted in allocated_bytes). */
+  #scratch: Buf | null = null;
   #allocated_bytes = 0;
   #out_ptr = new BigUint64Array(1);
 
@@ -196,7 +198,30 @@ export class CpuBackend implements Backend {
     this.#lib.check(s, "ng_cpu_layernorm");
   }
 
+  /** Layernorms `a.x` into the backend's scratch (grown as needed) and returns it. */
+  #normed_input(a: MatmulArgs): Buf {
+    const ln = a.ln!;
+    const bytes = a.M * a.K * 4;
+    if (!this.#scratch || this.#scratch.bytes < bytes) {
+      if (this.#scratch) this.#sym.ng_host_free(this.#scratch.ptr, BigInt(this.#scratch.bytes));
+      this.#scratch = null;
+      this.#lib.check(this.#sym.ng_host_alloc(BigInt(bytes), this.#out_ptr), "ng_host_alloc");
+      this.#scratch = { ptr: this.#out_ptr[0], bytes, label: "layernorm scratch" };
+    }
+    this.layernorm({
+      out: this.#scratch,
+      x: a.x,
+      weight: ln.weight,
+      bias: ln.bias,
+      rows: a.M,
+      C: a.K,
+      eps: ln.eps,
+    });
+    return this.#scratch;
+  }
+
   matmul(a: MatmulArgs): void {
+    if (a.ln) a = { ...a, x: this.#normed_input(a), ln: undefined };
     const op = "matmul";
     check_dim(op, "M", a.M);
     check_dim(op, "N", a.N);
@@ -306,6 +331,8 @@ export class CpuBackend implements Backend {
 
   /** Frees every buffer still allocated. */
   [Symbol.dispose](): void {
+    if (this.#scratch) this.#sym.ng_host_free(this.#scratch.ptr, BigInt(this.#scratch.bytes));
+    this.#scratch = null;
     for (const buf of [...this.#live.values()]) this.free(buf);
   }
 }

@@ -31,8 +31,6 @@ export interface Workspace {
   batch: number;
   /** Residual stream (rows, C). */
   x: Buf;
-  /** Layernorm output (rows, C). */
-  h: Buf;
   /** q|k|v (rows, 3C). */
   qkv: Buf;
   /** Attention output (rows, C). */
@@ -41,8 +39,6 @@ export interface Workspace {
   fc: Buf;
   /** Last valid row of each sequence (batch, C). */
   last: Buf;
-  /** Its final layernorm (batch, C). */
-  last_ln: Buf;
   /** f32 logits (batch, V). */
   logits: Buf;
 }
@@ -158,8 +154,8 @@ export class GPT implements Disposable {
   /** Bytes of activations a workspace for `rows` token slots and `batch` sequences needs. */
   workspace_bytes(rows: number, batch: number): number {
     const c = this.config, e = dtype_bytes(this.backend.dtype);
-    return rows * c.n_embd * e * 4 + rows * 3 * c.n_embd * e + rows * 4 * c.n_embd * e +
-      batch * c.n_embd * e * 2 + batch * c.vocab_size * 4;
+    return rows * c.n_embd * e * 2 + rows * 3 * c.n_embd * e + rows * 4 * c.n_embd * e +
+      batch * c.n_embd * e + batch * c.vocab_size * 4;
   }
 
   /** Allocates the activation buffers for steps of up to `rows` token slots and `batch` sequences. */
@@ -176,12 +172,10 @@ export class GPT implements Disposable {
         rows,
         batch,
         x: a(rows * c.n_embd * e, "activations x"),
-        h: a(rows * c.n_embd * e, "activations h"),
         qkv: a(rows * 3 * c.n_embd * e, "activations qkv"),
         att: a(rows * c.n_embd * e, "activations att"),
         fc: a(rows * 4 * c.n_embd * e, "activations fc"),
         last: a(batch * c.n_embd * e, "activations last"),
-        last_ln: a(batch * c.n_embd * e, "activations last_ln"),
         logits: a(batch * c.vocab_size * 4, "logits"),
       };
     } catch (err) {
@@ -192,7 +186,7 @@ export class GPT implements Disposable {
 
   /** Frees a workspace from alloc_workspace. */
   free_workspace(ws: Workspace): void {
-    for (const b of [ws.x, ws.h, ws.qkv, ws.att, ws.fc, ws.last, ws.last_ln, ws.logits]) this.backend.free(b);
+    for (const b of [ws.x, ws.qkv, ws.att, ws.fc, ws.last, ws.logits]) this.backend.free(b);
   }
 
   /**
@@ -234,10 +228,13 @@ export class GPT implements Disposable {
     });
     for (let l = 0; l < c.n_layer; l++) {
       const w = this.#blocks[l];
-      be.layernorm({ out: ws.h, x: ws.x, weight: w.ln_1_w, bias: w.ln_1_b, rows, C, eps });
+      const ln_1 = { weight: w.ln_1_w, bias: w.ln_1_b, eps };
+      const ln_2 = { weight: w.ln_2_w, bias: w.ln_2_b, eps };
+      // qkv = ln_1(x) @ W_attn^T + b
       be.matmul({
         out: ws.qkv,
-        x: ws.h,
+        x: ws.x,
+        ln: ln_1,
         w: w.attn_w,
         bias: w.attn_b,
         M: rows,
@@ -259,6 +256,7 @@ export class GPT implements Disposable {
         head_dim: C / c.n_head,
         max_T,
       });
+      // x += att @ W_proj^T + b
       be.matmul({
         out: ws.x,
         x: ws.att,
@@ -270,10 +268,11 @@ export class GPT implements Disposable {
         act: "none",
         accumulate: true,
       });
-      be.layernorm({ out: ws.h, x: ws.x, weight: w.ln_2_w, bias: w.ln_2_b, rows, C, eps });
+      // x += gelu(ln_2(x) @ W_fc^T + b) @ W_fc2^T + b
       be.matmul({
         out: ws.fc,
-        x: ws.h,
+        x: ws.x,
+        ln: ln_2,
         w: w.fc_w,
         bias: w.fc_b,
         M: rows,
@@ -299,10 +298,11 @@ export class GPT implements Disposable {
       be.gather_last({ out: ws.last, x: ws.x, n_new: st.n_new, B, T, C });
       last = ws.last;
     }
-    be.layernorm({ out: ws.last_ln, x: last, weight: this.#ln_f_w, bias: this.#ln_f_b, rows: B, C, eps });
+    // logits = ln_f(last) @ W_lm^T, in f32
     be.matmul({
       out: ws.logits,
-      x: ws.last_ln,
+      x: last,
+      ln: { weight: this.#ln_f_w, bias: this.#ln_f_b, eps },
       w: this.#lm_head ?? this.#wte,
       bias: null,
       M: B,
