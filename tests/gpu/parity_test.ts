@@ -85,9 +85,14 @@ gpu_suite("parity_test", () => {
       assert(err < 1e-4, `logits ${i}: relative L2 error ${err} between cuda and cpu`);
     });
     using model = await load_model("random:gpt2", { device: "cuda", dtype: "bf16" });
-    const [lg] = model.engine.prefill_logits([ids.slice(0, 16)]);
-    console.log(`random:gpt2 bf16 vs f32 logits: relative L2 ${rel_l2(lg, logits[0][0]).toExponential(2)}`);
-    assert(lg.every(Number.isFinite));
+    // bf16 against the CPU's f32: prefill rows and the decode path (acceptance: 2e-2 relative L2).
+    const bf = [
+      ...model.engine.prefill_logits([ids.slice(0, 16), ids.slice(0, 5), ids.slice(0, 40)]),
+      ...model.engine.teacher_forced_logits(ids, 300),
+    ];
+    const worst = Math.max(...bf.map((lg, i) => rel_l2(lg, logits[0][i])));
+    console.log(`random:gpt2 bf16 vs cpu f32 logits: worst relative L2 ${worst.toExponential(2)}`);
+    assert(worst < 2e-2, `bf16 logits: relative L2 error ${worst} >= 2e-2`);
     const out = await model.generate_batch(
       Array.from({ length: 8 }, (_, i) => ({ prompt: ids.slice(i, i + 3 + 5 * i), seed: i })),
       { temperature: 0.8, top_k: 200, max_new_tokens: 24, stop_at_eot: false },
@@ -123,7 +128,8 @@ gpu_suite("parity_test", () => {
         using model = await load_model(`${dir}/ckpt-slim.pt`, { device: "cuda", dtype: "bf16" });
         const [lg] = model.engine.prefill_logits([ref.prompt_ids]);
         const err = rel_l2(lg, ref.last_logits);
-        assert(err < 3e-2, `bf16 last logits: ${err}`);
+        console.log(`shakespeare bf16 last logits: relative L2 ${err.toExponential(2)}`);
+        assert(err < 2e-2, `bf16 last logits: ${err}`);
         const out = await model.generate(ref.prompt, { temperature: 0, max_new_tokens: 200 });
         const want = ref.greedy_ids.slice(ref.prompt_ids.length);
         let same = 0;
