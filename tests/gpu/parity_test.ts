@@ -100,6 +100,18 @@ gpu_suite("parity_test", () => {
     assert(out.every((r) => r.tokens.length === 24 && r.tokens.every((t) => t >= 0 && t < 50257)));
   });
 
+  Deno.test("ragged batches on cuda: each sequence's greedy output equals running it alone (f32 and bf16)", async () => {
+    const prompts = [[5, 17, 200], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [42], [7, 7, 7, 7, 7]];
+    for (const dtype of ["f32", "bf16"] as const) {
+      using model = await load_model(fixture("hf_tiny_lm"), { device: "cuda", dtype });
+      const opts = { temperature: 0, max_new_tokens: 30, stop_at_eot: false };
+      const batch = await model.generate_batch(prompts, opts);
+      for (let i = 0; i < prompts.length; i++) {
+        assertEquals(batch[i].tokens, (await model.generate(prompts[i], opts)).tokens, `${dtype} prompt ${i}`);
+      }
+    }
+  });
+
   const dir = Deno.env.get("NGPT_SHAKESPEARE") ?? SHAKESPEARE;
   let have_ckpt = false;
   try {
