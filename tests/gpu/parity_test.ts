@@ -100,9 +100,11 @@ gpu_suite("parity_test", () => {
     assert(out.every((r) => r.tokens.length === 24 && r.tokens.every((t) => t >= 0 && t < 50257)));
   });
 
-  Deno.test("ragged batches on cuda: each sequence's greedy output equals running it alone (f32 and bf16)", async () => {
+  // f32: bf16 rounding of activations makes results depend on the matmul algorithm chosen per M, and a
+  // tiny random model has near-ties, so only f32 promises bit-equal greedy paths.
+  Deno.test("ragged batches on cuda: each sequence's greedy output equals running it alone (f32)", async () => {
     const prompts = [[5, 17, 200], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [42], [7, 7, 7, 7, 7]];
-    for (const dtype of ["f32", "bf16"] as const) {
+    for (const dtype of ["f32"] as const) {
       using model = await load_model(fixture("hf_tiny_lm"), { device: "cuda", dtype });
       const opts = { temperature: 0, max_new_tokens: 30, stop_at_eot: false };
       const batch = await model.generate_batch(prompts, opts);
