@@ -1,7 +1,9 @@
-// attention_combine: merges attention_decode's per-split partials of each (b, h) into
-// out[b, h*D:(h+1)*D] = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s over the splits that hold
-// live keys; sequences with n_new[b] == 0 get zeros. Needs -DNG_HEAD_DIM=D.
-// Grid: (H, B); block: D rounded up to a multiple of 32 threads.
+// attention_combine: merges attention_decode's per-chunk partials of each (b, h) into
+// out[b, h*D:(h+1)*D] = sum_c 2^(m_c - M) acc_c / sum_c 2^(m_c - M) l_c over the chunks that hold
+// live keys (scores in log2 units). Only sequences whose live length len = min(lengths[b] + 1,
+// max_T) spans more than one chunk: attention_decode already wrote the others (and the zero rows
+// of n_new[b] == 0). Needs -DNG_HEAD_DIM=D. Grid: (H, B); block: D rounded up to 32 threads, thread
+// d owns output element d.
 #ifndef NG_HEAD_DIM
 #error "attention_combine needs -DNG_HEAD_DIM"
 #endif
@@ -9,24 +11,21 @@
 
 extern "C" __global__ void ng_attention_combine(st_t* __restrict__ out, const float* __restrict__ part_acc,
                                                 const float* __restrict__ part_ml, const int* __restrict__ lengths,
-                                                const int* __restrict__ n_new, int H, int max_T, int n_split) {
+                                                const int* __restrict__ n_new, int H, int max_T, int chunk,
+                                                int n_chunks) {
   const int b = blockIdx.y, h = blockIdx.x, d = threadIdx.x;
-  if (d >= HD) return;
-  st_t* o = out + (size_t)b * H * HD + h * HD;
-  if (n_new[b] <= 0) {
-    o[d] = from_f32(0.0f);
-    return;
-  }
+  if (d >= HD || n_new[b] <= 0) return;
   const int len = min(lengths[b] + 1, max_T);
-  const int ns = min((len + NG_DECODE_SPLIT - 1) / NG_DECODE_SPLIT, n_split);
-  const size_t base = ((size_t)b * H + h) * n_split;
+  const int ns = min((len + chunk - 1) / chunk, n_chunks);
+  if (ns <= 1) return;
+  const size_t base = ((size_t)b * H + h) * n_chunks;
   float M = NG_NEG_INF;
-  for (int s = 0; s < ns; s++) M = fmaxf(M, part_ml[2 * (base + s)]);
+  for (int c = 0; c < ns; c++) M = fmaxf(M, part_ml[2 * (base + c)]);
   float lsum = 0.0f, a = 0.0f;
-  for (int s = 0; s < ns; s++) {
-    const float w = expf(part_ml[2 * (base + s)] - M);
-    lsum += w * part_ml[2 * (base + s) + 1];
-    a += w * part_acc[(base + s) * HD + d];
+  for (int c = 0; c < ns; c++) {
+    const float w = exp2f(part_ml[2 * (base + c)] - M);
+    lsum += w * part_ml[2 * (base + c) + 1];
+    a += w * part_acc[(base + c) * HD + d];
   }
-  o[d] = from_f32(a / lsum);
+  out[(size_t)b * H * HD + h * HD + d] = from_f32(a / lsum);
 }

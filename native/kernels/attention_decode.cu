@@ -1,9 +1,20 @@
-// attention_decode (T == 1): one query per (b, h) over the cache positions 0..lengths[b] (the new
-// token's k/v already appended), split over the KV length: block `sp` takes keys
-// sp*S .. sp*S+S-1 (S = NG_DECODE_SPLIT, one per thread), so only live positions are read and
-// blocks past the length exit at once. Each writes its partial softmax numerator
-// part_acc[(b*H + h)*n_split + sp, :D] and (max, sum) into part_ml; attention_combine merges them.
-// Needs -DNG_HEAD_DIM=D (1..128). Grid: (n_split, H, B); block: S = 128 threads.
+// attention_decode (T == 1): flash-decoding with the KV append fused in. Block (c, y, b) takes
+// sequence b, heads y*hpb .. y*hpb+hpb-1 (hpb = warps / wph, wph warps per head), and the keys of
+// chunk c: positions c*chunk .. c*chunk+chunk-1 clipped to the live length len = min(pos + 1,
+// max_T), where pos = lengths[b] is the new token's position. The new token's k and v are read from
+// qkv (not from the cache), and the block whose chunk holds pos writes them into the caches; blocks
+// past len, and sequences with n_new[b] == 0, read nothing.
+//
+// A warp reads K and V rows with vector loads of VB bytes (16 when the row allows): LPK lanes share
+// one key, lane i of a group holding vectors i, i + LPK, ... of the row (VPL of them), so a warp
+// covers KPI = 32 / LPK keys per load and keeps U such key groups in flight, K and V together. The
+// ws-th warp of a head takes keys j0 + (ws + k * wph) * KPI * U .. +KPI*U-1. Each key group keeps
+// its own online softmax (fp32, scores in log2 units); at the end the groups of a warp merge through
+// shuffles, then the warps of a head through shared memory. With one live chunk the block writes
+// out[b, h*D:(h+1)*D]; otherwise it writes its unnormalised partial to part_acc[(b*H + h) * n_chunks
+// + c, :D] and (max, sum) to part_ml, which attention_combine merges. For n_new[b] == 0 the blocks of
+// chunk 0 write zero rows. Needs -DNG_HEAD_DIM=D (1..128).
+// Grid: (n_chunks, ceil(H / hpb), B); block: 32 * warps threads, warps <= MAXW, wph dividing warps.
 #ifndef NG_HEAD_DIM
 #error "attention_decode needs -DNG_HEAD_DIM"
 #endif
@@ -11,69 +22,251 @@
 #error "attention_decode supports head_dim 1..128"
 #endif
 #define HD NG_HEAD_DIM
-#define S NG_DECODE_SPLIT
-#define G (S / HD)
+#define MAXW 8
+#define FULL 0xffffffffu
 
-extern "C" __global__ void __launch_bounds__(NG_DECODE_SPLIT)
-ng_attention_decode(float* __restrict__ part_acc, float* __restrict__ part_ml, const st_t* __restrict__ qkv,
-                    const st_t* __restrict__ k_cache, const st_t* __restrict__ v_cache,
-                    const int* __restrict__ lengths, const int* __restrict__ n_new, int H, int max_T,
-                    int n_split, float scale) {
-  __shared__ float q_s[HD];
-  __shared__ float p_s[S];
-  __shared__ float red[32];
-  __shared__ float acc_s[G][HD];
-  const int b = blockIdx.z, h = blockIdx.y, sp = blockIdx.x, tid = threadIdx.x;
-  if (n_new[b] <= 0) return;
-  const int len = min(lengths[b] + 1, max_T);
-  const int j0 = sp * S;
-  if (j0 >= len) return;
-  const int C = H * HD;
-  for (int d = tid; d < HD; d += blockDim.x) q_s[d] = to_f32(qkv[(size_t)b * 3 * C + h * HD + d]) * scale;
-  __syncthreads();
-  const size_t base = ((size_t)b * H + h) * (size_t)max_T * HD;
-  const int j = j0 + tid;
-  float s = NG_NEG_INF;
-  if (j < len) {
-    const st_t* kr = k_cache + base + (size_t)j * HD;
-    float a = 0.0f;
-#if (NG_HEAD_DIM * NG_DTYPE_BYTES) % 16 == 0
-#pragma unroll
-    for (int d0 = 0; d0 < HD; d0 += NG_VEC) {
-      float v[NG_VEC];
-      load_vec(kr + d0, v);
-#pragma unroll
-      for (int e = 0; e < NG_VEC; e++) a += q_s[d0 + e] * v[e];
-    }
+// Row bytes, the vector size that divides them, elements per vector and vectors per row.
+#define RB (HD * NG_DTYPE_BYTES)
+#if RB % 16 == 0
+#define VB 16
+typedef uint4 vec_t;
+#elif RB % 8 == 0
+#define VB 8
+typedef uint2 vec_t;
+#elif RB % 4 == 0
+#define VB 4
+typedef unsigned int vec_t;
 #else
-#pragma unroll 8
-    for (int d = 0; d < HD; d++) a += q_s[d] * to_f32(kr[d]);
+#define VB 2
+typedef unsigned short vec_t;
 #endif
-    s = a;
+#define W (VB / NG_DTYPE_BYTES)
+#define NV (RB / VB)
+
+// Lanes per key: the fewest (a power of two) that keep each lane at <= 16 elements of the row.
+#define VPL_MAX (16 / W)
+#define FITS(l) ((NV + (l) - 1) / (l) <= VPL_MAX)
+#if FITS(1)
+#define LPK 1
+#elif FITS(2)
+#define LPK 2
+#elif FITS(4)
+#define LPK 4
+#elif FITS(8)
+#define LPK 8
+#elif FITS(16)
+#define LPK 16
+#else
+#define LPK 32
+#endif
+#define VPL ((NV + LPK - 1) / LPK)
+#define KPI (32 / LPK)
+// Key groups in flight per warp: up to 8 vectors of K and 8 of V per lane.
+#define U (VPL >= 8 ? 1 : 8 / VPL)
+
+// The elements of a 32-bit word (one f32 or two 16-bit values) as f32.
+__device__ __forceinline__ void unpack_word(unsigned int w, float* f) {
+#if NG_DTYPE == 0
+  f[0] = __uint_as_float(w);
+#else
+  f[0] = to_f32((st_t)(w & 0xffffu));
+  f[1] = to_f32((st_t)(w >> 16));
+#endif
+}
+
+// The W elements of a vector as f32.
+__device__ __forceinline__ void unpack(const vec_t& v, float* f) {
+#if VB == 16
+  unpack_word(v.x, f);
+  unpack_word(v.y, f + W / 4);
+  unpack_word(v.z, f + W / 2);
+  unpack_word(v.w, f + 3 * W / 4);
+#elif VB == 8
+  unpack_word(v.x, f);
+  unpack_word(v.y, f + W / 2);
+#elif VB == 4
+  unpack_word(v, f);
+#else
+  f[0] = to_f32(v);
+#endif
+}
+
+// 2^(m - m_max): the weight of a partial softmax with max m (log2 units) under the max m_max; 0
+// for an empty one (m == -inf).
+__device__ __forceinline__ float rescale(float m, float m_max) {
+  return m == NG_NEG_INF ? 0.0f : exp2f(m - m_max);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * MAXW)
+ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
+                    const st_t* __restrict__ qkv, st_t* __restrict__ k_cache, st_t* __restrict__ v_cache,
+                    const int* __restrict__ lengths, const int* __restrict__ n_new, int H, int max_T,
+                    int chunk, int wph, float scale_log2) {
+  __shared__ float acc_s[MAXW][NV * W];
+  __shared__ float m_s[MAXW], l_s[MAXW];
+  const int c = blockIdx.x, b = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, warps = blockDim.x >> 5;
+  const int hpb = warps / wph, h0 = blockIdx.y * hpb;  // heads of this block: h0 .. h0+hpb-1
+  const int C = H * HD;
+  const int nn = n_new[b], pos = lengths[b];
+  if (nn <= 0) {
+    if (c == 0) {
+      for (int x = tid; x < hpb * HD; x += blockDim.x) {
+        if (h0 + x / HD < H) out[(size_t)b * C + h0 * HD + x] = from_f32(0.0f);
+      }
+    }
+    return;
   }
-  const float m = block_max(s, red);
-  const float p = j < len ? expf(s - m) : 0.0f;
-  const float l = block_sum(p, red);
-  p_s[tid] = p;
-  __syncthreads();
-  const int nk = min(S, len - j0);
-  const int g = tid / HD, d = tid - g * HD;
-  if (g < G) {
-    const st_t* vb = v_cache + base + (size_t)j0 * HD + d;
-    float a = 0.0f;
-    for (int jj = g; jj < nk; jj += G) a += p_s[jj] * to_f32(vb[(size_t)jj * HD]);
-    acc_s[g][d] = a;
+  const int len = min(pos + 1, max_T);
+  const int j0 = c * chunk;
+  if (j0 >= len) return;
+  const int j1 = min(j0 + chunk, len);
+  const st_t* qkv_b = qkv + (size_t)b * 3 * C;
+  // The append (nothing below reads cache row pos: key pos comes from qkv).
+  if (pos >= j0 && pos < j1) {
+    for (int x = tid; x < hpb * NV; x += blockDim.x) {
+      const int hh = h0 + x / NV, vi = x - (x / NV) * NV;
+      if (hh >= H) continue;
+      const size_t row = (((size_t)b * H + hh) * max_T + pos) * HD;
+      reinterpret_cast<vec_t*>(k_cache + row)[vi] = reinterpret_cast<const vec_t*>(qkv_b + C + hh * HD)[vi];
+      reinterpret_cast<vec_t*>(v_cache + row)[vi] = reinterpret_cast<const vec_t*>(qkv_b + 2 * C + hh * HD)[vi];
+    }
   }
-  __syncthreads();
-  const size_t o = ((size_t)b * H + h) * n_split + sp;
-  if (tid < HD) {
-    float a = 0.0f;
+  // This warp: head h (warp ws of the wph on it), key group g, lane i of the group.
+  const int ws = warp % wph, h = h0 + warp / wph;
+  const int g = lane / LPK, i = lane - g * LPK;
+  const bool active = h < H;  // warp-uniform
+  const size_t bh = (size_t)b * H + h;
+  const st_t* q_row = qkv_b + h * HD;
+  const vec_t* k_new = reinterpret_cast<const vec_t*>(q_row + C);
+  const vec_t* v_new = reinterpret_cast<const vec_t*>(q_row + 2 * C);
+  const st_t* k_base = k_cache + bh * (size_t)max_T * HD;
+  const st_t* v_base = v_cache + bh * (size_t)max_T * HD;
+  float q[VPL][W], acc[VPL][W];
 #pragma unroll
-    for (int gg = 0; gg < G; gg++) a += acc_s[gg][tid];
-    part_acc[o * HD + tid] = a;
+  for (int v = 0; v < VPL; v++) {
+    const int vi = i + v * LPK;
+    vec_t t = {};
+    if (active && vi < NV) t = reinterpret_cast<const vec_t*>(q_row)[vi];
+    unpack(t, q[v]);
+#pragma unroll
+    for (int e = 0; e < W; e++) {
+      q[v][e] *= scale_log2;
+      acc[v][e] = 0.0f;
+    }
   }
-  if (tid == 0) {
-    part_ml[2 * o] = m;
-    part_ml[2 * o + 1] = l;
+  float m = NG_NEG_INF, l = 0.0f;
+  const int j_end = active ? j1 : j0;
+  for (int jb = j0 + ws * (KPI * U); jb < j_end; jb += wph * (KPI * U)) {  // warp-uniform
+    vec_t kr[U][VPL], vr[U][VPL];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int j = jb + u * KPI + g;
+      const vec_t* kp = j == pos ? k_new : reinterpret_cast<const vec_t*>(k_base + (size_t)j * HD);
+      const vec_t* vp = j == pos ? v_new : reinterpret_cast<const vec_t*>(v_base + (size_t)j * HD);
+#pragma unroll
+      for (int v = 0; v < VPL; v++) {
+        const int vi = i + v * LPK;
+        kr[u][v] = vec_t{};
+        vr[u][v] = vec_t{};
+        if (j < j1 && vi < NV) {
+          kr[u][v] = kp[vi];
+          vr[u][v] = vp[vi];
+        }
+      }
+    }
+    float s[U];
+    float m_new = m;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      float a = 0.0f;
+#pragma unroll
+      for (int v = 0; v < VPL; v++) {
+        float kf[W];
+        unpack(kr[u][v], kf);
+#pragma unroll
+        for (int e = 0; e < W; e++) a += q[v][e] * kf[e];
+      }
+#pragma unroll
+      for (int off = LPK / 2; off > 0; off >>= 1) a += __shfl_xor_sync(FULL, a, off);
+      s[u] = jb + u * KPI + g < j1 ? a : NG_NEG_INF;
+      m_new = fmaxf(m_new, s[u]);
+    }
+    if (m_new != NG_NEG_INF) {
+      const float corr = rescale(m, m_new);
+      l *= corr;
+#pragma unroll
+      for (int v = 0; v < VPL; v++) {
+#pragma unroll
+        for (int e = 0; e < W; e++) acc[v][e] *= corr;
+      }
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        const float p = exp2f(s[u] - m_new);
+        l += p;
+#pragma unroll
+        for (int v = 0; v < VPL; v++) {
+          float vf[W];
+          unpack(vr[u][v], vf);
+#pragma unroll
+          for (int e = 0; e < W; e++) acc[v][e] += p * vf[e];
+        }
+      }
+      m = m_new;
+    }
+  }
+  // Merge the key groups of the warp (a butterfly: every group ends with the warp's result).
+#pragma unroll
+  for (int off = LPK; off < 32; off <<= 1) {
+    const float m_o = __shfl_xor_sync(FULL, m, off), l_o = __shfl_xor_sync(FULL, l, off);
+    const float m_new = fmaxf(m, m_o);
+    const float a = rescale(m, m_new), bo = rescale(m_o, m_new);
+    l = l * a + l_o * bo;
+#pragma unroll
+    for (int v = 0; v < VPL; v++) {
+#pragma unroll
+      for (int e = 0; e < W; e++) acc[v][e] = acc[v][e] * a + __shfl_xor_sync(FULL, acc[v][e], off) * bo;
+    }
+    m = m_new;
+  }
+  if (lane < LPK) {
+#pragma unroll
+    for (int v = 0; v < VPL; v++) {
+      const int vi = i + v * LPK;
+      if (vi < NV) {
+#pragma unroll
+        for (int e = 0; e < W; e++) acc_s[warp][vi * W + e] = acc[v][e];
+      }
+    }
+    if (lane == 0) {
+      m_s[warp] = m;
+      l_s[warp] = l;
+    }
+  }
+  __syncthreads();
+  // Merge the wph warps of each head (the chunk is not empty, so the head's first warp holds a key
+  // and M is finite).
+  const bool single = j0 == 0 && j1 == len;
+  for (int x = tid; x < hpb * HD; x += blockDim.x) {
+    const int hl = x / HD, d = x - hl * HD, hh = h0 + hl, w0 = hl * wph;
+    if (hh >= H) continue;
+    float M = NG_NEG_INF;
+    for (int w = w0; w < w0 + wph; w++) M = fmaxf(M, m_s[w]);
+    float L = 0.0f, a = 0.0f;
+    for (int w = w0; w < w0 + wph; w++) {
+      const float r = rescale(m_s[w], M);
+      L += l_s[w] * r;
+      a += acc_s[w][d] * r;
+    }
+    const size_t part = ((size_t)b * H + hh) * gridDim.x + c;
+    if (single) {
+      out[(size_t)b * C + hh * HD + d] = from_f32(a / L);
+    } else {
+      part_acc[part * HD + d] = a;
+      if (d == 0) {
+        part_ml[2 * part] = M;
+        part_ml[2 * part + 1] = L;
+      }
+    }
   }
 }

@@ -37,9 +37,6 @@ __device__ __forceinline__ st_t from_f32(float f) {
 #define NG_DTYPE_BYTES (NG_DTYPE == 0 ? 4 : 2)
 #define NG_VEC (16 / NG_DTYPE_BYTES)
 
-// Keys per split of attention_decode (one per thread); attention_combine reads the same splits.
-#define NG_DECODE_SPLIT 128
-
 #define NG_NEG_INF (__int_as_float(0xff800000))
 
 // Loads NG_VEC consecutive elements (16-byte aligned) as f32.

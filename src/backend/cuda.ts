@@ -34,7 +34,7 @@ import { PinnedStaging } from "./cuda/staging.ts";
 import { ReadRing } from "./cuda/read_ring.ts";
 import { KernelModules } from "./cuda/modules.ts";
 import { KernelOps } from "./cuda/ops.ts";
-import { Matmuls } from "./cuda/matmul.ts";
+import { default_gemv_policy, gemv_fits, gemv_preferred, type GemvPolicy, Matmuls } from "./cuda/matmul.ts";
 import { StepGraphs } from "./cuda/graphs.ts";
 import { cache_root } from "./cuda/paths.ts";
 import { dtype_code } from "./cuda/kernels.ts";
@@ -67,6 +67,13 @@ export class CudaBackend implements Backend {
   readonly device_name: string;
   /** Whether steps are captured into CUDA graphs. */
   readonly graphs: boolean;
+  /**
+   * Which matmuls go to the gemv kernel (where their shapes allow) rather than cuBLASLt: "auto"
+   * (the measured choice, see gemv_preferred in cuda/matmul.ts), or those with M up to a number
+   * (0: none, 16: all). Default $NGPT_GEMV_MAX_M or "auto". Change it only between steps with
+   * distinct keys (a captured step keeps the path it was recorded with).
+   */
+  gemv: GemvPolicy;
   #lib: NativeLib;
   #ctx: CudaContext;
   #stream: bigint;
@@ -88,6 +95,7 @@ export class CudaBackend implements Backend {
     this.#mm = mm;
     this.dtype = opts.dtype ?? "bf16";
     this.graphs = opts.graphs ?? true;
+    this.gemv = default_gemv_policy();
     this.device_name = ctx.name;
     this.#mem = new DeviceMemory(ctx);
     this.#staging = new PinnedStaging(ctx, stream);
@@ -228,9 +236,23 @@ export class CudaBackend implements Backend {
   matmul(a: MatmulArgs): void {
     this.#open("matmul");
     this.#mm.validate(a);
+    const wanted = this.gemv === "auto" ? gemv_preferred(a, this.dtype) : a.M <= this.gemv;
+    if (wanted && gemv_fits(a, this.dtype, this.#ctx.smem_optin_bytes)) {
+      this.#ops.gemv(a);
+      return;
+    }
+    if (a.ln) a = { ...a, x: this.#normed_input(a), ln: undefined };
     const p = this.#mm.plan(a, this.#ops.mode !== "capture");
     if (this.#ops.mode !== "prepare") this.#mm.run(a, p, this.#stream);
     if (p.post_gelu !== null) this.#ops.bias_gelu(a.out, null, a.M * a.N, a.N, p.post_gelu);
+  }
+
+  /** The cuBLASLt path's input: layernorm(a.x) into the matmul scratch (grown outside capture). */
+  #normed_input(a: MatmulArgs): Buf {
+    const ln = a.ln!;
+    const out = this.#mm.input_scratch(a.M * a.K * dtype_bytes(this.dtype), this.#ops.mode !== "capture");
+    this.#ops.layernorm({ out, x: a.x, weight: ln.weight, bias: ln.bias, rows: a.M, C: a.K, eps: ln.eps });
+    return out;
   }
 
   attention(a: AttentionArgs): void {

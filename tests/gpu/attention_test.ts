@@ -1,9 +1,11 @@
-// CUDA attention (kv append + prefill, then decode over several KV splits) against a naive f64
-// reference, with ragged lengths / n_new, head sizes 16, 24, 64, 80 and 128, in f32 and bf16.
+// CUDA attention (kv append + prefill; decode with the append fused in, in one chunk or split in
+// several and combined) against a naive f64 reference, with ragged lengths / n_new, head sizes 16,
+// 24, 64, 80 and 128, long caches (1024 keys) and B = 256, in f32 and bf16.
 import { assert, assertEquals } from "../helpers/assert.ts";
 import type { Buf, DType } from "../../src/backend/backend.ts";
 import type { CudaBackend } from "../../src/backend/cuda.ts";
-import { backend, gpu_suite, randn, read_f32, rel_l2, tol, upload, upload_i32 } from "./gpu_helpers.ts";
+import { decode_plan } from "../../src/backend/cuda/ops.ts";
+import { backend, gpu_suite, randn, read_f32, rel_l2, rng, tol, upload, upload_i32 } from "./gpu_helpers.ts";
 
 interface Case {
   be: CudaBackend;
@@ -89,21 +91,60 @@ function step(c: Case, T: number, lengths: number[], n_new: number[], seed: numb
 gpu_suite("attention_test", () => {
   for (const dtype of ["f32", "bf16"] as DType[]) {
     for (const D of [16, 24, 64, 80, 128]) {
-      Deno.test(`cuda attention (${dtype}, head ${D}): ragged prefill, then decode across KV splits`, () => {
+      Deno.test(`cuda attention (${dtype}, head ${D}): ragged prefill, then decode`, () => {
         using be = backend(dtype, false);
         const B = 4, H = D === 128 ? 2 : 3, max_T = 300, n = B * H * max_T * D;
         const k = upload(be, randn(n, 100 + D), "k cache"), v = upload(be, randn(n, 200 + D), "v cache");
         const c: Case = { be, B, H, D, max_T, k: k.buf, v: v.buf, k_host: k.values, v_host: v.values };
-        // Prefill: a fresh prompt over three query blocks, a continuation, one past a 128-key split,
+        // Prefill: a fresh prompt over three query blocks, a continuation, one past 128 keys,
         // and an idle sequence with a long cache.
         const T = 40;
         const lengths = [0, 37, 140, 290], n_new = [40, 20, 33, 0];
         step(c, T, lengths, n_new, 1, `${dtype} D=${D} prefill`);
-        // Decode: one token each, except sequence 2 (idle); sequence 3 reads 291 keys (3 splits).
+        // Decode: one token each, except sequence 2 (idle); sequence 3 reads 291 keys.
         const l2 = lengths.map((l, b) => l + n_new[b]);
         step(c, 1, l2, [1, 1, 0, 1], 2, `${dtype} D=${D} decode`);
         const l3 = l2.map((l, b) => l + [1, 1, 0, 1][b]);
         step(c, 1, l3, [1, 1, 1, 1], 3, `${dtype} D=${D} decode 2`);
+        assertEquals(be.allocated_bytes(), 2 * n * (dtype === "f32" ? 4 : 2));
+      });
+    }
+    for (const D of [64, 128]) {
+      Deno.test(`cuda attention (${dtype}, head ${D}): long caches, decode split in chunks`, () => {
+        using be = backend(dtype, false);
+        const B = 4, H = 2, max_T = 1100, n = B * H * max_T * D;
+        // Few (b, head) pairs and a long cache: the keys are cut in chunks on any GPU of >= 8 SMs.
+        assert(decode_plan(B, H, max_T, 132).n_chunks > 1, "the long case no longer splits the keys");
+        const k = upload(be, randn(n, 300 + D), "k cache"), v = upload(be, randn(n, 400 + D), "v cache");
+        const c: Case = { be, B, H, D, max_T, k: k.buf, v: v.buf, k_host: k.values, v_host: v.values };
+        const lengths = [0, 980, 700, 900], n_new = [40, 40, 3, 0];
+        step(c, 40, lengths, n_new, 4, `${dtype} D=${D} long prefill`);
+        // 1024 keys (every chunk), a middle one, a short one (one live chunk, no combine), an idle one.
+        const l2 = [1023, 1020, 5, 900];
+        step(c, 1, l2, [1, 1, 1, 0], 5, `${dtype} D=${D} long decode`);
+        step(c, 1, l2.map((l) => l + 1), [1, 1, 1, 1], 6, `${dtype} D=${D} long decode 2`);
+        assertEquals(be.allocated_bytes(), 2 * n * (dtype === "f32" ? 4 : 2));
+      });
+    }
+    // B = 256 (a few warps per head on an H100), and B = 512 with a short cache, where a block
+    // holds several heads of one sequence (asserted for an H100's 132 SMs).
+    for (const [B, max_T, multi_head] of [[256, 128, false], [512, 40, true]] as const) {
+      const what = multi_head ? "several heads per block" : "ragged";
+      Deno.test(`cuda attention (${dtype}, head 64): decode at B = ${B}, ${what}`, () => {
+        const H = 12, D = 64, n = B * H * max_T * D;
+        const plan = decode_plan(B, H, max_T, 132);
+        if (multi_head) assert(plan.heads_per_block > 1, `B = ${B} plan ${JSON.stringify(plan)}`);
+        using be = backend(dtype, false);
+        const k = upload(be, randn(n, 500 + B), "k cache"), v = upload(be, randn(n, 600 + B), "v cache");
+        const c: Case = { be, B, H, D, max_T, k: k.buf, v: v.buf, k_host: k.values, v_host: v.values };
+        const u = rng(B);
+        const lengths = Array.from(
+          { length: B },
+          (_, b) => b === 0 ? max_T - 2 : Math.floor(u() * (max_T - 2)),
+        );
+        const n_new = lengths.map((_, b) => b % 17 === 3 ? 0 : 1);
+        step(c, 1, lengths, n_new, 7, `${dtype} B=${B} decode`);
+        step(c, 1, lengths.map((l, b) => l + n_new[b]), n_new.map(() => 1), 8, `${dtype} B=${B} decode 2`);
         assertEquals(be.allocated_bytes(), 2 * n * (dtype === "f32" ? 4 : 2));
       });
     }

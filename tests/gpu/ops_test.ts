@@ -1,8 +1,9 @@
 // CUDA ops against naive TypeScript references on random data, in f32 (1e-5..1e-4 relative L2),
-// f16 and bf16 (2e-2): transfers, weight conversion, embed, layernorm, every matmul form, gather,
-// advance.
+// f16 and bf16 (2e-2): transfers, weight conversion, embed, layernorm, every matmul form (with the
+// fused layernorm, through the gemv kernel and cuBLASLt), gather, advance.
 import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
-import type { DType } from "../../src/backend/backend.ts";
+import type { Buf, DType, MatmulArgs } from "../../src/backend/backend.ts";
+import { gemv_fits, gemv_launch, gemv_preferred } from "../../src/backend/cuda/matmul.ts";
 import { sub_buf } from "../../src/backend/buf.ts";
 import {
   backend,
@@ -20,6 +21,74 @@ import {
 } from "./gpu_helpers.ts";
 
 const DTYPES: DType[] = ["f32", "bf16", "f16"];
+
+// Pure host logic of the gemv path: runs without a GPU.
+Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", () => {
+  const buf: Buf = { ptr: 0n, bytes: 1 << 30, label: "b" };
+  const mm = (M: number, N: number, K: number, more: Partial<MatmulArgs> = {}): MatmulArgs => ({
+    out: buf,
+    x: buf,
+    w: buf,
+    bias: null,
+    M,
+    N,
+    K,
+    act: "none",
+    accumulate: false,
+    ...more,
+  });
+  const shapes = [[768, 768], [2304, 768], [768, 3072], [1600, 6400], [50257, 1600], [5, 8], [37, 64], [
+    3,
+    24,
+  ]];
+  const bounds: Record<string, number> = { gemv_m1: 1, gemv_m2: 2, gemv_m4: 4, gemv_m8: 8, gemv_m16: 16 };
+  for (const dtype of DTYPES) {
+    const es = dtype === "f32" ? 4 : 2;
+    for (let M = 1; M <= 16; M++) {
+      for (const [N, K] of shapes) {
+        const what = `${dtype} M=${M} N=${N} K=${K}`;
+        // Whole 16-byte vectors per row, and x staged in shared memory (227 KiB less 4 KiB static).
+        const fits = K * es % 16 === 0 && M * K * es <= 232448 - 4096;
+        assertEquals(gemv_fits(mm(M, N, K), dtype, 232448), fits, `fits ${what}`);
+        if (!fits) continue;
+        const l = gemv_launch(mm(M, N, K), dtype, 132, 232448);
+        const warps = l.threads / 32;
+        assert(Number.isInteger(warps) && warps >= 1 && warps <= 8, `${what}: ${l.threads} threads`);
+        assert(l.ks >= 1 && warps % l.ks === 0, `${what}: ${warps} warps, ks ${l.ks}`);
+        assert(l.ks <= (M <= 2 ? 8 : 4), `${what}: ks ${l.ks}`);
+        assert(l.blocks >= 1 && l.blocks <= Math.ceil(N / 4), `${what}: ${l.blocks} blocks`);
+        assertEquals(l.smem_bytes, M * K * es, what);
+        const bound = bounds[l.kernel];
+        assert(bound >= M && (bound === 1 || bound / 2 < M), `${what}: variant ${l.kernel}`);
+      }
+    }
+  }
+  const flags = (more: Partial<MatmulArgs>) => gemv_launch(mm(1, 8, 8, more), "bf16", 132, 232448).flags;
+  assertEquals(
+    [
+      flags({}),
+      flags({ act: "gelu_erf" }),
+      flags({ act: "gelu_tanh" }),
+      flags({ accumulate: true }),
+      flags({
+        out_f32: true,
+      }),
+    ],
+    [0, 1, 2, 4, 8],
+  );
+  // The auto policy on GPT-2 decode shapes (bf16): qkv, proj, fc, fc2, LM head of gpt2 and gpt2-xl.
+  const step = (M: number, C: number) =>
+    [[3 * C, C], [C, C], [4 * C, C], [C, 4 * C], [50257, C]].map(([N, K]) =>
+      gemv_preferred(mm(M, N, K), "bf16")
+    );
+  assertEquals(step(1, 768), [true, true, true, true, true]);
+  assertEquals(step(1, 1600), [true, true, true, true, true]);
+  assertEquals(step(2, 768), [true, true, true, true, true]);
+  assertEquals(step(2, 1600), [true, true, true, false, true]);
+  assertEquals(step(4, 768), [false, false, false, false, true]);
+  assertEquals(step(8, 1600), [false, false, false, false, true]);
+  assertEquals(step(9, 768), [false, false, false, false, false]);
+});
 
 gpu_suite("ops_test", () => {
   Deno.test("cuda write/read: round trips, offsets, multi-chunk transfers, bounds", () => {
@@ -217,6 +286,153 @@ gpu_suite("ops_test", () => {
       );
     });
   }
+
+  for (const dtype of DTYPES) {
+    Deno.test(`cuda matmul with ln, small M (${dtype}): gemv and cuBLASLt paths, every epilogue`, () => {
+      using be = backend(dtype, false);
+      const es = dtype === "f32" ? 4 : 2;
+      // [Ms, N, K]: N not a multiple of the gemv's 4 rows per warp; K of gpt2 / gpt2-xl; a tall case
+      // with more row groups than the gemv grid has warps; K = 100 (bf16/f16 rows of 200 bytes:
+      // not whole 16-byte vectors, so cuBLASLt whatever M).
+      const cases: [number[], number, number][] = [
+        [Array.from({ length: 16 }, (_, i) => i + 1), 37, 768],
+        [[1, 3, 8], 129, 1600],
+        [[2, 5, 16], 66, 3072],
+        [[1, 7], 21, 6400],
+        [[4], 40001, 64],
+        [[3], 30, 100],
+      ];
+      let seed = 100;
+      for (const [Ms, N, K] of cases) {
+        const rows = Math.max(...Ms);
+        // x is a view one row into its buffer, with a mean offset (as residual streams have).
+        const x = upload(be, randn((rows + 1) * K, seed++, 2).map((v) => v + 0.5), "x");
+        const xv = sub_buf(x.buf, K * es, rows * K * es), xs = x.values.subarray(K);
+        const w = upload(be, randn(N * K, seed++, 0.1), "w"), bias = upload(be, randn(N, seed++), "bias");
+        const g = upload(be, randn(K, seed++, 0.5).map((v) => v + 1), "ln.w");
+        const gb = upload(be, randn(K, seed++, 0.3), "ln.b");
+        const init = randn(rows * N, seed++);
+        const acc_buf = be.alloc(rows * N * es, "acc"), out = be.alloc(rows * N * 4, "out");
+        // Layernormed rows in f64, with and without the ln bias.
+        const normed = (with_b: boolean) => {
+          const o = new Float64Array(rows * K);
+          for (let m = 0; m < rows; m++) {
+            let mean = 0, v = 0;
+            for (let k = 0; k < K; k++) mean += xs[m * K + k];
+            mean /= K;
+            for (let k = 0; k < K; k++) v += (xs[m * K + k] - mean) ** 2;
+            const rstd = 1 / Math.sqrt(v / K + 1e-5);
+            for (let k = 0; k < K; k++) {
+              o[m * K + k] = (xs[m * K + k] - mean) * rstd * g.values[k] + (with_b ? gb.values[k] : 0);
+            }
+          }
+          return o;
+        };
+        const xn = { with_b: normed(true), no_b: normed(false) };
+        const init_vals = (() => {
+          const { buf, values } = upload(be, init, "init");
+          be.free(buf);
+          return values;
+        })();
+        type Form = {
+          name: string;
+          ln: "with_b" | "no_b" | null;
+          bias: boolean;
+          act: "none" | "gelu_erf" | "gelu_tanh";
+          accumulate?: boolean;
+          out_f32?: boolean;
+        };
+        const forms: Form[] = [
+          { name: "qkv", ln: "with_b", bias: true, act: "none" },
+          { name: "fc erf", ln: "no_b", bias: true, act: "gelu_erf" },
+          { name: "fc tanh", ln: "with_b", bias: false, act: "gelu_tanh" },
+          { name: "plain tanh", ln: null, bias: true, act: "gelu_tanh" },
+          { name: "residual", ln: null, bias: true, act: "none", accumulate: true },
+          { name: "residual ln", ln: "no_b", bias: false, act: "none", accumulate: true },
+          { name: "lm head", ln: "with_b", bias: false, act: "none", out_f32: true },
+        ];
+        for (const M of Ms) {
+          for (const f of forms) {
+            const src = f.ln ? xn[f.ln] : xs;
+            const want = ref_matmul(src, w.values, f.bias ? bias.values : null, M, N, K);
+            if (f.act !== "none") { for (let i = 0; i < want.length; i++) want[i] = gelu(want[i], f.act); }
+            if (f.accumulate) { for (let i = 0; i < want.length; i++) want[i] += init_vals[i]; }
+            for (const gemv of [16, 0]) {
+              be.gemv = gemv;
+              const dst = f.accumulate ? acc_buf : out;
+              if (f.accumulate) be.write_weight(acc_buf, new Uint8Array(init.buffer), "f32", M * N);
+              be.matmul({
+                out: dst,
+                x: xv,
+                w: w.buf,
+                bias: f.bias ? bias.buf : null,
+                M,
+                N,
+                K,
+                act: f.act,
+                accumulate: f.accumulate ?? false,
+                out_f32: f.out_f32,
+                ln: f.ln ? { weight: g.buf, bias: f.ln === "with_b" ? gb.buf : null, eps: 1e-5 } : undefined,
+              });
+              const got = read_f32(be, dst, M * N, f.out_f32 ? "f32" : dtype);
+              const err = rel_l2(got, want);
+              const limit = tol(dtype, f.act === "none" ? 1e-5 : 1e-4);
+              assert(err < limit, `${f.name} ${dtype} M=${M} N=${N} K=${K} gemv=${gemv}: ${err}`);
+            }
+          }
+        }
+        for (const b of [x.buf, w.buf, bias.buf, g.buf, gb.buf, acc_buf, out]) be.free(b);
+      }
+    });
+  }
+
+  Deno.test("cuda matmul with ln inside captured steps: gemv and cuBLASLt (scratch grown on the dry run)", () => {
+    using be = backend("bf16", true);
+    const K = 768, N = 300, es = 2;
+    const x = upload(be, randn(16 * K, 200, 3), "x"), w = upload(be, randn(N * K, 201, 0.1), "w");
+    const g = upload(be, randn(K, 202, 0.5), "ln.w"), gb = upload(be, randn(K, 203, 0.3), "ln.b");
+    const out = be.alloc(16 * N * es, "out");
+    for (const M of [2, 16]) {
+      be.gemv = 8;
+      const record = () =>
+        be.matmul({
+          out,
+          x: x.buf,
+          w: w.buf,
+          bias: null,
+          M,
+          N,
+          K,
+          act: "gelu_erf",
+          accumulate: false,
+          ln: { weight: g.buf, bias: gb.buf, eps: 1e-5 },
+        });
+      be.run_step(`ln M=${M}`, record);
+      const first = read_f32(be, out, M * N);
+      be.write(out, new Uint8Array(M * N * es)); // zeros: the replay must write them again
+      be.run_step(`ln M=${M}`, record);
+      const again = read_f32(be, out, M * N);
+      const xn = new Float64Array(M * K);
+      for (let m = 0; m < M; m++) {
+        let mean = 0, v = 0;
+        for (let k = 0; k < K; k++) mean += x.values[m * K + k];
+        mean /= K;
+        for (let k = 0; k < K; k++) v += (x.values[m * K + k] - mean) ** 2;
+        const rstd = 1 / Math.sqrt(v / K + 1e-5);
+        for (let k = 0; k < K; k++) {
+          xn[m * K + k] = (x.values[m * K + k] - mean) * rstd * g.values[k] + gb.values[k];
+        }
+      }
+      const want = ref_matmul(xn, w.values, null, M, N, K).map((v) => gelu(v, "gelu_erf"));
+      assert(rel_l2(first, want) < 2e-2, `M=${M} captured: ${rel_l2(first, want)}`);
+      assertEquals(
+        Array.from(again),
+        Array.from(first),
+        `M=${M}: the replay differs from the capture's launch`,
+      );
+    }
+    assertEquals(be.graph_count(), 2);
+  });
 
   for (const dtype of ["f32", "bf16"] as DType[]) {
     Deno.test(`cuda gather_last and advance (${dtype})`, () => {

@@ -109,7 +109,11 @@ gpu_suite("parity_test", () => {
       const opts = { temperature: 0, max_new_tokens: 30, stop_at_eot: false };
       const batch = await model.generate_batch(prompts, opts);
       for (let i = 0; i < prompts.length; i++) {
-        assertEquals(batch[i].tokens, (await model.generate(prompts[i], opts)).tokens, `${dtype} prompt ${i}`);
+        assertEquals(
+          batch[i].tokens,
+          (await model.generate(prompts[i], opts)).tokens,
+          `${dtype} prompt ${i}`,
+        );
       }
     }
   });

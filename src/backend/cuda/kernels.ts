@@ -5,7 +5,8 @@
  * Sources live in native/kernels/*.cu (one op per file); native/kernels/common.cuh is prepended
  * to each, so NVRTC needs no include path. A variant is a kernel plus its specialisation:
  * the storage dtype (-DNG_DTYPE=0 f32, 1 f16, 2 bf16) and, for attention, the head size
- * (-DNG_HEAD_DIM).
+ * (-DNG_HEAD_DIM). An entry's fixed `defines` make further kernels of one file (gemv_m1 ..
+ * gemv_m16: gemv.cu for M up to 1 .. 16).
  * @module
  */
 import type { DType } from "../backend.ts";
@@ -22,6 +23,8 @@ export interface KernelInfo {
   readonly dtype: boolean;
   /** Whether it is specialised on the attention head size (-DNG_HEAD_DIM). */
   readonly head_dim: boolean;
+  /** Further -D options of this variant (NAME=VALUE). */
+  readonly defines?: readonly string[];
 }
 
 /** Every kernel, by op name. */
@@ -29,6 +32,12 @@ export const KERNELS = {
   embed: { file: "embed.cu", entry: "ng_embed", dtype: true, head_dim: false },
   layernorm: { file: "layernorm.cu", entry: "ng_layernorm", dtype: true, head_dim: false },
   bias_gelu: { file: "bias_gelu.cu", entry: "ng_bias_gelu", dtype: true, head_dim: false },
+  // The small-M matmul, one variant per bound on M (-DNG_GEMV_MT): each gets its own registers.
+  gemv_m1: { file: "gemv.cu", entry: "ng_gemv", dtype: true, head_dim: false, defines: ["NG_GEMV_MT=1"] },
+  gemv_m2: { file: "gemv.cu", entry: "ng_gemv", dtype: true, head_dim: false, defines: ["NG_GEMV_MT=2"] },
+  gemv_m4: { file: "gemv.cu", entry: "ng_gemv", dtype: true, head_dim: false, defines: ["NG_GEMV_MT=4"] },
+  gemv_m8: { file: "gemv.cu", entry: "ng_gemv", dtype: true, head_dim: false, defines: ["NG_GEMV_MT=8"] },
+  gemv_m16: { file: "gemv.cu", entry: "ng_gemv", dtype: true, head_dim: false, defines: ["NG_GEMV_MT=16"] },
   kv_append: { file: "kv_append.cu", entry: "ng_kv_append", dtype: true, head_dim: false },
   attention_prefill: {
     file: "attention_prefill.cu",
@@ -56,8 +65,6 @@ export const KERNELS = {
 /** An op name of KERNELS. */
 export type KernelName = keyof typeof KERNELS;
 
-/** Keys per split of attention_decode (NG_DECODE_SPLIT in common.cuh). */
-export const DECODE_SPLIT = 128;
 /** Largest head size the attention kernels take. */
 export const MAX_HEAD_DIM = 128;
 
@@ -117,6 +124,7 @@ export function kernel_options(v: KernelVariant, arch: number): string[] {
   const info: KernelInfo = KERNELS[v.kernel];
   const opts = [`--gpu-architecture=sm_${arch}`, "--std=c++17"];
   if (info.dtype) opts.push(`-DNG_DTYPE=${dtype_code(v.dtype)}`);
+  for (const d of info.defines ?? []) opts.push(`-D${d}`);
   if (info.head_dim) {
     const d = v.head_dim;
     if (d === undefined || !Number.isInteger(d) || d < 1 || d > MAX_HEAD_DIM) {

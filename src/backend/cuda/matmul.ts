@@ -7,11 +7,16 @@
  * Activations: "gelu_tanh" uses cuBLASLt's GELU(_BIAS) epilogue (tanh form = HF gelu_new) when the
  * heuristic has an algorithm for it, else BIAS + the bias_gelu kernel; "gelu_erf" (nanoGPT) is
  * always the BIAS epilogue + the bias_gelu kernel (the caller launches it when `post_gelu` says).
+ * A matmul with `ln` runs the layernorm kernel into a scratch buffer kept here, then the gemm.
+ *
+ * Small M (decode) goes to the gemv kernel instead (native/kernels/gemv.cu, launched by ops.ts),
+ * which reads each weight row once for all M rows and fuses the layernorm, bias, GELU and residual;
+ * `gemv_fits` and `gemv_launch` below decide and shape it.
  * @module
  */
-import type { DType, MatmulArgs } from "../backend.ts";
+import { type Buf, type DType, dtype_bytes, type MatmulArgs } from "../backend.ts";
 import type { CudaContext } from "./driver.ts";
-import { dtype_code } from "./kernels.ts";
+import { dtype_code, type KernelName } from "./kernels.ts";
 import { cublaslt_candidates, nul_list, python_site_dirs } from "./paths.ts";
 import { NativeError } from "../../native/lib.ts";
 
@@ -29,6 +34,133 @@ export interface MatmulPlan {
   plan: bigint;
   /** After the gemm, apply GELU in place: null none, 0 erf, 1 tanh (bias already added). */
   post_gelu: 0 | 1 | null;
+}
+
+/** Largest M the gemv kernel takes. */
+export const GEMV_MAX_M = 16;
+/** Weight rows per row group of the gemv kernel (NG_GEMV_ROWS in gemv.cu). */
+const GEMV_ROWS = 4;
+/** Most warps per gemv block (NG_GEMV_MAX_WARPS in gemv.cu). */
+const GEMV_MAX_WARPS = 8;
+/** Most warps splitting one row group's K in the persistent shape (M > 2). */
+const GEMV_MAX_KS = 4;
+/** Registers per thread the M > 2 variants use at most (their __launch_bounds__). */
+const GEMV_MAX_REGS = 128;
+/** Most blocks per SM of the grouped shape's grid (M <= 2; blocks loop over further tiles). */
+const GEMV_GROUPED_BLOCKS_PER_SM = 8;
+/** Shared memory gemv.cu declares statically, at most (the reduction buffer, the row statistics). */
+const GEMV_STATIC_SMEM = 4096;
+/** Dynamic shared memory a gemv launch may use without raising the function's limit (48 KiB in all). */
+export const GEMV_DEFAULT_SMEM = (48 << 10) - GEMV_STATIC_SMEM;
+/** The gemv variants: the bound on M, and the 16-byte vectors per row a lane loads at once (U in gemv.cu). */
+const GEMV_VARIANTS: readonly [number, KernelName, number][] = [
+  [1, "gemv_m1", 4],
+  [2, "gemv_m2", 4],
+  [4, "gemv_m4", 2],
+  [8, "gemv_m8", 2],
+  [16, "gemv_m16", 1],
+];
+/** Output width from which a matmul counts as wide (the LM head): gemv up to GEMV_WIDE_MAX_M. */
+const GEMV_WIDE_N = 16384;
+/** Largest M of a wide matmul that the default policy sends to gemv. */
+const GEMV_WIDE_MAX_M = 8;
+/** Largest row (K * element bytes) that the default policy sends to gemv at M = 2. */
+const GEMV_M2_MAX_ROW_BYTES = 8192;
+
+/** Which matmuls go to the gemv kernel: "auto" (gemv_preferred), or those with M up to a number (0: none). */
+export type GemvPolicy = "auto" | number;
+
+/**
+ * The gemv policy from $NGPT_GEMV_MAX_M ("auto", or 0..16: M up to that, 0 = always cuBLASLt) when
+ * set and readable, else "auto".
+ */
+export function default_gemv_policy(): GemvPolicy {
+  let v: string | undefined;
+  try {
+    v = Deno.env.get("NGPT_GEMV_MAX_M");
+  } catch {
+    return "auto"; // no permission to read the environment
+  }
+  if (v === undefined || v === "" || v === "auto") return "auto";
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > GEMV_MAX_M) {
+    throw new Error(`NGPT_GEMV_MAX_M must be "auto" or an integer in 0..${GEMV_MAX_M}, got "${v}"`);
+  }
+  return n;
+}
+
+/**
+ * The "auto" policy, measured against cuBLASLt per shape on an H100 (docs/perf-notes.md, p1): gemv
+ * for M = 1; for M = 2 when a row is at most 8 KiB (at 16 bits K <= 4096: not gpt2-xl's fc2, which
+ * cuBLASLt reads faster); for wide outputs (the LM head) up to M = 8. Everything else: cuBLASLt.
+ */
+export function gemv_preferred(a: MatmulArgs, dtype: DType): boolean {
+  if (a.N >= GEMV_WIDE_N) return a.M <= GEMV_WIDE_MAX_M;
+  return a.M === 1 || (a.M === 2 && a.K * dtype_bytes(dtype) <= GEMV_M2_MAX_ROW_BYTES);
+}
+
+/**
+ * Whether the gemv kernel can run `a` (validated): M <= GEMV_MAX_M, rows of whole 16-byte
+ * vectors (K * element bytes a multiple of 16), x, w and the layernorm vectors 16-byte aligned, and
+ * x (M * K elements) fits the shared memory a block may have (`smem_optin_bytes`).
+ */
+export function gemv_fits(a: MatmulArgs, dtype: DType, smem_optin_bytes: number): boolean {
+  const aligned = (b: Buf | null | undefined) => !b || b.ptr % 16n === 0n;
+  const row_bytes = a.K * dtype_bytes(dtype);
+  return a.M <= GEMV_MAX_M && row_bytes % 16 === 0 &&
+    a.M * row_bytes <= smem_optin_bytes - GEMV_STATIC_SMEM &&
+    aligned(a.x) && aligned(a.w) && aligned(a.ln?.weight) && aligned(a.ln?.bias);
+}
+
+/** How to launch the gemv kernel for `a`. */
+export interface GemvLaunch {
+  kernel: KernelName;
+  blocks: number;
+  threads: number;
+  /** Dynamic shared memory: x, M * K elements. */
+  smem_bytes: number;
+  /** Warps sharing a row group (splitting K). */
+  ks: number;
+  /** ng_gemv's flags: activation (0 none, 1 erf, 2 tanh) | 4 accumulate | 8 f32 out. */
+  flags: number;
+}
+
+/**
+ * The gemv variant (the smallest bound >= M) and its grid. K is split over `ks` warps so that a lane
+ * loads its share of a row group in about one chunk (all in flight at once). Two shapes, each the
+ * faster one where measured:
+ * - M <= 2, grouped: a block holds as many row groups as fit 8 warps (ks up to 8), but fewer when
+ *   that would leave fewer blocks than SMs (so N = 768 still spreads over every SM); the block's
+ *   warps share the staging of x; at most 8 blocks per SM (blocks loop over further tiles).
+ * - M > 2, persistent: a block is one row group (ks up to 4); as many blocks as fit the SMs at once
+ *   (by registers at 128 per thread, threads and shared memory), each looping over row groups.
+ */
+export function gemv_launch(a: MatmulArgs, dtype: DType, sm_count: number, smem_per_sm: number): GemvLaunch {
+  const v = GEMV_VARIANTS.find(([m]) => a.M <= m);
+  if (!v) throw new Error(`internal: gemv for M=${a.M} above ${GEMV_MAX_M}`);
+  const [, kernel, per_lane] = v;
+  const row_bytes = a.K * dtype_bytes(dtype), nvec = row_bytes / 16, smem_bytes = a.M * row_bytes;
+  const groups = Math.ceil(a.N / GEMV_ROWS);
+  const act = a.act === "gelu_erf" ? 1 : a.act === "gelu_tanh" ? 2 : 0;
+  const flags = act | (a.accumulate ? 4 : 0) | (a.out_f32 ? 8 : 0);
+  const ks_for = (max: number) => Math.max(1, Math.min(max, Math.ceil(nvec / (32 * per_lane))));
+  if (a.M <= 2) {
+    const ks = ks_for(GEMV_MAX_WARPS);
+    const per_tile = Math.max(1, Math.min(Math.floor(GEMV_MAX_WARPS / ks), Math.floor(groups / sm_count)));
+    const blocks = Math.min(Math.ceil(groups / per_tile), sm_count * GEMV_GROUPED_BLOCKS_PER_SM);
+    return { kernel, blocks, threads: 32 * ks * per_tile, smem_bytes, ks, flags };
+  }
+  const ks = ks_for(GEMV_MAX_KS), threads = 32 * ks;
+  const per_sm = Math.max(
+    1,
+    Math.min(
+      32,
+      Math.floor(65536 / (GEMV_MAX_REGS * threads)),
+      Math.floor(2048 / threads),
+      Math.floor(smem_per_sm / (smem_bytes + GEMV_STATIC_SMEM)),
+    ),
+  );
+  return { kernel, blocks: Math.min(groups, sm_count * per_sm), threads, smem_bytes, ks, flags };
 }
 
 /** Largest power of two (at most 256) dividing an address. */
@@ -69,6 +201,8 @@ export class Matmuls {
   #handle: bigint;
   #workspace: bigint;
   #plans = new Map<string, MatmulPlan>();
+  /** Layernormed inputs of the cuBLASLt path; only the last is used, older ones stay for old graphs. */
+  #scratch: Buf[] = [];
 
   constructor(ctx: CudaContext, dtype: DType) {
     this.#ctx = ctx;
@@ -111,6 +245,11 @@ export class Matmuls {
       ["out", a.out, a.M * a.N * (a.out_f32 ? 4 : es)],
     ];
     if (a.bias) checks.push(["bias", a.bias, a.N * es]);
+    if (a.ln) {
+      if (!(a.ln.eps >= 0)) throw new Error(`${what}: ln.eps must be a non-negative number, got ${a.ln.eps}`);
+      checks.push(["ln.weight", a.ln.weight, a.K * es]);
+      if (a.ln.bias) checks.push(["ln.bias", a.ln.bias, a.K * es]);
+    }
     for (const [name, b, need] of checks) {
       if (b.bytes < need) {
         throw new Error(`${what}: ${name} "${b.label}" holds ${b.bytes} bytes, needs ${need}`);
@@ -210,9 +349,27 @@ export class Matmuls {
     if (s !== 0) this.#ctx.lib.check(s, `ng_cublaslt_matmul(into "${a.out.label}")`);
   }
 
-  /** Destroys the plans, the handle and the workspace. */
+  /**
+   * A buffer of at least `bytes` for a layernormed matmul input: the last one when big enough,
+   * else a new one, which only `may_grow` (outside graph capture) allows.
+   */
+  input_scratch(bytes: number, may_grow: boolean): Buf {
+    const last = this.#scratch[this.#scratch.length - 1];
+    if (last && last.bytes >= bytes) return last;
+    if (!may_grow) {
+      throw new Error("internal: matmul layernorm scratch grew during graph capture (dry run skipped?)");
+    }
+    const size = Math.max(bytes, 2 * (last?.bytes ?? 0), 1 << 20);
+    const buf = { ptr: this.#ctx.mem_alloc(size), bytes: size, label: "matmul layernorm scratch" };
+    this.#scratch.push(buf);
+    return buf;
+  }
+
+  /** Destroys the plans, the handle, the workspace and the scratch buffers. */
   dispose(): void {
     const s = this.#ctx.lib.symbols;
+    for (const b of this.#scratch) this.#ctx.mem_free(b.ptr);
+    this.#scratch = [];
     for (const p of this.#plans.values()) s.ng_cublaslt_plan_destroy(p.plan);
     this.#plans.clear();
     this.#ctx.lib.check(s.ng_cublaslt_destroy(this.#ctx.ctx, this.#handle), "ng_cublaslt_destroy");

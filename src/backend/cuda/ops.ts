@@ -13,12 +13,14 @@ import {
   type EmbedArgs,
   type GatherLastArgs,
   type LayerNormArgs,
+  type MatmulArgs,
   type SampleArgs,
 } from "../backend.ts";
 import type { CudaContext, Dim3 } from "./driver.ts";
 import { ArgPack } from "./launch_args.ts";
-import { DECODE_SPLIT, type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
+import { type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
 import type { KernelModules } from "./modules.ts";
+import { GEMV_DEFAULT_SMEM, gemv_launch } from "./matmul.ts";
 
 /** How ops behave: launch (direct), only get ready (prepare), or launch into a capture. */
 export type OpMode = "direct" | "prepare" | "capture";
@@ -46,6 +48,58 @@ function positive(op: string, dims: Record<string, number>): void {
   }
 }
 
+/** How attention_decode splits a decode step over blocks and warps. */
+export interface DecodePlan {
+  /** Warps on one (b, head): 1, 2, 4 or 8, splitting its keys. */
+  warps_per_head: number;
+  /** Heads of one sequence per block (a divisor of H); the block has warps_per_head * this warps. */
+  heads_per_block: number;
+  /** Keys per chunk: block c reads positions c*chunk .. c*chunk+chunk-1 (of the live ones). */
+  chunk: number;
+  /** Chunks per (b, head), the grid's x; above 1, attention_combine merges them. */
+  n_chunks: number;
+}
+
+/**
+ * Warps per SM the decode plan aims for (each keeps up to 8 KB of K and V loads in flight). Measured
+ * on an H100 (docs/perf-notes.md): 64 reads gpt2 b256's cache fastest (4 warps per head).
+ */
+export const DECODE_WARPS_PER_SM = 64;
+/** Below this max_T a decode step never splits the keys in chunks (one launch does everything). */
+export const DECODE_SPLIT_MIN_T = 512;
+/** The fewest keys of a chunk when the keys are split. */
+export const DECODE_MIN_CHUNK = 256;
+
+/**
+ * The decode split for B sequences of H heads over caches of max_T positions on `sm_count` SMs.
+ * Each (b, head) gets the fewest warps (up to 8) that make DECODE_WARPS_PER_SM warps per SM in all;
+ * when that is under 4, a block holds several heads of one sequence (a divisor of H, about 4 warps
+ * in all). When even 8 warps per head leave SMs idle and the cache is long, the keys are cut in
+ * chunks (of at least DECODE_MIN_CHUNK) for about two blocks per SM, merged by a second launch.
+ */
+export function decode_plan(B: number, H: number, max_T: number, sm_count: number): DecodePlan {
+  const pairs = B * H;
+  let warps_per_head = 1;
+  while (warps_per_head < 8 && pairs * warps_per_head < DECODE_WARPS_PER_SM * sm_count) warps_per_head *= 2;
+  const want = Math.max(1, 4 / warps_per_head);
+  let heads_per_block = 1;
+  for (let d = 2; d <= 8 / warps_per_head; d++) {
+    if (H % d === 0 && Math.abs(d - want) <= Math.abs(heads_per_block - want)) heads_per_block = d;
+  }
+  let n_chunks = 1;
+  if (pairs < sm_count && max_T > DECODE_SPLIT_MIN_T) {
+    n_chunks = Math.min(Math.ceil(max_T / DECODE_MIN_CHUNK), Math.ceil((2 * sm_count) / pairs));
+  }
+  const chunk = Math.ceil(max_T / n_chunks);
+  return { warps_per_head, heads_per_block, chunk, n_chunks: Math.ceil(max_T / chunk) };
+}
+
+/** Bytes of the vectors attention_decode loads: the largest of 16, 8, 4, 2 dividing a head's row. */
+function decode_vector_bytes(row_bytes: number): number {
+  for (const v of [16, 8, 4]) if (row_bytes % v === 0) return v;
+  return 2;
+}
+
 /** Kernel launches of one backend. */
 export class KernelOps {
   /** Set by the backend around run_step. */
@@ -54,7 +108,10 @@ export class KernelOps {
   #modules: KernelModules;
   #stream: bigint;
   #es: number;
+  #dtype: DType;
   #args = new ArgPack();
+  /** Dynamic shared memory each gemv function may use, where raised above GEMV_DEFAULT_SMEM. */
+  #gemv_smem = new Map<bigint, number>();
   #scratch: { ptr: bigint; bytes: number }[] = [];
 
   constructor(ctx: CudaContext, modules: KernelModules, stream: bigint, dtype: DType) {
@@ -62,6 +119,7 @@ export class KernelOps {
     this.#modules = modules;
     this.#stream = stream;
     this.#es = dtype_bytes(dtype);
+    this.#dtype = dtype;
   }
 
   /** The function of a kernel, or null in prepare mode (after loading it). */
@@ -116,6 +174,23 @@ export class KernelOps {
     this.#launch(f, [blocks, 1, 1], [256, 1, 1]);
   }
 
+  /** The whole matmul `a` (validated; gemv_fits) in the gemv kernel. */
+  gemv(a: MatmulArgs): void {
+    const l = gemv_launch(a, this.#dtype, this.#ctx.sm_count, this.#ctx.smem_optin_bytes);
+    const f = this.#modules.get(l.kernel, undefined, this.mode !== "capture");
+    if (l.smem_bytes > (this.#gemv_smem.get(f) ?? GEMV_DEFAULT_SMEM)) {
+      if (this.mode === "capture") {
+        throw new Error("internal: gemv shared memory grew during graph capture (dry run skipped?)");
+      }
+      this.#ctx.func_set_smem(f, l.smem_bytes);
+      this.#gemv_smem.set(f, l.smem_bytes);
+    }
+    if (this.mode === "prepare") return;
+    this.#args.reset("ng_gemv").ptr(a.out).ptr(a.x).ptr(a.w).ptr(a.bias).ptr(a.ln?.weight ?? null)
+      .ptr(a.ln?.bias ?? null).i32(a.M).i32(a.N).i32(a.K).f32(a.ln?.eps ?? 0).i32(l.flags).i32(l.ks);
+    this.#ctx.launch(f, [l.blocks, 1, 1], [l.threads, 1, 1], l.smem_bytes, this.#stream, this.#args);
+  }
+
   /** Decode scratch of at least `bytes` (grown outside capture; older ones stay for old graphs). */
   #decode_scratch(bytes: number): bigint {
     const last = this.#scratch[this.#scratch.length - 1];
@@ -134,7 +209,10 @@ export class KernelOps {
     while (this.#scratch.length > 1) this.#ctx.mem_free(this.#scratch.shift()!.ptr);
   }
 
-  /** attention: kv append, then prefill (T > 1) or split decode + combine (T == 1). */
+  /**
+   * attention: T == 1 is one attention_decode launch (the append fused in), plus attention_combine
+   * when the plan splits the keys in chunks; T > 1 is kv_append, then attention_prefill.
+   */
   attention(a: AttentionArgs): void {
     const op = "attention";
     positive(op, { B: a.B, T: a.T, n_head: a.n_head, head_dim: a.head_dim, max_T: a.max_T });
@@ -148,48 +226,46 @@ export class KernelOps {
     need(op, "v_cache", a.v_cache, a.B * H * a.max_T * D * es);
     need(op, "lengths", a.lengths, a.B * 4);
     need(op, "n_new", a.n_new, a.B * 4);
-    if ((D * es) % 16 === 0 && (a.k_cache.ptr % 16n !== 0n || a.v_cache.ptr % 16n !== 0n)) {
-      throw new Error(
-        `${op}: k_cache "${a.k_cache.label}" and v_cache "${a.v_cache.label}" must be 16-byte aligned`,
-      );
+    const vb = a.T === 1 ? decode_vector_bytes(D * es) : (D * es) % 16 === 0 ? 16 : es;
+    for (const [name, buf] of [["qkv", a.qkv], ["k_cache", a.k_cache], ["v_cache", a.v_cache]] as const) {
+      if (buf.ptr % BigInt(vb) !== 0n) {
+        throw new Error(`${op}: ${name} "${buf.label}" must be ${vb}-byte aligned for head_dim ${D}`);
+      }
     }
-    const scale = 1 / Math.sqrt(D);
-    const append = this.#fn("kv_append");
     if (a.T === 1) {
-      const n_split = Math.ceil(a.max_T / DECODE_SPLIT);
-      const parts = a.B * H * n_split;
-      const scratch = this.#decode_scratch(parts * (D + 2) * 4);
-      const decode = this.#fn("attention_decode", D);
-      const combine = this.#fn("attention_combine", D);
-      if (append === null || decode === null || combine === null) return;
-      this.#append(append, a);
-      const part_acc = scratch, part_ml = scratch + BigInt(parts * D * 4);
-      this.#args.reset("ng_attention_decode").ptr(part_acc).ptr(part_ml).ptr(a.qkv).ptr(a.k_cache).ptr(
-        a.v_cache,
-      )
-        .ptr(a.lengths).ptr(a.n_new).i32(H).i32(a.max_T).i32(n_split).f32(scale);
-      this.#launch(decode, [n_split, H, a.B], [DECODE_SPLIT, 1, 1]);
-      this.#args.reset("ng_attention_combine").ptr(a.out).ptr(part_acc).ptr(part_ml).ptr(a.lengths).ptr(
-        a.n_new,
-      )
-        .i32(H).i32(a.max_T).i32(n_split);
-      this.#launch(combine, [H, a.B, 1], [round_up(D, 32), 1, 1]);
+      this.#decode(a);
       return;
     }
+    const append = this.#fn("kv_append");
     const prefill = this.#fn("attention_prefill", D);
     if (append === null || prefill === null) return;
-    this.#append(append, a);
-    this.#args.reset("ng_attention_prefill").ptr(a.out).ptr(a.qkv).ptr(a.k_cache).ptr(a.v_cache).ptr(
-      a.lengths,
-    )
-      .ptr(a.n_new).i32(a.T).i32(H).i32(a.max_T).f32(scale);
+    this.#args.reset("ng_kv_append").ptr(a.k_cache).ptr(a.v_cache).ptr(a.qkv).ptr(a.lengths).ptr(a.n_new)
+      .i32(a.T).i32(H).i32(D).i32(a.max_T);
+    this.#launch(append, [rows, 1, 1], [threads_for(Math.ceil((C * es) / 16)), 1, 1]);
+    this.#args.reset("ng_attention_prefill").ptr(a.out).ptr(a.qkv).ptr(a.k_cache).ptr(a.v_cache)
+      .ptr(a.lengths).ptr(a.n_new).i32(a.T).i32(H).i32(a.max_T).f32(1 / Math.sqrt(D));
     this.#launch(prefill, [Math.ceil(a.T / PREFILL_ROWS), H, a.B], [128, 1, 1]);
   }
 
-  #append(f: bigint, a: AttentionArgs): void {
-    this.#args.reset("ng_kv_append").ptr(a.k_cache).ptr(a.v_cache).ptr(a.qkv).ptr(a.lengths).ptr(a.n_new)
-      .i32(a.T).i32(a.n_head).i32(a.head_dim).i32(a.max_T);
-    this.#launch(f, [a.B * a.T, 1, 1], [threads_for(a.n_head * a.head_dim), 1, 1]);
+  /** The decode step (T == 1): attention_decode, then attention_combine when keys are split. */
+  #decode(a: AttentionArgs): void {
+    const D = a.head_dim, H = a.n_head;
+    const plan = decode_plan(a.B, H, a.max_T, this.#ctx.sm_count);
+    const parts = a.B * H * plan.n_chunks;
+    const scratch = plan.n_chunks > 1 ? this.#decode_scratch(parts * (D + 2) * 4) : 0n;
+    const part_acc = scratch, part_ml = scratch === 0n ? 0n : scratch + BigInt(parts * D * 4);
+    const decode = this.#fn("attention_decode", D);
+    const combine = plan.n_chunks > 1 ? this.#fn("attention_combine", D) : null;
+    if (decode === null) return;
+    this.#args.reset("ng_attention_decode").ptr(a.out).ptr(part_acc).ptr(part_ml).ptr(a.qkv).ptr(a.k_cache)
+      .ptr(a.v_cache).ptr(a.lengths).ptr(a.n_new).i32(H).i32(a.max_T).i32(plan.chunk)
+      .i32(plan.warps_per_head).f32(Math.LOG2E / Math.sqrt(D));
+    const warps = plan.warps_per_head * plan.heads_per_block;
+    this.#launch(decode, [plan.n_chunks, H / plan.heads_per_block, a.B], [32 * warps, 1, 1]);
+    if (combine === null) return;
+    this.#args.reset("ng_attention_combine").ptr(a.out).ptr(part_acc).ptr(part_ml).ptr(a.lengths)
+      .ptr(a.n_new).i32(H).i32(a.max_T).i32(plan.chunk).i32(plan.n_chunks);
+    this.#launch(combine, [H, a.B, 1], [round_up(D, 32), 1, 1]);
   }
 
   /** gather_last: the last valid row of each sequence. */

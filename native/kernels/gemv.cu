@@ -1,0 +1,290 @@
+// gemv: the matmul of small batches (decode: M <= NG_GEMV_MT <= 16 rows of x).
+//   out[m, n] = act(x'[m, :] . w[n, :] + bias[n])      or, with accumulate,
+//   out[m, n] += x'[m, :] . w[n, :] + bias[n]
+// for m < M, n < N, where x' = layernorm(x) over K (times ln_w, plus ln_b) when ln_w is given, else x.
+// w is (N, K) row-major; every weight row is read exactly once, for all M rows of x together.
+//
+// Work split: a row group is NG_GEMV_ROWS consecutive weight rows; `ks` warps share one, splitting K
+// (warp s of the group reads 16-byte vectors s*32 + lane + i*32*ks, so each (row, step) is a
+// coalesced 512-byte read). A block of 32 * warps threads holds warps / ks row groups: a tile. The
+// grid may be smaller than the tiles (blocks loop over tiles with stride gridDim.x).
+// Each lane loads a chunk (NG_GEMV_ROWS x U vectors) before using any; it keeps one f32 partial per
+// (row, m); a warp reduce-scatter leaves each (row, m) sum on one lane, the ks warps of a group add
+// theirs through shared memory, and the first warp's lanes add the bias, apply the activation or
+// the residual and store.
+// Prologue (while each warp's first chunk of weights is in flight): the block copies x (M rows)
+// into dynamic shared memory (M * K st_t) and, with ln, normalizes it there (mean and 1/std per
+// row as torch: two passes, biased variance), rounding x' to st_t as the unfused path does.
+// Each tile's stores overlap the next tile's first chunk of loads.
+// Needs K % NG_VEC == 0, 16-byte aligned x, w, ln_w, ln_b, M * K * sizeof(st_t) bytes of dynamic
+// shared memory, blockDim.x = 32 * ks * (row groups per tile) <= 256 (the host checks and sizes).
+// flags: bits 0-1 activation (0 none, 1 GELU erf, 2 GELU tanh), bit 2 accumulate, bit 3 f32 out.
+
+#ifndef NG_GEMV_MT
+#define NG_GEMV_MT 1
+#endif
+#define NG_GEMV_ROWS 4
+#define NG_GEMV_MAX_WARPS 8
+// The kernel's launch bounds. M > 2: two blocks of NG_GEMV_MAX_WARPS warps must fit an SM, which
+// caps registers at 128 per thread (no spills at M <= 4, a few bytes at 8 and 16), as the host's
+// persistent grid (gemv_launch in matmul.ts) counts on. M <= 2 needs no cap (about 110 and 126
+// registers) and runs in grouped blocks instead.
+#if NG_GEMV_MT <= 2
+#define NG_GEMV_BOUNDS __launch_bounds__(32 * NG_GEMV_MAX_WARPS)
+#else
+#define NG_GEMV_BOUNDS __launch_bounds__(32 * NG_GEMV_MAX_WARPS, 2)
+#endif
+#define NG_GEMV_ACCUMULATE 4
+#define NG_GEMV_OUT_F32 8
+
+// A 16-byte load of weights that are read once: through the non-coherent path, not kept in L1.
+__device__ __forceinline__ uint4 gemv_load_stream(const st_t* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+// The NG_VEC elements of a 16-byte vector as f32.
+__device__ __forceinline__ void gemv_unpack(uint4 u, float* out) {
+#if NG_DTYPE == 0
+  out[0] = __uint_as_float(u.x);
+  out[1] = __uint_as_float(u.y);
+  out[2] = __uint_as_float(u.z);
+  out[3] = __uint_as_float(u.w);
+#else
+  const unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    out[2 * i] = to_f32((st_t)(w[i] & 0xffffu));
+    out[2 * i + 1] = to_f32((st_t)(w[i] >> 16));
+  }
+#endif
+}
+
+// NG_VEC f32 values rounded to st_t, as one 16-byte vector.
+__device__ __forceinline__ uint4 gemv_pack(const float* f) {
+#if NG_DTYPE == 0
+  return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
+                    __float_as_uint(f[3]));
+#else
+  unsigned int w[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    w[i] = (unsigned int)from_f32(f[2 * i]) | ((unsigned int)from_f32(f[2 * i + 1]) << 16);
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+#endif
+}
+
+// Warp reduce-scatter of C values per lane over the lanes differing in bits O, O/2, ..., 1: while
+// more than one value is left, each step swaps half of them with the partner lane (lane ^ O) and
+// adds, so lanes with bit O set keep the upper half. Afterwards, with NV = the starting C (a power
+// of two): if NV >= 32, lane l holds the sums of values l * NV/32 + j in v[j]; else v[0] of lane l
+// holds the sum of value l / (32/NV), the same on all 32/NV lanes of a run.
+template <int C, int O>
+struct GemvReduce {
+  static __device__ __forceinline__ void run(float* v, int lane) {
+    if constexpr (O > 0) {
+      if constexpr (C >= 2) {
+        constexpr int H = C / 2;
+        const bool upper = (lane & O) != 0;
+#pragma unroll
+        for (int i = 0; i < H; i++) {
+          const float send = upper ? v[i] : v[i + H];
+          const float keep = upper ? v[i + H] : v[i];
+          v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+        }
+        GemvReduce<H, O / 2>::run(v, lane);
+      } else {
+        v[0] += __shfl_xor_sync(0xffffffffu, v[0], O);
+        GemvReduce<1, O / 2>::run(v, lane);
+      }
+    }
+  }
+};
+
+__device__ __forceinline__ float gemv_gelu(float v, int act) {
+  if (act == 1) return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+  const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+  return 0.5f * v * (1.0f + tanhf(u));
+}
+
+// Loads a chunk: vectors v0 + i * step (i < U) of the R weight rows from n0 (rows past N repeat
+// row N - 1; vectors past the row are zeros).
+template <int U>
+__device__ __forceinline__ void gemv_issue(uint4 (&raw)[U][NG_GEMV_ROWS], const st_t* __restrict__ w, int n0,
+                                           int v0, int step, int N, int K) {
+  const int nvec = K / NG_VEC;
+#pragma unroll
+  for (int r = 0; r < NG_GEMV_ROWS; r++) {
+    const st_t* row = w + (size_t)(n0 + r < N ? n0 + r : N - 1) * K;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int v = v0 + u * step;
+      raw[u][r] = v < nvec ? gemv_load_stream(row + (size_t)v * NG_VEC) : make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+// The prologue: x rows m < M into xs (M x K st_t in shared memory), layernormed when ln_w is given.
+// Every thread of the block must call it; it ends with a barrier.
+__device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* __restrict__ x,
+                                             const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b,
+                                             int M, int K, float eps) {
+  __shared__ float s_mul[NG_GEMV_MT], s_add[NG_GEMV_MT];
+  const int nvec = K / NG_VEC, total = M * nvec;
+  uint4* xs4 = reinterpret_cast<uint4*>(xs);
+  const uint4* x4 = reinterpret_cast<const uint4*>(x);
+  for (int i = threadIdx.x; i < total; i += blockDim.x) xs4[i] = x4[i];
+  __syncthreads();
+  if (ln_w == nullptr) return;
+  const int lane = threadIdx.x & 31;
+  for (int m = threadIdx.x >> 5; m < M; m += blockDim.x >> 5) {
+    const uint4* row = xs4 + (size_t)m * nvec;
+    float s = 0.0f;
+    for (int v = lane; v < nvec; v += 32) {
+      float f[NG_VEC];
+      gemv_unpack(row[v], f);
+#pragma unroll
+      for (int e = 0; e < NG_VEC; e++) s += f[e];
+    }
+    const float mean = warp_sum(s) / (float)K;
+    float q = 0.0f;
+    for (int v = lane; v < nvec; v += 32) {
+      float f[NG_VEC];
+      gemv_unpack(row[v], f);
+#pragma unroll
+      for (int e = 0; e < NG_VEC; e++) q += (f[e] - mean) * (f[e] - mean);
+    }
+    const float rstd = rsqrtf(warp_sum(q) / (float)K + eps);
+    if (lane == 0) {
+      s_mul[m] = rstd;
+      s_add[m] = -mean * rstd;
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < total; i += blockDim.x) {
+    const int m = i / nvec, v = i - m * nvec;
+    float f[NG_VEC], g[NG_VEC], b[NG_VEC];
+    gemv_unpack(xs4[i], f);
+    load_vec(ln_w + (size_t)v * NG_VEC, g);
+    if (ln_b) {
+      load_vec(ln_b + (size_t)v * NG_VEC, b);
+    } else {
+#pragma unroll
+      for (int e = 0; e < NG_VEC; e++) b[e] = 0.0f;
+    }
+#pragma unroll
+    for (int e = 0; e < NG_VEC; e++) f[e] = fmaf(fmaf(f[e], s_mul[m], s_add[m]), g[e], b[e]);
+    xs4[i] = gemv_pack(f);
+  }
+  __syncthreads();
+}
+
+// The whole kernel for M <= MT (rows m >= M repeat row M - 1 and are not stored).
+template <int MT>
+__device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restrict__ x,
+                                     const st_t* __restrict__ w, const st_t* __restrict__ bias,
+                                     const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b, int M,
+                                     int N, int K, float eps, int flags, int ks) {
+  constexpr int R = NG_GEMV_ROWS;
+  constexpr int U = MT >= 16 ? 1 : MT >= 4 ? 2 : 4;  // vectors per row per chunk (gemv_launch in matmul.ts)
+  constexpr int NV = R * MT;                          // partial sums per lane (a power of two)
+  constexpr int LANES = NV >= 32 ? 1 : 32 / NV;       // after the reduce-scatter: lanes holding one sum
+  constexpr int HELD = NV >= 32 ? NV / 32 : 1;        // and sums held per lane
+  extern __shared__ uint4 gemv_smem[];
+  __shared__ float red[NG_GEMV_MAX_WARPS][HELD * 32];
+  st_t* xs = reinterpret_cast<st_t*>(gemv_smem);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int per_tile = (blockDim.x >> 5) / ks;  // row groups per tile
+  const int ksi = warp % ks;                    // this warp's K slice
+  const int nvec = K / NG_VEC, step = 32 * ks, v_first = ksi * 32 + lane;
+  const int groups = (N + R - 1) / R, tiles = (groups + per_tile - 1) / per_tile;
+  int tile = blockIdx.x;
+  int g = tile * per_tile + warp / ks;
+  uint4 raw[U][R];
+  if (tile < tiles && g < groups) gemv_issue<U>(raw, w, g * R, v_first, step, N, K);
+  gemv_stage_x(xs, x, ln_w, ln_b, M, K, eps);
+  int xoff[MT];  // offset of row m of x' in xs
+#pragma unroll
+  for (int m = 0; m < MT; m++) xoff[m] = (m < M ? m : M - 1) * K;
+  while (tile < tiles) {  // uniform over the block: the barriers below are safe
+    float acc[NV];
+#pragma unroll
+    for (int i = 0; i < NV; i++) acc[i] = 0.0f;
+    const int n0 = g * R;
+    if (g < groups) {
+      for (int v0 = v_first; v0 < nvec; v0 += U * step) {
+        if (v0 != v_first) gemv_issue<U>(raw, w, n0, v0, step, N, K);  // the first chunk was issued ahead
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+          const int v = v0 + u * step;
+          if (v >= nvec) break;
+          float wf[R][NG_VEC];
+#pragma unroll
+          for (int r = 0; r < R; r++) gemv_unpack(raw[u][r], wf[r]);
+#pragma unroll
+          for (int m = 0; m < MT; m++) {
+            float xv[NG_VEC];
+            gemv_unpack(*reinterpret_cast<const uint4*>(xs + xoff[m] + v * NG_VEC), xv);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+#pragma unroll
+              for (int e = 0; e < NG_VEC; e++) acc[r * MT + m] = fmaf(wf[r][e], xv[e], acc[r * MT + m]);
+            }
+          }
+        }
+      }
+    }
+    // The next tile's first chunk is in flight during the reduction and the stores.
+    tile += gridDim.x;
+    const int g_next = tile * per_tile + warp / ks;
+    if (tile < tiles && g_next < groups) gemv_issue<U>(raw, w, g_next * R, v_first, step, N, K);
+    GemvReduce<NV, 16>::run(acc, lane);
+    if (ks > 1) {  // add the other K slices' sums into the first warp of the group
+      __syncthreads();  // red is free (the previous tile has read it)
+      if (ksi != 0 && lane % LANES == 0) {
+#pragma unroll
+        for (int j = 0; j < HELD; j++) red[warp][(lane / LANES) * HELD + j] = acc[j];
+      }
+      __syncthreads();
+      if (ksi == 0 && lane % LANES == 0) {
+        for (int s = 1; s < ks; s++) {
+#pragma unroll
+          for (int j = 0; j < HELD; j++) acc[j] += red[warp + s][(lane / LANES) * HELD + j];
+        }
+      }
+    }
+    if (ksi == 0 && g < groups && lane % LANES == 0) {
+#pragma unroll
+      for (int j = 0; j < HELD; j++) {
+        const int i = (lane / LANES) * HELD + j;
+        const int r = i / MT, m = i % MT, n = n0 + r;
+        if (m >= M || n >= N) continue;
+        float y = acc[j] + (bias ? to_f32(bias[n]) : 0.0f);
+        const size_t o = (size_t)m * N + n;
+        if (flags & NG_GEMV_OUT_F32) {
+          reinterpret_cast<float*>(out)[o] = y;
+        } else {
+          st_t* op = reinterpret_cast<st_t*>(out) + o;
+          if (flags & NG_GEMV_ACCUMULATE) {
+            y += to_f32(*op);
+          } else if (flags & 3) {
+            y = gemv_gelu(y, flags & 3);
+          }
+          *op = from_f32(y);
+        }
+      }
+    }
+    g = g_next;
+  }
+}
+
+extern "C" __global__ void NG_GEMV_BOUNDS
+ng_gemv(void* __restrict__ out, const st_t* __restrict__ x, const st_t* __restrict__ w,
+        const st_t* __restrict__ bias, const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b, int M,
+        int N, int K, float eps, int flags, int ks) {
+  gemv<NG_GEMV_MT>(out, x, w, bias, ln_w, ln_b, M, N, K, eps, flags, ks);
+}
