@@ -63,6 +63,7 @@ pub const Api = struct {
         ?[*]?*anyopaque,
         ?[*]?*anyopaque,
     ) callconv(.c) CUresult,
+    cuLaunchKernelEx: *const fn (*const LaunchConfig, Handle, ?[*]?*anyopaque, ?[*]?*anyopaque) callconv(.c) CUresult,
     cuStreamBeginCapture_v2: *const fn (Handle, c_int) callconv(.c) CUresult,
     cuStreamEndCapture: *const fn (Handle, *Handle) callconv(.c) CUresult,
     cuStreamIsCapturing: *const fn (Handle, *c_int) callconv(.c) CUresult,
@@ -83,6 +84,30 @@ var load_msg: [600]u8 = undefined;
 var load_msg_len: usize = 0;
 
 /// The table, after a successful `load`; null before.
+/// CUlaunchAttribute: an id, padding to 8 bytes, then a 64-byte value union.
+pub const LaunchAttribute = extern struct {
+    id: c_int,
+    pad: [4]u8 = .{ 0, 0, 0, 0 },
+    value: [64]u8 align(8),
+};
+
+/// CUlaunchConfig of cuLaunchKernelEx.
+pub const LaunchConfig = extern struct {
+    grid_x: c_uint,
+    grid_y: c_uint,
+    grid_z: c_uint,
+    block_x: c_uint,
+    block_y: c_uint,
+    block_z: c_uint,
+    smem: c_uint,
+    stream: Handle,
+    attrs: ?[*]LaunchAttribute,
+    num_attrs: c_uint,
+};
+
+/// CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION.
+pub const attr_programmatic_serialization: c_int = 6;
+
 pub fn api() ?*const Api {
     return if (@atomicLoad(bool, &loaded, .acquire)) &table else null;
 }

@@ -1,4 +1,5 @@
 //! Modules (CUBIN images), kernel functions and kernel launches.
+const std = @import("std");
 const err = @import("../err.zig");
 const drv = @import("driver.zig");
 
@@ -49,7 +50,9 @@ export fn ng_cuda_func_set_smem(ctx: u64, func: u64, bytes: u32) i32 {
 /// Launches `func` on `stream` with a grid of (gx, gy, gz) blocks of (bx, by, bz) threads and
 /// `smem` bytes of dynamic shared memory. Its `count` parameters are packed in `args`, parameter
 /// i at byte offset offsets[i]; the driver copies them at launch, so the buffers may be reused
-/// at once (and a graph capture keeps its own copy).
+/// at once (and a graph capture keeps its own copy). With `flags` bit 0 (programmatic dependent
+/// launch) the kernel may start before the previous kernel on the stream finishes: it must execute
+/// griddepcontrol.wait (ng_grid_dep_wait in common.cuh) before it reads what that kernel wrote.
 export fn ng_cuda_launch(
     ctx: u64,
     func: u64,
@@ -64,15 +67,38 @@ export fn ng_cuda_launch(
     args: [*]u8,
     offsets: [*]const u32,
     count: u32,
+    flags: u32,
 ) i32 {
     const s = drv.bind(ctx);
     if (s != 0) return s;
     var params: [max_params]?*anyopaque = undefined;
     if (count > max_params) return err.set(drv.status_bad_arg, "cuLaunchKernel: {d} parameters (at most {d})", .{ count, max_params });
     for (0..count) |i| params[i] = @ptrCast(args + offsets[i]);
-    const r = drv.api().?.cuLaunchKernel(drv.h(func), gx, gy, gz, bx, by, bz, smem, drv.h(stream), &params, null);
-    if (r != 0) return drv.fail(r, "cuLaunchKernel");
+    if (flags & launch_pdl == 0) {
+        const r = drv.api().?.cuLaunchKernel(drv.h(func), gx, gy, gz, bx, by, bz, smem, drv.h(stream), &params, null);
+        if (r != 0) return drv.fail(r, "cuLaunchKernel");
+        return 0;
+    }
+    var attr = drv.LaunchAttribute{ .id = drv.attr_programmatic_serialization, .value = @splat(0) };
+    std.mem.writeInt(c_int, attr.value[0..4], 1, .little);
+    const cfg = drv.LaunchConfig{
+        .grid_x = gx,
+        .grid_y = gy,
+        .grid_z = gz,
+        .block_x = bx,
+        .block_y = by,
+        .block_z = bz,
+        .smem = smem,
+        .stream = drv.h(stream),
+        .attrs = @ptrCast(&attr),
+        .num_attrs = 1,
+    };
+    const r = drv.api().?.cuLaunchKernelEx(&cfg, drv.h(func), &params, null);
+    if (r != 0) return drv.fail(r, "cuLaunchKernelEx");
     return 0;
 }
+
+/// ng_cuda_launch flag: programmatic dependent launch.
+const launch_pdl: u32 = 1;
 
 const max_params = 32;

@@ -13,6 +13,8 @@ extern "C" __global__ void ng_attention_combine(st_t* __restrict__ out, const fl
                                                 const float* __restrict__ part_ml, const int* __restrict__ lengths,
                                                 const int* __restrict__ n_new, int H, int max_T, int chunk,
                                                 int n_chunks) {
+  ng_grid_dep_wait();
+  ng_grid_dep_launch();
   const int b = blockIdx.y, h = blockIdx.x, d = threadIdx.x;
   if (d >= HD || n_new[b] <= 0) return;
   const int len = min(lengths[b] + 1, max_T);

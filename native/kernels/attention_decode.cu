@@ -102,6 +102,8 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
                     const st_t* __restrict__ qkv, st_t* __restrict__ k_cache, st_t* __restrict__ v_cache,
                     const int* __restrict__ lengths, const int* __restrict__ n_new, int H, int max_T,
                     int chunk, int wph, float scale_log2) {
+  ng_grid_dep_wait();
+  ng_grid_dep_launch();
   __shared__ float acc_s[MAXW][NV * W];
   __shared__ float m_s[MAXW], l_s[MAXW];
   const int c = blockIdx.x, b = blockIdx.z;

@@ -22,6 +22,8 @@ extern "C" __global__ void __launch_bounds__(128)
 ng_attention_prefill(st_t* __restrict__ out, const st_t* __restrict__ qkv, const st_t* __restrict__ k_cache,
                      const st_t* __restrict__ v_cache, const int* __restrict__ lengths,
                      const int* __restrict__ n_new, int T, int H, int max_T, float scale) {
+  ng_grid_dep_wait();
+  ng_grid_dep_launch();
   __shared__ float q_s[BQ][HD];
   __shared__ float k_s[BK][HD + 1];
   __shared__ float v_s[BK][HD];

@@ -91,3 +91,19 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   v = lane < nwarps ? scratch[lane] : NG_NEG_INF;
   return warp_max(v);
 }
+
+// Programmatic dependent launch (sm_90+): every kernel is launched allowed to start while the
+// previous kernel on the stream finishes. ng_grid_dep_wait() blocks until that kernel (and so every
+// earlier one) has completed and its writes are visible: call it before reading anything an earlier
+// kernel of the step wrote, and before writing anything an earlier kernel may still read.
+// ng_grid_dep_launch() lets the next kernel start now (its own wait still protects it).
+__device__ __forceinline__ void ng_grid_dep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void ng_grid_dep_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}

@@ -4,6 +4,8 @@
 extern "C" __global__ void ng_embed(st_t* __restrict__ out, const int* __restrict__ tokens,
                                     const int* __restrict__ lengths, const st_t* __restrict__ wte,
                                     const st_t* __restrict__ wpe, int T, int C, int max_pos, int vocab) {
+  ng_grid_dep_wait();
+  ng_grid_dep_launch();
   const int r = blockIdx.x, b = r / T, t = r - b * T;
   int tok = tokens[r];
   tok = tok < 0 ? 0 : (tok >= vocab ? vocab - 1 : tok);

@@ -206,6 +206,10 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restr
   int g = tile * per_tile + warp / ks;
   uint4 raw[U][R];
   if (tile < tiles && g < groups) gemv_issue<U>(raw, w, g * R, v_first, step, N, K);
+  // Weights are never written by a step: their first loads go out before waiting for the kernel
+  // that produced x (programmatic dependent launch), hiding their latency behind its tail.
+  ng_grid_dep_wait();
+  ng_grid_dep_launch();
   gemv_stage_x(xs, x, ln_w, ln_b, M, K, eps);
   int xoff[MT];  // offset of row m of x' in xs
 #pragma unroll

@@ -6,6 +6,8 @@
 extern "C" __global__ void ng_kv_append(st_t* __restrict__ k_cache, st_t* __restrict__ v_cache,
                                         const st_t* __restrict__ qkv, const int* __restrict__ lengths,
                                         const int* __restrict__ n_new, int T, int H, int D, int max_T) {
+  ng_grid_dep_wait();
+  ng_grid_dep_launch();
   const int r = blockIdx.x, b = r / T, t = r - b * T;
   if (t >= n_new[b]) return;
   const int pos = lengths[b] + t;

@@ -3,6 +3,8 @@
 extern "C" __global__ void __launch_bounds__(256)
 ng_layernorm(st_t* __restrict__ out, const st_t* __restrict__ x, const st_t* __restrict__ weight,
              const st_t* __restrict__ bias, int C, float eps) {
+  ng_grid_dep_wait();
+  ng_grid_dep_launch();
   __shared__ float scratch[32];
   const st_t* xr = x + (size_t)blockIdx.x * C;
   st_t* orow = out + (size_t)blockIdx.x * C;

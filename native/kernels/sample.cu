@@ -109,6 +109,8 @@ extern "C" __global__ void __launch_bounds__(NT)
 ng_sample(int* __restrict__ tokens_out, const float* __restrict__ logits, const int* __restrict__ lengths,
           const int* __restrict__ n_new, const float* __restrict__ temperature, const int* __restrict__ top_k,
           const float* __restrict__ top_p, const unsigned int* __restrict__ seed, int V) {
+  ng_grid_dep_wait();
+  ng_grid_dep_launch();
   __shared__ float fs[32];
   __shared__ int is[32];
   __shared__ float scan_s[32];

@@ -54,6 +54,7 @@ export const cuda_symbols = {
       "buffer",
       "buffer",
       "u32",
+      "u32",
     ],
     result: "i32",
   },

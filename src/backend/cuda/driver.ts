@@ -227,6 +227,13 @@ export class CudaContext {
     this.lib.check(this.lib.symbols.ng_cuda_func_set_smem(this.ctx, func, bytes), "ng_cuda_func_set_smem");
   }
 
+  /**
+   * Programmatic dependent launch for every kernel (env NGPT_PDL=0 turns it off): a kernel may start
+   * while the previous one finishes; every kernel of native/kernels waits (ng_grid_dep_wait) before
+   * it reads earlier results, and the gemv prefetches its weights before waiting.
+   */
+  pdl: boolean = Deno.env.get("NGPT_PDL") !== "0";
+
   /** Launches a kernel with packed arguments on a stream. */
   launch(func: bigint, grid: Dim3, block: Dim3, smem_bytes: number, stream: bigint, args: ArgPack): void {
     const s = this.lib.symbols.ng_cuda_launch(
@@ -243,6 +250,7 @@ export class CudaContext {
       args.bytes,
       args.offsets,
       args.count,
+      this.pdl && this.arch >= 90 ? 1 : 0,
     );
     if (s !== 0) this.lib.check(s, `ng_cuda_launch(${args.kernel})`);
   }
