@@ -26,6 +26,8 @@ export interface BenchRow {
   tok_s: number;
   step_us: number;
   ttft_ms: number;
+  /** Host time per decode step, excluding waits for the device (RunStats.host_us_per_step). */
+  host_us?: number;
   weight_bytes: number;
   kv_bytes: number;
   /** Bytes the backend allocated (weights, KV cache, workspace). */
@@ -131,6 +133,7 @@ for (const m of values.models.split(",")) {
           tok_s: B * st.decode_steps / (st.decode_ms / 1000),
           step_us: st.decode_ms * 1000 / st.decode_steps,
           ttft_ms: st.ttft_ms,
+          host_us: st.host_us_per_step,
           kv_bytes: engine.kv_bytes,
           allocated_bytes: backend.allocated_bytes(),
         };
@@ -191,7 +194,7 @@ const pad = (s: string | number, n: number) => String(s).padStart(n);
 console.log(
   `\n${"model".padEnd(12)} ${pad("B", 4)} ${"engine".padEnd(16)} ${pad("tok/s", 10)} ${pad("step_us", 9)} ${
     pad("ttft_ms", 8)
-  } ${pad("mem_MiB", 8)}`,
+  } ${pad("mem_MiB", 8)} ${pad("host_us", 8)}`,
 );
 for (const r of all) {
   if (r.error) {
@@ -204,6 +207,8 @@ for (const r of all) {
   console.log(
     `${r.model.padEnd(12)} ${pad(r.batch, 4)} ${r.engine.padEnd(16)} ${pad(r.tok_s.toFixed(0), 10)} ${
       pad(r.step_us.toFixed(1), 9)
-    } ${pad(r.ttft_ms.toFixed(2), 8)} ${pad(mem ? (mem / 2 ** 20).toFixed(0) : "-", 8)}`,
+    } ${pad(r.ttft_ms.toFixed(2), 8)} ${pad(mem ? (mem / 2 ** 20).toFixed(0) : "-", 8)} ${
+      pad(r.host_us !== undefined ? r.host_us.toFixed(1) : "-", 8)
+    }`,
   );
 }

@@ -62,6 +62,12 @@ export interface RunStats {
   /** Time from the first token to the end. */
   decode_ms: number;
   total_ms: number;
+  /**
+   * Host time per decode step after the first token: launching, reading back and handling tokens,
+   * excluding time blocked waiting for the device. Below the device's step time, the device never
+   * waits for the host.
+   */
+  host_us_per_step: number;
 }
 
 interface Seq {
@@ -78,6 +84,9 @@ interface Seq {
   active: boolean;
 }
 
+/** KV cache lengths are multiples of this (a few percent of memory at most, for 100+ token runs). */
+const CACHE_T_ALIGN = 8;
+
 function next_pow2(n: number): number {
   let p = 1;
   while (p < n) p *= 2;
@@ -91,7 +100,7 @@ export class Engine implements Disposable {
   readonly context_overflow: ContextOverflow;
   readonly max_prefill_rows: number;
   /** Timings of the last run. */
-  stats: RunStats = { ttft_ms: 0, decode_steps: 0, decode_ms: 0, total_ms: 0 };
+  stats: RunStats = { ttft_ms: 0, decode_steps: 0, decode_ms: 0, total_ms: 0, host_us_per_step: 0 };
   #batch: DeviceBatch | null = null;
   #busy = false;
 
@@ -282,7 +291,7 @@ export class Engine implements Disposable {
     }
 
     const needed = Math.max(...seqs.map((s) => Math.min(bs, s.prompt.length + s.req.max_new_tokens)));
-    const batch = this.#ensure_batch(B, Math.min(bs, Math.ceil(needed / 64) * 64));
+    const batch = this.#ensure_batch(B, this.#cache_T(needed));
     const be = this.#be;
     // Per-sequence sampling parameters.
     be.write(batch.state.temperature, Float32Array.from(seqs.map((s) => s.req.temperature)));
@@ -301,6 +310,7 @@ export class Engine implements Disposable {
     let pending: PendingRead | null = this.#read_tokens(batch, B);
     let first = true;
     let steps = 0;
+    let waited_ms = 0;
     let t_first = t0;
 
     const process = (bytes: Uint8Array): TextEvent[] => {
@@ -366,7 +376,10 @@ export class Engine implements Disposable {
       for (const s of seqs) if (s.active) s.len++;
       const next = this.#read_tokens(batch, B);
       if (pending) {
-        const ev = process(pending.wait());
+        const tw = performance.now();
+        const bytes = pending.wait();
+        if (!first) waited_ms += performance.now() - tw;
+        const ev = process(bytes);
         if (first) {
           t_first = performance.now();
           first = false;
@@ -384,6 +397,7 @@ export class Engine implements Disposable {
       decode_steps: steps,
       decode_ms: t_end - t_first,
       total_ms: t_end - t0,
+      host_us_per_step: steps > 1 ? (t_end - t_first - waited_ms) * 1000 / (steps - 1) : 0,
     };
     this.#last_results = results();
   }
@@ -437,8 +451,12 @@ export class Engine implements Disposable {
     }
   }
 
+  /**
+   * Cache length for `n` tokens: rounded up to a multiple of CACHE_T_ALIGN (so nearby lengths share
+   * a batch and its recorded steps) but never past the context, and never much past what is needed.
+   */
   #cache_T(n: number): number {
-    return Math.min(this.model.config.block_size, Math.ceil(n / 64) * 64);
+    return Math.min(this.model.config.block_size, Math.ceil(n / CACHE_T_ALIGN) * CACHE_T_ALIGN);
   }
 
   #read_logits(batch: DeviceBatch, B: number, V: number): Float32Array[] {
