@@ -1,6 +1,7 @@
 // CUDA attention (kv append + prefill; decode with the append fused in, in one chunk or split in
 // several and combined) against a naive f64 reference, with ragged lengths / n_new, head sizes 16,
-// 24, 64, 80 and 128, long caches (1024 keys) and B = 256, in f32 and bf16.
+// 24, 64, 80 and 128, long caches (1024 keys) and B = 256, in f32 and bf16; the tensor-core prefill
+// (f16/bf16, head sizes 64 and 128) at T = 512, 128 and 64 with ragged n_new and chunked prefill.
 import { assert, assertEquals } from "../helpers/assert.ts";
 import type { Buf, DType } from "../../src/backend/backend.ts";
 import type { CudaBackend } from "../../src/backend/cuda.ts";
@@ -146,6 +147,24 @@ gpu_suite("attention_test", () => {
         step(c, 1, lengths, n_new, 7, `${dtype} B=${B} decode`);
         step(c, 1, lengths.map((l, b) => l + n_new[b]), n_new.map(() => 1), 8, `${dtype} B=${B} decode 2`);
         assertEquals(be.allocated_bytes(), 2 * n * (dtype === "f32" ? 4 : 2));
+      });
+    }
+  }
+  // Tensor-core prefill (attention_prefill_mma): long prompts over several 64-row query tiles and
+  // 64-key tiles, ragged n_new (partial and empty tiles), then chunked prefill over cached keys.
+  for (const dtype of ["bf16", "f16"] as DType[]) {
+    for (const D of [64, 128]) {
+      Deno.test(`cuda attention (${dtype}, head ${D}): tensor-core prefill, T = 512, 128, 64`, () => {
+        using be = backend(dtype, false);
+        const B = 3, H = 2, max_T = 720, n = B * H * max_T * D;
+        const k = upload(be, randn(n, 700 + D), "k cache"), v = upload(be, randn(n, 800 + D), "v cache");
+        const c: Case = { be, B, H, D, max_T, k: k.buf, v: v.buf, k_host: k.values, v_host: v.values };
+        // A full 512-token prompt, a ragged one (300: a partial query tile) and an idle sequence.
+        step(c, 512, [0, 0, 0], [512, 300, 0], 9, `${dtype} D=${D} prefill T=512`);
+        // Chunked prefill: each continues over its cache (the idle one starts a 128-token prompt).
+        step(c, 128, [512, 300, 0], [128, 77, 128], 10, `${dtype} D=${D} chunk T=128`);
+        step(c, 64, [640, 377, 128], [64, 1, 40], 11, `${dtype} D=${D} chunk T=64`);
+        assertEquals(be.allocated_bytes(), 2 * n * 2);
       });
     }
   }

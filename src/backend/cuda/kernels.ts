@@ -25,6 +25,10 @@ export interface KernelInfo {
   readonly head_dim: boolean;
   /** Further -D options of this variant (NAME=VALUE). */
   readonly defines?: readonly string[];
+  /** The storage dtypes it compiles for (default: all). */
+  readonly dtypes?: readonly DType[];
+  /** The head sizes it compiles for must be multiples of this (default 1). */
+  readonly head_dim_multiple?: number;
 }
 
 /** Every kernel, by op name. */
@@ -44,6 +48,15 @@ export const KERNELS = {
     entry: "ng_attention_prefill",
     dtype: true,
     head_dim: true,
+  },
+  // Tensor-core prefill (mma.sync m16n8k16): f16/bf16, head sizes a multiple of 16.
+  attention_prefill_mma: {
+    file: "attention_prefill_mma.cu",
+    entry: "ng_attention_prefill_mma",
+    dtype: true,
+    head_dim: true,
+    dtypes: ["f16", "bf16"],
+    head_dim_multiple: 16,
   },
   attention_decode: {
     file: "attention_decode.cu",
@@ -122,6 +135,9 @@ export function kernel_sources(): Record<KernelName, string> {
 /** NVRTC options for a variant on SM architecture `arch` (e.g. 90 for sm_90). */
 export function kernel_options(v: KernelVariant, arch: number): string[] {
   const info: KernelInfo = KERNELS[v.kernel];
+  if (!kernel_supports(v.kernel, v.dtype, v.head_dim)) {
+    throw new Error(`${v.kernel}: no variant for dtype ${v.dtype} and head_dim ${v.head_dim}`);
+  }
   const opts = [`--gpu-architecture=sm_${arch}`, "--std=c++17"];
   if (info.dtype) opts.push(`-DNG_DTYPE=${dtype_code(v.dtype)}`);
   for (const d of info.defines ?? []) opts.push(`-D${d}`);
@@ -133,6 +149,14 @@ export function kernel_options(v: KernelVariant, arch: number): string[] {
     opts.push(`-DNG_HEAD_DIM=${d}`);
   }
   return opts;
+}
+
+/** Whether `kernel` has a variant for `dtype` (and, for attention kernels, `head_dim`). */
+export function kernel_supports(kernel: KernelName, dtype: DType, head_dim?: number): boolean {
+  const info: KernelInfo = KERNELS[kernel];
+  if (info.dtype && info.dtypes !== undefined && !info.dtypes.includes(dtype)) return false;
+  const mult = info.head_dim_multiple ?? 1;
+  return !info.head_dim || head_dim === undefined || head_dim % mult === 0;
 }
 
 /** A short name for a variant ("attention_decode.bf16.d64"), for caches and messages. */
@@ -153,8 +177,12 @@ export function kernel_variants(
   for (const kernel of Object.keys(KERNELS) as KernelName[]) {
     const info: KernelInfo = KERNELS[kernel];
     for (const dtype of info.dtype ? dtypes : (["f32"] as DType[])) {
-      if (info.head_dim) { for (const head_dim of head_dims) out.push({ kernel, dtype, head_dim }); }
-      else out.push({ kernel, dtype });
+      if (info.dtypes !== undefined && !info.dtypes.includes(dtype)) continue;
+      if (info.head_dim) {
+        for (const head_dim of head_dims) {
+          if (kernel_supports(kernel, dtype, head_dim)) out.push({ kernel, dtype, head_dim });
+        }
+      } else out.push({ kernel, dtype });
     }
   }
   return out;

@@ -26,6 +26,8 @@ import { GEMV_DEFAULT_SMEM, gemv_launch } from "./matmul.ts";
 export type OpMode = "direct" | "prepare" | "capture";
 
 const PREFILL_ROWS = 16;
+/** Query rows per block of attention_prefill_mma (4 warps x 16). */
+const PREFILL_MMA_ROWS = 64;
 
 function round_up(n: number, m: number): number {
   return Math.ceil(n / m) * m;
@@ -236,15 +238,18 @@ export class KernelOps {
       this.#decode(a);
       return;
     }
+    // Tensor cores for f16/bf16 and head sizes a multiple of 16; CUDA cores otherwise.
+    const mma = this.#dtype !== "f32" && D % 16 === 0;
     const append = this.#fn("kv_append");
-    const prefill = this.#fn("attention_prefill", D);
+    const prefill = this.#fn(mma ? "attention_prefill_mma" : "attention_prefill", D);
     if (append === null || prefill === null) return;
     this.#args.reset("ng_kv_append").ptr(a.k_cache).ptr(a.v_cache).ptr(a.qkv).ptr(a.lengths).ptr(a.n_new)
       .i32(a.T).i32(H).i32(D).i32(a.max_T);
     this.#launch(append, [rows, 1, 1], [threads_for(Math.ceil((C * es) / 16)), 1, 1]);
-    this.#args.reset("ng_attention_prefill").ptr(a.out).ptr(a.qkv).ptr(a.k_cache).ptr(a.v_cache)
-      .ptr(a.lengths).ptr(a.n_new).i32(a.T).i32(H).i32(a.max_T).f32(1 / Math.sqrt(D));
-    this.#launch(prefill, [Math.ceil(a.T / PREFILL_ROWS), H, a.B], [128, 1, 1]);
+    this.#args.reset(mma ? "ng_attention_prefill_mma" : "ng_attention_prefill").ptr(a.out).ptr(a.qkv)
+      .ptr(a.k_cache).ptr(a.v_cache).ptr(a.lengths).ptr(a.n_new).i32(a.T).i32(H).i32(a.max_T)
+      .f32(1 / Math.sqrt(D));
+    this.#launch(prefill, [Math.ceil(a.T / (mma ? PREFILL_MMA_ROWS : PREFILL_ROWS)), H, a.B], [128, 1, 1]);
   }
 
   /** The decode step (T == 1): attention_decode, then attention_combine when keys are split. */
