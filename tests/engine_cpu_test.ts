@@ -115,3 +115,15 @@ Deno.test("engine: the CPU backend frees everything it allocated", async () => {
     backend[Symbol.dispose]();
   }
 });
+
+Deno.test("engine: generate's text (decoded once) equals the streamed pieces, byte-level BPE included", async () => {
+  using model = await load_model(fixture("hf_tiny_lm"), { device: "cpu" });
+  // A random 300-token model: its tokens are arbitrary GPT-2 byte pieces, often partial UTF-8.
+  const opts = { max_new_tokens: 40, temperature: 1, top_k: 0, seed: 3, stop_at_eot: false };
+  const out = await model.generate([1, 2, 3], opts);
+  let streamed = "";
+  for await (const piece of model.stream([1, 2, 3], opts)) streamed += piece;
+  assertEquals(out.tokens.length, 40);
+  assertEquals(out.text, streamed);
+  assertEquals(out.text, new TextDecoder().decode(model.tokenizer.decode_bytes(out.tokens)));
+});

@@ -76,7 +76,8 @@ interface Seq {
   /** Prompt + generated tokens (for sliding past the context). */
   history: number[];
   generated: number[];
-  text: TextStream;
+  /** Streaming detokenizer; null when the text is decoded once at the end. */
+  text: TextStream | null;
   done: FinishReason | null;
   /** Tokens in this sequence's KV cache on the device, as the host mirrors it. */
   len: number;
@@ -240,13 +241,17 @@ export class Engine implements Disposable {
     if (requests.length === 0) return;
     this.#busy = true;
     try {
-      yield* this.#run(requests);
+      yield* this.#run(requests, true);
     } finally {
       this.#busy = false;
     }
   }
 
-  async *#run(requests: GenerateRequest[]): AsyncGenerator<TextEvent> {
+  /**
+   * The generation loop. With `stream_text` false, sequences without stop strings skip per-token
+   * detokenization (their text is decoded once at the end) and no text events are yielded for them.
+   */
+  async *#run(requests: GenerateRequest[], stream_text: boolean): AsyncGenerator<TextEvent> {
     const t0 = performance.now();
     const cfg = this.model.config, bs = cfg.block_size, eot = this.tokenizer.eot_id;
     const seqs: Seq[] = requests.map((r, i) => {
@@ -269,7 +274,7 @@ export class Engine implements Disposable {
         prompt,
         history: [...prompt],
         generated: [],
-        text: new TextStream(this.tokenizer, req.stop),
+        text: stream_text || req.stop.length > 0 ? new TextStream(this.tokenizer, req.stop) : null,
         done: req.max_new_tokens === 0 ? "length" : null,
         len: 0,
         active: false,
@@ -279,7 +284,9 @@ export class Engine implements Disposable {
     this.#last_results = [];
     const results = () =>
       seqs.map((s) => ({
-        text: s.text.text,
+        text: s.text
+          ? s.text.text
+          : this.#decode_all(s.done === "eot" ? s.generated.slice(0, -1) : s.generated),
         tokens: s.generated,
         finish_reason: s.done ?? "length",
         prompt_tokens: s.prompt.length,
@@ -324,12 +331,12 @@ export class Engine implements Disposable {
         s.history.push(t);
         let piece = "";
         if (s.req.stop_at_eot && eot !== null && t === eot) s.done = "eot";
-        else {
+        else if (s.text) {
           piece = s.text.push(t);
           if (s.text.stopped) s.done = "stop";
         }
         if (!s.done && s.generated.length >= s.req.max_new_tokens) s.done = "length";
-        if (s.done && s.done !== "stop") piece += s.text.finish();
+        if (s.done && s.done !== "stop" && s.text) piece += s.text.finish();
         if (piece || s.done) {
           events.push(s.done ? { index: b, text: piece, done: s.done } : { index: b, text: piece });
         }
@@ -406,8 +413,20 @@ export class Engine implements Disposable {
 
   /** Generates for every request and returns the results in order. */
   async generate(requests: GenerateRequest[]): Promise<GenerateResult[]> {
-    for await (const _ of this.run(requests)) { /* collect at the end */ }
+    if (this.#busy) throw new Error("this engine is already generating: one run at a time");
+    if (requests.length === 0) return [];
+    this.#busy = true;
+    try {
+      for await (const _ of this.#run(requests, false)) { /* the results are collected at the end */ }
+    } finally {
+      this.#busy = false;
+    }
     return this.#last_results;
+  }
+
+  /** Text of a whole token sequence (the same bytes TextStream would have streamed). */
+  #decode_all(ids: number[]): string {
+    return new TextDecoder().decode(this.tokenizer.decode_bytes(ids));
   }
 
   /**
