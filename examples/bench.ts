@@ -12,7 +12,7 @@
  */
 import { parseArgs } from "node:util";
 import { type Backend, create_backend, Engine, GPT, GPT2_SIZES, open_model } from "../mod.ts";
-import { CudaBackend } from "../src/backend/cuda.ts";
+import { cuda_status, CudaBackend } from "../src/backend/cuda.ts";
 import { create_tokenizer } from "../src/tokenizer/tokenizer.ts";
 import { render_chart, type Series } from "./bench_chart.ts";
 
@@ -79,15 +79,14 @@ function rng(seed: number) {
   return () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32);
 }
 
+if (!["auto", "cpu", "cuda"].includes(values.device)) {
+  throw new Error(`--device must be auto, cpu or cuda, got "${values.device}"`);
+}
+const is_cuda = values.device === "cuda" || (values.device === "auto" && cuda_status().ok);
+
 for (const m of values.models.split(",")) {
   using source = await open_model(spec_of(m));
   const tokenizer = create_tokenizer(source.tokenizer);
-  const probe = create_backend({
-    device: values.device as "auto",
-    dtype: values.dtype as "bf16" | undefined,
-  });
-  const is_cuda = probe.kind === "cuda";
-  probe[Symbol.dispose]();
   const modes = !is_cuda ? [true] : values.graphs === "both" ? [true, false] : [values.graphs !== "off"];
   for (const graphs of modes) {
     using backend = create_backend({

@@ -7,6 +7,7 @@
  */
 import type { Buf } from "../backend/backend.ts";
 import { dtype_bytes } from "../backend/backend.ts";
+import { sub_buf } from "../backend/buf.ts";
 import type { GPT, LayerCache, StepState, Workspace } from "../model/gpt.ts";
 
 /** Device state for up to `batch` sequences of up to `max_T` tokens. */
@@ -24,6 +25,8 @@ export class DeviceBatch implements Disposable {
   readonly kv_bytes: number;
   #model: GPT;
   #owned: Buf[] = [];
+  /** Bytes of one sequence's K (or V) cache in one layer. */
+  #seq_cache_bytes: number;
 
   /** Allocates everything up front; on failure frees what it took and rethrows. */
   constructor(model: GPT, batch: number, max_T: number, max_rows: number) {
@@ -43,7 +46,8 @@ export class DeviceBatch implements Disposable {
       return b;
     };
     const D = c.n_embd / c.n_head;
-    const layer_bytes = batch * c.n_head * max_T * D * dtype_bytes(be.dtype);
+    this.#seq_cache_bytes = c.n_head * max_T * D * dtype_bytes(be.dtype);
+    const layer_bytes = batch * this.#seq_cache_bytes;
     this.kv_bytes = 2 * c.n_layer * layer_bytes;
     try {
       this.state = {
@@ -69,6 +73,32 @@ export class DeviceBatch implements Disposable {
       this.#free_owned();
       throw e;
     }
+  }
+
+  /**
+   * Views of sequences b0 .. b0+nb-1: their state, KV cache and prompt slots (T per sequence), for a
+   * step over that group alone. Views are not owned: never free them.
+   */
+  group(b0: number, nb: number, T: number): { state: StepState; cache: LayerCache[]; tokens: Buf } {
+    const s = this.state;
+    const v4 = (buf: Buf) => sub_buf(buf, b0 * 4, nb * 4);
+    const kv = this.#seq_cache_bytes;
+    return {
+      state: {
+        lengths: v4(s.lengths),
+        n_new: v4(s.n_new),
+        temperature: v4(s.temperature),
+        top_k: v4(s.top_k),
+        top_p: v4(s.top_p),
+        seed: sub_buf(s.seed, b0 * 8, nb * 8),
+        next_token: v4(s.next_token),
+      },
+      cache: this.cache.map((l) => ({
+        k: sub_buf(l.k, b0 * kv, nb * kv),
+        v: sub_buf(l.v, b0 * kv, nb * kv),
+      })),
+      tokens: sub_buf(this.tokens, b0 * T * 4, nb * T * 4),
+    };
   }
 
   #free_owned(): void {

@@ -6,7 +6,6 @@
  * @module
  */
 import type { Backend, Buf, PendingRead } from "../backend/backend.ts";
-import { sub_buf } from "../backend/buf.ts";
 import type { GPT } from "../model/gpt.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import { DeviceBatch } from "./batch.ts";
@@ -187,30 +186,12 @@ export class Engine implements Disposable {
     this.#write_i32(batch.state.lengths, lengths);
     this.#write_i32(batch.state.n_new, inputs.map((x) => x.length));
     const group = Math.max(1, Math.min(B, Math.floor(batch.ws.rows / T)));
-    const c = this.model.config;
-    const layer_seq_bytes = c.n_head * batch.max_T * (c.n_embd / c.n_head) *
-      (be.dtype === "f32" ? 4 : 2);
     for (let b0 = 0; b0 < B; b0 += group) {
       const nb = Math.min(group, B - b0);
-      const s = batch.state;
-      const v4 = (buf: Buf) => sub_buf(buf, b0 * 4, nb * 4);
-      const st = {
-        lengths: v4(s.lengths),
-        n_new: v4(s.n_new),
-        temperature: v4(s.temperature),
-        top_k: v4(s.top_k),
-        top_p: v4(s.top_p),
-        seed: sub_buf(s.seed, b0 * 8, nb * 8),
-        next_token: v4(s.next_token),
-      };
-      const cache = batch.cache.map((l) => ({
-        k: sub_buf(l.k, b0 * layer_seq_bytes, nb * layer_seq_bytes),
-        v: sub_buf(l.v, b0 * layer_seq_bytes, nb * layer_seq_bytes),
-      }));
-      const tokens = sub_buf(batch.tokens, b0 * T * 4, nb * T * 4);
+      const g = batch.group(b0, nb, T);
       be.run_step(
         `prefill:${b0}:${nb}:${T}:${sample ? "s" : "n"}`,
-        () => this.model.forward(batch.ws, st, cache, tokens, nb, T, batch.max_T, sample),
+        () => this.model.forward(batch.ws, g.state, g.cache, g.tokens, nb, T, batch.max_T, sample),
       );
     }
   }
@@ -236,12 +217,16 @@ export class Engine implements Disposable {
    * Generates for a batch of requests, yielding text pieces as tokens come back. One request per
    * sequence; each has its own sampling parameters, seed and stop conditions.
    */
-  async *run(requests: GenerateRequest[]): AsyncGenerator<TextEvent> {
+  run(requests: GenerateRequest[]): AsyncGenerator<TextEvent> {
+    return this.#exclusive(requests, true);
+  }
+
+  /** #run, refusing to start while another run of this engine is in progress. */
+  async *#exclusive(requests: GenerateRequest[], stream_text: boolean): AsyncGenerator<TextEvent> {
     if (this.#busy) throw new Error("this engine is already generating: one run at a time");
-    if (requests.length === 0) return;
     this.#busy = true;
     try {
-      yield* this.#run(requests, true);
+      yield* this.#run(requests, stream_text);
     } finally {
       this.#busy = false;
     }
@@ -413,14 +398,7 @@ export class Engine implements Disposable {
 
   /** Generates for every request and returns the results in order. */
   async generate(requests: GenerateRequest[]): Promise<GenerateResult[]> {
-    if (this.#busy) throw new Error("this engine is already generating: one run at a time");
-    if (requests.length === 0) return [];
-    this.#busy = true;
-    try {
-      for await (const _ of this.#run(requests, false)) { /* the results are collected at the end */ }
-    } finally {
-      this.#busy = false;
-    }
+    for await (const _ of this.#exclusive(requests, false)) { /* the results are collected at the end */ }
     return this.#last_results;
   }
 
