@@ -28,6 +28,8 @@ export interface BenchRow {
   ttft_ms: number;
   /** Host time per decode step, excluding waits for the device (RunStats.host_us_per_step). */
   host_us?: number;
+  /** Of host_us: time in launch calls and read_async (RunStats.launch_us_per_step). */
+  launch_us?: number;
   weight_bytes: number;
   kv_bytes: number;
   /** Bytes the backend allocated (weights, KV cache, workspace). */
@@ -35,6 +37,10 @@ export interface BenchRow {
   /** Device memory in use beyond what was in use before the model (CUDA: driver's view). */
   peak_device_bytes?: number;
   device: string;
+  /** Decode steps per launch (EngineOptions.steps_per_launch). */
+  steps_per_launch?: number;
+  /** Whether those steps ran as a device-side loop (a graph WHILE node) rather than unrolled. */
+  device_loop?: boolean;
   error?: string;
 }
 
@@ -52,13 +58,15 @@ const { values } = parseArgs({
     svg: { type: "string" },
     peer: { type: "string" },
     threads: { type: "string" },
+    steps: { type: "string", default: "8" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
 if (values.help) {
   console.log(
     "deno task bench [--device cpu|cuda|auto] [--models gpt2,...,shakespeare,PATH] [--batches 1,8] " +
-      "[--prompt 64] [--new 256] [--graphs both|on|off] [--dtype bf16|f16|f32] [--json F] [--svg F] [--peer F]",
+      "[--prompt 64] [--new 256] [--graphs both|on|off] [--steps 8 (decode steps per launch; 1,8 runs both)] " +
+      "[--dtype bf16|f16|f32] [--json F] [--svg F] [--peer F]",
   );
   Deno.exit(0);
 }
@@ -69,6 +77,8 @@ const SHAKESPEARE = decodeURIComponent(
 const spec_of = (m: string) => m in GPT2_SIZES ? `random:${m}` : m === "shakespeare" ? SHAKESPEARE : m;
 const P = Number(values.prompt), N = Number(values.new);
 const batches = values.batches.split(",").map(Number);
+const steps = values.steps.split(",").map(Number);
+if (steps.some((k) => !(Number.isInteger(k) && k >= 1))) throw new Error("--steps: positive integers");
 if (!(P >= 1 && N >= 2) || batches.some((b) => !(b >= 1))) {
   throw new Error("--prompt >= 1, --new >= 2, batches >= 1");
 }
@@ -97,11 +107,12 @@ for (const m of values.models.split(",")) {
     });
     const mem0 = used_bytes(backend);
     using gpt = await GPT.load(backend, source);
-    const engine_name = is_cuda ? (graphs ? "ngpt" : "ngpt-nographs") : "ngpt-cpu";
+    const base_name = is_cuda ? (graphs ? "ngpt" : "ngpt-nographs") : "ngpt-cpu";
     console.error(
-      `${m}: ${backend.device_name}, ${engine_name}, weights ${(gpt.weight_bytes / 2 ** 20).toFixed(0)} MiB`,
+      `${m}: ${backend.device_name}, ${base_name}, weights ${(gpt.weight_bytes / 2 ** 20).toFixed(0)} MiB`,
     );
-    for (const B of batches) {
+    for (const [K, B] of (graphs ? steps : steps.slice(0, 1)).flatMap((k) => batches.map((b) => [k, b]))) {
+      const engine_name = base_name + (K === 8 ? "" : `-k${K}`);
       const base: BenchRow = {
         model: m,
         batch: B,
@@ -115,16 +126,17 @@ for (const m of values.models.split(",")) {
         kv_bytes: 0,
         allocated_bytes: 0,
         device: backend.device_name,
+        steps_per_launch: K,
       };
       try {
-        using engine = new Engine(gpt, tokenizer, { context_overflow: "error" });
+        using engine = new Engine(gpt, tokenizer, { context_overflow: "error", steps_per_launch: K });
         const r = rng(B);
         const V = gpt.config.vocab_size;
         const prompts = Array.from({ length: B }, () => Array.from({ length: P }, () => Math.floor(r() * V)));
         const reqs = (n: number) =>
           prompts.map((prompt) => ({ prompt, max_new_tokens: n, temperature: 0, stop_at_eot: false }));
         engine.reserve(B, P + N);
-        await engine.generate(reqs(Math.min(N, 4))); // warm-up: compiles kernels, records every step
+        await engine.generate(reqs(Math.min(N, K + 4))); // warm-up: compiles kernels, records every step
         await engine.generate(reqs(N));
         const st = engine.stats;
         const row: BenchRow = {
@@ -133,10 +145,15 @@ for (const m of values.models.split(",")) {
           step_us: st.decode_ms * 1000 / st.decode_steps,
           ttft_ms: st.ttft_ms,
           host_us: st.host_us_per_step,
+          launch_us: st.launch_us_per_step,
           kv_bytes: engine.kv_bytes,
           allocated_bytes: backend.allocated_bytes(),
         };
-        if (is_cuda) row.peak_device_bytes = used_bytes(backend) - mem0;
+        if (backend instanceof CudaBackend) {
+          row.peak_device_bytes = used_bytes(backend) - mem0;
+          if (K > 1) row.device_loop = backend.graphs && backend.device_loops;
+          if (backend.loop_error) console.error(`device-side loop refused: ${backend.loop_error}`);
+        }
         rows.push(row);
         console.log(JSON.stringify(row));
       } catch (e) {
@@ -193,7 +210,7 @@ const pad = (s: string | number, n: number) => String(s).padStart(n);
 console.log(
   `\n${"model".padEnd(12)} ${pad("B", 4)} ${"engine".padEnd(16)} ${pad("tok/s", 10)} ${pad("step_us", 9)} ${
     pad("ttft_ms", 8)
-  } ${pad("mem_MiB", 8)} ${pad("host_us", 8)}`,
+  } ${pad("mem_MiB", 8)} ${pad("host_us", 8)} ${pad("launch_us", 9)}`,
 );
 for (const r of all) {
   if (r.error) {
@@ -208,6 +225,6 @@ for (const r of all) {
       pad(r.step_us.toFixed(1), 9)
     } ${pad(r.ttft_ms.toFixed(2), 8)} ${pad(mem ? (mem / 2 ** 20).toFixed(0) : "-", 8)} ${
       pad(r.host_us !== undefined ? r.host_us.toFixed(1) : "-", 8)
-    }`,
+    } ${pad(r.launch_us !== undefined ? r.launch_us.toFixed(1) : "-", 9)}`,
   );
 }

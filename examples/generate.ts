@@ -24,6 +24,7 @@ Options:
   --device auto|cpu|cuda  where to run (default auto: CUDA when a device works, else the CPU)
   --dtype bf16|f16|f32    storage type on CUDA (default bf16; the CPU runs f32)
   --no-graphs             launch kernels one by one instead of one CUDA graph per step
+  --steps-per-launch N    decode steps recorded into one launch (default 8; 1 = one per step)
   --max-new-tokens N      tokens to generate (default ${SAMPLING_DEFAULTS.max_new_tokens})
   --temperature T         0 = greedy (default ${SAMPLING_DEFAULTS.temperature})
   --top-k K               0 = off (default ${SAMPLING_DEFAULTS.top_k})
@@ -58,6 +59,7 @@ async function main(argv: string[]): Promise<number> {
       device: { type: "string", default: "auto" },
       dtype: { type: "string" },
       "no-graphs": { type: "boolean", default: false },
+      "steps-per-launch": { type: "string" },
       "max-new-tokens": { type: "string" },
       temperature: { type: "string" },
       "top-k": { type: "string" },
@@ -107,6 +109,7 @@ async function main(argv: string[]): Promise<number> {
     threads: num("threads", values.threads, true),
     revision: values.revision,
     context_overflow: values.context as "slide" | "error",
+    steps_per_launch: num("steps-per-launch", values["steps-per-launch"], true),
     log,
   });
   log?.(`loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s`);

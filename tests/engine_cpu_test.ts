@@ -127,3 +127,36 @@ Deno.test("engine: generate's text (decoded once) equals the streamed pieces, by
   assertEquals(out.text, streamed);
   assertEquals(out.text, new TextDecoder().decode(model.tokenizer.decode_bytes(out.tokens)));
 });
+
+Deno.test("engine: several decode steps per launch give the same results as one step per launch", async () => {
+  const reqs = [
+    { prompt: "ROMEO:", max_new_tokens: 40, temperature: 1, top_k: 0, seed: 1 },
+    { prompt: "JULIET:\nO Romeo", max_new_tokens: 17, temperature: 0.8, seed: 2 },
+    { prompt: "A", max_new_tokens: 1, temperature: 0 },
+    { prompt: "First Citizen:\n", max_new_tokens: 60, temperature: 0, stop: ["\n"] },
+    { prompt: "KING", max_new_tokens: 33, temperature: 1, top_p: 0.9, seed: 5, stop: ["e"] },
+  ];
+  const runs = [];
+  for (const steps_per_launch of [1, 3, 8]) {
+    using model = await load_model(CKPT, { device: "cpu", steps_per_launch });
+    runs.push(await model.generate_batch(reqs));
+    // Sliding past the context (256) in the middle of a launch of 8.
+    const long = "ROMEO: ".repeat(35);
+    runs.push([await model.generate(long, { max_new_tokens: 20, temperature: 1, seed: 9 })]);
+  }
+  for (const r of runs) assert(r.every((x) => x.tokens.length > 0));
+  assertEquals(runs[0][3].finish_reason, "stop");
+  assertEquals(runs[2], runs[0]);
+  assertEquals(runs[4], runs[0]);
+  assertEquals(runs[3], runs[1]);
+  assertEquals(runs[5], runs[1]);
+  assertEquals(runs[1][0].tokens.length, 20);
+});
+
+Deno.test("engine: steps_per_launch must be an integer in [1, 64]", async () => {
+  await assertRejects(
+    () => load_model(CKPT, { device: "cpu", steps_per_launch: 0 }),
+    RangeError,
+    "steps_per_launch",
+  );
+});

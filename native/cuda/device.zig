@@ -108,6 +108,22 @@ export fn ng_cuda_ctx_release(ordinal: i32) i32 {
     return 0;
 }
 
+/// Starts (on != 0) or stops the profiled range: with `ncu --profile-from-start off`, only kernels
+/// launched inside it are profiled.
+export fn ng_cuda_profiler(ctx: u64, on: i32) i32 {
+    const s = drv.bind(ctx);
+    if (s != 0) return s;
+    const a = drv.api().?;
+    if (on != 0) {
+        const r = a.cuProfilerStart();
+        if (r != 0) return drv.fail(r, "cuProfilerStart");
+    } else {
+        const r = a.cuProfilerStop();
+        if (r != 0) return drv.fail(r, "cuProfilerStop");
+    }
+    return 0;
+}
+
 /// Waits for all work of the context.
 export fn ng_cuda_ctx_sync(ctx: u64) i32 {
     const s = drv.bind(ctx);

@@ -71,6 +71,12 @@ pub const Api = struct {
     cuGraphLaunch: *const fn (Handle, Handle) callconv(.c) CUresult,
     cuGraphExecDestroy: *const fn (Handle) callconv(.c) CUresult,
     cuGraphDestroy: *const fn (Handle) callconv(.c) CUresult,
+    cuGraphCreate: *const fn (*Handle, c_uint) callconv(.c) CUresult,
+    cuGraphConditionalHandleCreate: *const fn (*u64, Handle, Handle, c_uint, c_uint) callconv(.c) CUresult,
+    cuGraphAddNode: *const fn (*Handle, Handle, ?[*]const Handle, usize, *GraphNodeParams) callconv(.c) CUresult,
+    cuStreamBeginCaptureToGraph: *const fn (Handle, Handle, ?[*]const Handle, ?*const anyopaque, usize, c_int) callconv(.c) CUresult,
+    cuProfilerStart: *const fn () callconv(.c) CUresult,
+    cuProfilerStop: *const fn () callconv(.c) CUresult,
 };
 
 /// CUDA_ERROR_NOT_READY: an event or stream query whose work has not finished.
@@ -105,8 +111,29 @@ pub const LaunchConfig = extern struct {
     num_attrs: c_uint,
 };
 
+/// CUgraphNodeParams (256 bytes) with the CUDA_CONDITIONAL_NODE_PARAMS arm of its union.
+pub const GraphNodeParams = extern struct {
+    type: c_int,
+    reserved0: [3]c_int = .{ 0, 0, 0 },
+    handle: u64,
+    cond_type: c_int,
+    size: c_uint,
+    graph_out: ?*Handle,
+    ctx: Handle,
+    pad: [232 - 32]u8 = [_]u8{0} ** (232 - 32),
+    reserved2: i64 = 0,
+};
+/// CU_GRAPH_NODE_TYPE_CONDITIONAL, CU_GRAPH_COND_TYPE_WHILE, CU_GRAPH_COND_ASSIGN_DEFAULT.
+pub const graph_node_conditional: c_int = 13;
+pub const graph_cond_while: c_int = 1;
+pub const graph_cond_assign_default: c_uint = 1;
+
 /// CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION.
 pub const attr_programmatic_serialization: c_int = 6;
+
+comptime {
+    if (@sizeOf(GraphNodeParams) != 256) @compileError("CUgraphNodeParams must be 256 bytes");
+}
 
 pub fn api() ?*const Api {
     return if (@atomicLoad(bool, &loaded, .acquire)) &table else null;

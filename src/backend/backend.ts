@@ -149,6 +149,34 @@ export interface AdvanceArgs {
   B: number;
 }
 
+/** Where run_loop logs each iteration's tokens: `B` int32 from `src` into row `first_row + i` of `dst`. */
+export interface LoopLog {
+  src: Buf;
+  dst: Buf;
+  first_row: number;
+  /** int32 per row of `dst`. */
+  stride: number;
+  B: number;
+}
+
+/** Throws unless a loop of `n` iterations can log into `log` (every row in bounds). */
+export function check_loop(n: number, log: LoopLog): void {
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`run_loop: n must be a positive integer, got ${n}`);
+  const { B, stride, first_row } = log;
+  if (!(Number.isInteger(B) && B >= 1 && B <= stride && Number.isInteger(first_row) && first_row >= 0)) {
+    throw new RangeError(`run_loop: log of B ${B}, stride ${stride}, first row ${first_row} is not valid`);
+  }
+  if (log.src.bytes < B * 4) {
+    throw new RangeError(`run_loop: src "${log.src.label}" holds fewer than ${B} int32`);
+  }
+  const end = ((first_row + n - 1) * stride + B) * 4;
+  if (end > log.dst.bytes) {
+    throw new RangeError(
+      `run_loop: ${n} rows from row ${first_row} do not fit "${log.dst.label}" (${log.dst.bytes} bytes)`,
+    );
+  }
+}
+
 /** A device-to-host copy in flight (CUDA: into pinned memory, completion tracked by an event). */
 export interface PendingRead {
   /** True when the bytes have arrived (never blocks). */
@@ -197,13 +225,19 @@ export interface Backend extends Disposable {
    * (phase, B, T). Buffers used inside must not be reallocated between steps.
    */
   run_step(key: string, record: () => void): void;
+  /**
+   * Runs the step that `record` enqueues `n` times in one launch, copying its tokens into the log
+   * after each iteration. CUDA records it once per `key` as a graph whose WHILE node loops on the
+   * device (so the host launches once for n steps); the CPU runs it n times.
+   */
+  run_loop(key: string, n: number, record: () => void, log: LoopLog): void;
   /** Waits until all enqueued work is done. */
   synchronize(): void;
   /**
-   * Starts copying `bytes` from `src` to the host behind the work already enqueued, without waiting
+   * Starts copying `bytes` from `src` (at `src_offset`, default 0) to the host behind the work already enqueued, without waiting
    * (the CPU backend copies at once). Optional: the engine falls back to read().
    */
-  read_async?(src: Buf, bytes: number): PendingRead;
+  read_async?(src: Buf, bytes: number, src_offset?: number): PendingRead;
   /** Forgets every recorded step (destroys CUDA graphs), e.g. before buffers they use are freed. */
   reset_steps?(): void;
 }

@@ -14,10 +14,11 @@ import type {
   EmbedArgs,
   GatherLastArgs,
   LayerNormArgs,
+  LoopLog,
   MatmulArgs,
   SampleArgs,
 } from "./backend.ts";
-import { dtype_bytes } from "./backend.ts";
+import { check_loop, dtype_bytes } from "./backend.ts";
 import { native, type NativeLib } from "../native/lib.ts";
 
 /** Native dtype codes of native/cpu/convert.zig. */
@@ -325,6 +326,20 @@ export class CpuBackend implements Backend {
 
   run_step(_key: string, record: () => void): void {
     record();
+  }
+
+  run_loop(_key: string, n: number, record: () => void, log: LoopLog): void {
+    check_loop(n, log);
+    const row = new Uint8Array(log.B * 4);
+    for (let i = 0; i < n; i++) {
+      record();
+      this.#sym.ng_host_read(log.src.ptr, row, BigInt(row.length));
+      this.#sym.ng_host_write(
+        log.dst.ptr + BigInt((log.first_row + i) * log.stride * 4),
+        row,
+        BigInt(row.length),
+      );
+    }
   }
 
   synchronize(): void {}

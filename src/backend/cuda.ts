@@ -18,11 +18,13 @@ import {
   type AttentionArgs,
   type Backend,
   type Buf,
+  check_loop,
   type DType,
   dtype_bytes,
   type EmbedArgs,
   type GatherLastArgs,
   type LayerNormArgs,
+  type LoopLog,
   type MatmulArgs,
   type PendingRead,
   type SampleArgs,
@@ -56,6 +58,16 @@ export interface CudaBackendOptions {
   cache_dir?: string;
 }
 
+/** An on/off environment variable ("0" off, anything else on), or `fallback` when unset or unreadable. */
+function env_flag(name: string, fallback: boolean): boolean {
+  try {
+    const v = Deno.env.get(name);
+    return v === undefined || v === "" ? fallback : v !== "0";
+  } catch {
+    return fallback;
+  }
+}
+
 function view_bytes(v: ArrayBufferView): Uint8Array {
   return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
 }
@@ -74,6 +86,15 @@ export class CudaBackend implements Backend {
    * distinct keys (a captured step keeps the path it was recorded with).
    */
   gemv: GemvPolicy;
+  /**
+   * Whether run_loop records device-side loops (a graph WHILE node); default true unless
+   * $NGPT_LOOP is "0". Turned off for good when the driver refuses one (loop_error says why);
+   * run_loop then records its steps one after another.
+   */
+  device_loops: boolean;
+  /** Why the driver refused a device-side loop, if it did. */
+  loop_error: string | null = null;
+  #counter = 0n;
   #lib: NativeLib;
   #ctx: CudaContext;
   #stream: bigint;
@@ -96,6 +117,7 @@ export class CudaBackend implements Backend {
     this.dtype = opts.dtype ?? "bf16";
     this.graphs = opts.graphs ?? true;
     this.gemv = default_gemv_policy();
+    this.device_loops = env_flag("NGPT_LOOP", true);
     this.device_name = ctx.name;
     this.#mem = new DeviceMemory(ctx);
     this.#staging = new PinnedStaging(ctx, stream);
@@ -178,10 +200,10 @@ export class CudaBackend implements Backend {
   }
 
   /** Starts a device-to-host copy behind the enqueued work; see Backend.read_async. */
-  read_async(src: Buf, bytes: number): PendingRead {
+  read_async(src: Buf, bytes: number, src_offset = 0): PendingRead {
     this.#host_op(`read_async from "${src.label}"`);
-    this.#range(`read_async from "${src.label}"`, src, 0, bytes);
-    return this.#ring.read(src.ptr, bytes);
+    this.#range(`read_async from "${src.label}"`, src, src_offset, bytes);
+    return this.#ring.read(src.ptr + BigInt(src_offset), bytes);
   }
 
   write_weight(dst: Buf, src: Uint8Array, src_dtype: DType, n: number, transpose?: [number, number]): void {
@@ -293,6 +315,86 @@ export class CudaBackend implements Backend {
     }
   }
 
+  /**
+   * run_loop: the first time a key is seen, `record` plus loop_step is captured as the body of a
+   * WHILE node (the device loops n times per launch). Where the driver refuses that graph, the
+   * backend falls back, for good, to recording the n steps one after another in a plain graph.
+   */
+  run_loop(key: string, n: number, record: () => void, log: LoopLog): void {
+    this.#open(`run_loop "${key}"`);
+    check_loop(n, log);
+    if (this.#in_step) throw new Error(`run_loop "${key}": called inside another run_step's record`);
+    const counter = this.#loop_counter();
+    const unrolled = () => {
+      for (let i = 0; i < n; i++) {
+        record();
+        this.#ops.loop_step(log, counter, 0n, n);
+      }
+    };
+    if (!this.graphs || !this.device_loops) {
+      this.run_step(key, unrolled);
+      return;
+    }
+    this.#in_step = true;
+    try {
+      let g = this.#steps.get(key);
+      if (!g) {
+        try {
+          g = this.#capture_loop(key, n, record, log, counter);
+        } catch (e) {
+          this.device_loops = false;
+          this.loop_error = (e as Error).message;
+        }
+      }
+      if (g) this.#ctx.graph_launch(g.exec, this.#stream);
+    } finally {
+      this.#ops.mode = "direct";
+      this.#in_step = false;
+    }
+    if (!this.device_loops) this.run_step(key, unrolled);
+  }
+
+  /** The loop iteration counter (one int32, zero between launches), made on first use. */
+  #loop_counter(): bigint {
+    if (this.#counter === 0n) {
+      const ptr = this.#ctx.mem_alloc(4);
+      try {
+        this.#ctx.memset8(ptr, 0, 4, this.#stream);
+      } catch (e) {
+        this.#ctx.mem_free(ptr);
+        throw e;
+      }
+      this.#counter = ptr;
+    }
+    return this.#counter;
+  }
+
+  #capture_loop(key: string, n: number, record: () => void, log: LoopLog, counter: bigint) {
+    this.#ops.mode = "prepare";
+    record();
+    this.#ops.loop_step(log, counter, 0n, n);
+    this.#ops.mode = "capture";
+    const { graph, handle } = this.#ctx.loop_capture_begin(this.#stream);
+    try {
+      record();
+      this.#ops.loop_step(log, counter, handle, n);
+    } catch (e) {
+      this.#ctx.loop_capture_end(this.#stream, graph, false);
+      throw e;
+    }
+    this.#ctx.loop_capture_end(this.#stream, graph, true);
+    let exec: bigint;
+    try {
+      exec = this.#ctx.graph_instantiate(graph);
+    } catch (e) {
+      this.#ctx.graph_destroy(graph);
+      throw e;
+    }
+    const g = { graph, exec };
+    this.#steps.add(key, g);
+    return g;
+  }
+
   #capture(key: string, record: () => void) {
     this.#ops.mode = "prepare";
     record();
@@ -332,6 +434,15 @@ export class CudaBackend implements Backend {
   }
 
   /**
+   * Waits for enqueued work, then starts or stops the profiled range: under
+   * `ncu --profile-from-start off` only the kernels launched inside it are profiled.
+   */
+  profiler(on: boolean): void {
+    this.synchronize();
+    this.#ctx.profiler(on);
+  }
+
+  /**
    * Frees every buffer, graph, module, cuBLASLt plan, pinned buffer, event and the stream, and
    * releases the primary context. Tries everything; then throws the first error, if any.
    */
@@ -350,6 +461,10 @@ export class CudaBackend implements Backend {
     step(() => this.#ctx.stream_sync(this.#stream));
     step(() => this.#steps.clear());
     step(() => this.#ops.dispose());
+    step(() => {
+      if (this.#counter !== 0n) this.#ctx.mem_free(this.#counter);
+      this.#counter = 0n;
+    });
     step(() => this.#mm.dispose());
     step(() => this.#modules.dispose());
     step(() => this.#ring.dispose());

@@ -21,6 +21,14 @@ export class DeviceBatch implements Disposable {
   readonly ws: Workspace;
   /** Prompt tokens (batch, slots) int32. */
   readonly tokens: Buf;
+  /**
+   * Sampled tokens of the last `log_steps` decode steps, (log_steps, batch) int32, oldest first. The
+   * last row is state.next_token (every step's input and output); a launch of k decode steps logs
+   * step i's tokens into row log_steps - k + i.
+   */
+  readonly token_log: Buf;
+  /** Rows of token_log: the most decode steps one launch can run. */
+  readonly log_steps: number;
   /** Bytes of the KV cache. */
   readonly kv_bytes: number;
   #model: GPT;
@@ -29,13 +37,17 @@ export class DeviceBatch implements Disposable {
   #seq_cache_bytes: number;
 
   /** Allocates everything up front; on failure frees what it took and rethrows. */
-  constructor(model: GPT, batch: number, max_T: number, max_rows: number) {
+  constructor(model: GPT, batch: number, max_T: number, max_rows: number, log_steps = 1) {
     const c = model.config, be = model.backend;
     if (!(batch >= 1 && max_T >= 1 && max_T <= c.block_size)) {
       throw new RangeError(
         `batch ${batch} x max_T ${max_T}: need batch >= 1 and 1 <= max_T <= ${c.block_size}`,
       );
     }
+    if (!(Number.isInteger(log_steps) && log_steps >= 1)) {
+      throw new RangeError(`log_steps must be a positive integer, got ${log_steps}`);
+    }
+    this.log_steps = log_steps;
     this.#model = model;
     this.batch = batch;
     this.max_T = max_T;
@@ -50,6 +62,9 @@ export class DeviceBatch implements Disposable {
     const layer_bytes = batch * this.#seq_cache_bytes;
     this.kv_bytes = 2 * c.n_layer * layer_bytes;
     try {
+      this.token_log = a(log_steps * batch * 4, "token log");
+      // Rows an inactive sequence's sampler skips are still read by the next step's embed.
+      be.write(this.token_log, new Int32Array(log_steps * batch));
       this.state = {
         lengths: a(batch * 4, "lengths"),
         n_new: a(batch * 4, "n_new"),
@@ -57,7 +72,7 @@ export class DeviceBatch implements Disposable {
         top_k: a(batch * 4, "top_k"),
         top_p: a(batch * 4, "top_p"),
         seed: a(batch * 8, "seed"),
-        next_token: a(batch * 4, "next_token"),
+        next_token: sub_buf(this.token_log, (log_steps - 1) * batch * 4, batch * 4),
       };
       this.tokens = a(batch * this.slots * 4, "prompt tokens");
       this.cache = [];

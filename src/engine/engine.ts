@@ -50,6 +50,12 @@ export interface EngineOptions {
   context_overflow?: ContextOverflow;
   /** Most token slots one step processes; larger prefills are split by sequence (default 16384). */
   max_prefill_rows?: number;
+  /**
+   * Decode steps recorded into one launch (one CUDA graph) in steady state (default 8; 1 turns
+   * this off). Tokens come back once per launch, so a sequence that ends mid-launch costs up to
+   * steps_per_launch - 1 wasted steps, and streamed text arrives in pieces of that many tokens.
+   */
+  steps_per_launch?: number;
 }
 
 /** Timings of the last run, in milliseconds from its start. */
@@ -67,6 +73,8 @@ export interface RunStats {
    * waits for the host.
    */
   host_us_per_step: number;
+  /** Of host_us_per_step: time in the launch calls (run_step / run_loop) and in read_async. */
+  launch_us_per_step: number;
 }
 
 interface Seq {
@@ -99,8 +107,16 @@ export class Engine implements Disposable {
   readonly tokenizer: Tokenizer;
   readonly context_overflow: ContextOverflow;
   readonly max_prefill_rows: number;
+  readonly steps_per_launch: number;
   /** Timings of the last run. */
-  stats: RunStats = { ttft_ms: 0, decode_steps: 0, decode_ms: 0, total_ms: 0, host_us_per_step: 0 };
+  stats: RunStats = {
+    ttft_ms: 0,
+    decode_steps: 0,
+    decode_ms: 0,
+    total_ms: 0,
+    host_us_per_step: 0,
+    launch_us_per_step: 0,
+  };
   #batch: DeviceBatch | null = null;
   #busy = false;
 
@@ -109,6 +125,12 @@ export class Engine implements Disposable {
     this.tokenizer = tokenizer;
     this.context_overflow = opts.context_overflow ?? "slide";
     this.max_prefill_rows = opts.max_prefill_rows ?? 16384;
+    this.steps_per_launch = opts.steps_per_launch ?? 8;
+    if (
+      !(Number.isInteger(this.steps_per_launch) && this.steps_per_launch >= 1 && this.steps_per_launch <= 64)
+    ) {
+      throw new RangeError(`steps_per_launch must be an integer in [1, 64], got ${opts.steps_per_launch}`);
+    }
     if (this.context_overflow !== "slide" && this.context_overflow !== "error") {
       throw new RangeError(`context_overflow must be "slide" or "error", got ${this.context_overflow}`);
     }
@@ -161,7 +183,7 @@ export class Engine implements Disposable {
       cur[Symbol.dispose]();
       this.#batch = null;
     }
-    this.#batch = new DeviceBatch(this.model, want_B, want_T, this.max_prefill_rows);
+    this.#batch = new DeviceBatch(this.model, want_B, want_T, this.max_prefill_rows, this.steps_per_launch);
     return this.#batch;
   }
 
@@ -196,20 +218,36 @@ export class Engine implements Disposable {
     }
   }
 
-  /** One decode step for sequences 0..B-1: input = next_token, one slot each. */
-  #decode(batch: DeviceBatch, B: number, sample = true): void {
+  /**
+   * `k` decode steps for sequences 0..B-1 in one launch, one slot each, each reading and sampling
+   * into next_token; with k > 1 step i's tokens are also logged into row log_steps - k + i of
+   * the token log (the last row is next_token itself).
+   */
+  #decode(batch: DeviceBatch, B: number, k = 1, sample = true): void {
     const s = batch.state;
-    this.#be.run_step(
-      `decode:${B}:${sample ? "s" : "n"}`,
-      () => this.model.forward(batch.ws, s, batch.cache, s.next_token, B, 1, batch.max_T, sample),
-    );
+    const step = () => this.model.forward(batch.ws, s, batch.cache, s.next_token, B, 1, batch.max_T, sample);
+    const key = `decode:${B}:${sample ? "s" : "n"}`;
+    if (k === 1) {
+      this.#be.run_step(key, step);
+      return;
+    }
+    const log = {
+      src: s.next_token,
+      dst: batch.token_log,
+      first_row: batch.log_steps - k,
+      stride: batch.batch,
+      B,
+    };
+    this.#be.run_loop(`${key}:x${k}`, k, step, log);
   }
 
-  #read_tokens(batch: DeviceBatch, B: number): PendingRead {
+  /** Reads back the tokens of the last `k` steps: row j of sequence b at int32 j * batch.batch + b. */
+  #read_tokens(batch: DeviceBatch, B: number, k = 1): PendingRead {
     const be = this.#be;
-    if (be.read_async) return be.read_async(batch.state.next_token, B * 4);
-    const out = new Uint8Array(B * 4);
-    be.read(batch.state.next_token, out);
+    const offset = (batch.log_steps - k) * batch.batch * 4, bytes = ((k - 1) * batch.batch + B) * 4;
+    if (be.read_async) return be.read_async(batch.token_log, bytes, offset);
+    const out = new Uint8Array(bytes);
+    be.read(batch.token_log, out, offset);
     return { done: () => true, wait: () => out };
   }
 
@@ -299,14 +337,22 @@ export class Engine implements Disposable {
       s.active = inputs[b].length > 0;
     });
     this.#write_i32(batch.state.n_new, seqs.map((s) => s.active ? 1 : 0));
-    let pending: PendingRead | null = this.#read_tokens(batch, B);
+    /** The tokens of the last launch (k steps), not yet handled. */
+    let pending: { read: PendingRead; k: number } | null = { read: this.#read_tokens(batch, B), k: 1 };
     let first = true;
     let steps = 0;
     let waited_ms = 0;
+    let launch_ms = 0;
     let t_first = t0;
 
-    const process = (bytes: Uint8Array): TextEvent[] => {
-      const toks = new Int32Array(bytes.buffer, bytes.byteOffset, B);
+    const K = this.steps_per_launch, stride = batch.batch;
+    const process = (bytes: Uint8Array, k: number): TextEvent[] => {
+      const toks = new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+      const events: TextEvent[] = [];
+      for (let j = 0; j < k; j++) events.push(...process_row(toks.subarray(j * stride, j * stride + B)));
+      return events;
+    };
+    const process_row = (toks: Int32Array): TextEvent[] => {
       const events: TextEvent[] = [];
       for (let b = 0; b < B; b++) {
         const s = seqs[b];
@@ -341,7 +387,7 @@ export class Engine implements Disposable {
         // Past the context: wait for the latest tokens, then recompute the sliding sequences
         // over their last max_T tokens (positions restart at 0) in one ragged step.
         if (pending) {
-          const ev = process(pending.wait());
+          const ev = process(pending.read.wait(), pending.k);
           pending = null;
           if (ev.length) yield* ev;
           if (seqs.every((s) => s.done)) break;
@@ -358,20 +404,34 @@ export class Engine implements Disposable {
           s.len = lens[b] + ins[b].length;
         });
         this.#write_i32(batch.state.n_new, seqs.map((s) => s.active ? 1 : 0));
-        pending = this.#read_tokens(batch, B);
+        pending = { read: this.#read_tokens(batch, B), k: 1 };
         steps++;
         continue;
       }
-      // Steady state: launch step k+1, then handle step k's tokens while the device works.
-      this.#decode(batch, B);
-      steps++;
-      for (const s of seqs) if (s.active) s.len++;
-      const next = this.#read_tokens(batch, B);
+      // Steady state: launch the next k steps, then handle the last launch's tokens while the
+      // device works. k = K while every sequence still wants K tokens and has room for them.
+      const unread: number = pending?.k ?? 0;
+      const k: number = K > 1 && seqs.every((s) =>
+          !s.active ||
+          (s.len + K <= batch.max_T && (s.done || s.req.max_new_tokens - s.generated.length - unread >= K))
+        )
+        ? K
+        : 1;
+      const tl = performance.now();
+      this.#decode(batch, B, k);
+      for (const s of seqs) {
+        if (s.active) {
+          s.len += k;
+        }
+      }
+      const next = { read: this.#read_tokens(batch, B, k), k };
+      if (!first) launch_ms += performance.now() - tl;
+      steps += k;
       if (pending) {
         const tw = performance.now();
-        const bytes = pending.wait();
+        const bytes = pending.read.wait();
         if (!first) waited_ms += performance.now() - tw;
-        const ev = process(bytes);
+        const ev = process(bytes, pending.k);
         if (first) {
           t_first = performance.now();
           first = false;
@@ -390,6 +450,7 @@ export class Engine implements Disposable {
       decode_ms: t_end - t_first,
       total_ms: t_end - t0,
       host_us_per_step: steps > 1 ? (t_end - t_first - waited_ms) * 1000 / (steps - 1) : 0,
+      launch_us_per_step: steps > 1 ? launch_ms * 1000 / (steps - 1) : 0,
     };
     this.#last_results = results();
   }
@@ -431,9 +492,9 @@ export class Engine implements Disposable {
     this.#ragged_step(batch, [ids.slice(0, prefill)], [0], false);
     out.push(...this.#read_logits(batch, 1, V));
     for (let t = prefill; t < ids.length; t++) {
-      this.#write_i32(batch.state.next_token, [ids[t]]);
+      this.#be.write(batch.token_log, Int32Array.of(ids[t]), (batch.log_steps - 1) * batch.batch * 4);
       this.#write_i32(batch.state.n_new, [1]);
-      this.#decode(batch, 1, false);
+      this.#decode(batch, 1, 1, false);
       out.push(...this.#read_logits(batch, 1, V));
     }
     return out;

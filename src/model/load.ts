@@ -40,6 +40,8 @@ export interface LoadOptions {
   cache_dir?: string;
   /** Past the context: "slide" like nanoGPT's sample.py (default) or "error". */
   context_overflow?: ContextOverflow;
+  /** Decode steps per launch (one CUDA graph) in steady state (default 8; see EngineOptions). */
+  steps_per_launch?: number;
   /** Path of libngpt (default: NGPT_LIB, then the repo's zig-out). */
   lib_path?: string;
   /** Called with progress messages (default: none). */
@@ -157,7 +159,10 @@ export async function load_model(
   try {
     opts.log?.(`loading ${source.origin} onto ${backend.device_name} (${backend.dtype})`);
     const gpt = await GPT.load(backend, source);
-    const engine = new Engine(gpt, tokenizer, { context_overflow: opts.context_overflow });
+    const engine = new Engine(gpt, tokenizer, {
+      context_overflow: opts.context_overflow,
+      steps_per_launch: opts.steps_per_launch,
+    });
     return new Model(gpt, tokenizer, source.origin, engine, !opts.backend);
   } catch (e) {
     if (!opts.backend) backend[Symbol.dispose]();

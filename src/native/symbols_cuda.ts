@@ -14,6 +14,9 @@ export const cuda_symbols = {
   ng_cuda_ctx_retain: { parameters: ["i32", "buffer"], result: "i32" },
   ng_cuda_ctx_release: { parameters: ["i32"], result: "i32" },
   ng_cuda_ctx_sync: { parameters: ["u64"], result: "i32" },
+  ng_cuda_profiler: { parameters: ["u64", "i32"], result: "i32" },
+  ng_cuda_loop_capture_begin: { parameters: ["u64", "u64", "buffer"], result: "i32" },
+  ng_cuda_loop_capture_end: { parameters: ["u64", "u64", "u64", "i32"], result: "i32" },
   // memory.zig
   ng_cuda_mem_info: { parameters: ["u64", "buffer"], result: "i32" },
   ng_cuda_mem_alloc: { parameters: ["u64", "u64", "buffer"], result: "i32" },

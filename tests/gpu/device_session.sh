@@ -3,6 +3,7 @@
 # a short table printed last, full logs and results under $OUT. Prepare with tests/gpu/prepare_device.sh.
 #   MODE=quick  ours only, a few cases;  MODE=full  the whole sweep with peers (default)
 #   TESTS=0     skip the tests
+#   PROFILE=1   also profile a few decode steps of four cases under ncu ($OUT/profile.md)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 xz -dc .device/deno.xz >/tmp/deno && chmod +x /tmp/deno
@@ -14,9 +15,22 @@ if [[ "${TESTS:-1}" == 1 ]]; then
   OUT=$OUT bash tests/gpu/run_on_device.sh 2>&1 | tee "$OUT/tests.txt" | tail -25
 fi
 bench() { deno run -A --cached-only examples/bench.ts --device cuda "$@"; }
+if [[ "${PROFILE:-0}" == 1 ]]; then
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  # model, batch, prompt (the KV length profiled: 64 at the start, 192 the bench's mean), steps
+  for c in "gpt2 1 64 4" "gpt2-xl 1 64 3" "gpt2 256 192 2" "gpt2-xl 64 192 2"; do
+    read -r m b p s <<<"$c"
+    timeout 300 "$ncu" --profile-from-start off --clock-control none --csv --log-file "$OUT/ncu_${m}_b$b.csv" \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+      deno run -A --cached-only tests/gpu/profile_decode.ts --model "$m" --batch "$b" --prompt "$p" --steps "$s" \
+      >"$OUT/ncu_${m}_b$b.log" 2>&1 || echo "ncu $c failed: $(tail -3 "$OUT/ncu_${m}_b$b.log")"
+    python3 tests/gpu/ncu_summary.py "$OUT/ncu_${m}_b$b.csv" "$m b$b, KV from $p" >>"$OUT/profile.md" 2>&1
+  done
+  grep "^## " "$OUT/profile.md"
+fi
 if [[ "$MODE" == quick ]]; then
-  bench --models gpt2 --batches 1,256 --graphs on --json "$OUT/ours_gpt2.json" >"$OUT/bench.txt" 2>&1
-  bench --models gpt2-xl --batches 1,64 --graphs on --json "$OUT/ours_xl.json" >>"$OUT/bench.txt" 2>&1
+  bench --models gpt2 --batches 1,256 --graphs on --steps "${STEPS:-1,8}" --json "$OUT/ours_gpt2.json" >"$OUT/bench.txt" 2>&1
+  bench --models gpt2-xl --batches 1,64 --graphs on --steps "${STEPS:-1,8}" --json "$OUT/ours_xl.json" >>"$OUT/bench.txt" 2>&1
   grep -A20 "^model" "$OUT/bench.txt"
   exit 0
 fi

@@ -170,7 +170,13 @@ gpu_suite("ops_test", () => {
   for (const dtype of DTYPES) {
     Deno.test(`cuda layernorm (${dtype}): with and without bias, C not a multiple of 32`, () => {
       using be = backend(dtype);
-      for (const [rows, C, with_bias] of [[5, 768, true], [3, 100, false], [1, 1600, true]] as const) {
+      for (
+        const [rows, C, with_bias] of [[5, 768, true], [3, 100, false], [1, 1600, true], [
+          19,
+          2048,
+          false,
+        ]] as const
+      ) {
         const x = upload(be, randn(rows * C, 4, 3), "x");
         const w = upload(be, randn(C, 5), "w"), bias = upload(be, randn(C, 6), "b");
         const out = be.alloc(rows * C * (dtype === "f32" ? 4 : 2), "out");

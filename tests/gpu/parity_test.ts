@@ -6,6 +6,7 @@ import { assert, assertEquals } from "../helpers/assert.ts";
 import { load_model } from "../../mod.ts";
 import type { DType } from "../../src/backend/backend.ts";
 import { fixture, SHAKESPEARE } from "../helpers/compare.ts";
+import type { CudaBackend } from "../../src/backend/cuda.ts";
 import { gpu_suite, rel_l2 } from "./gpu_helpers.ts";
 
 type Ref = { input_ids: number[]; logits: number[][] };
@@ -70,6 +71,37 @@ gpu_suite("parity_test", () => {
     }
     assertEquals(runs[1], runs[0]);
     assert(runs[0].every((t, i) => t.length === (i === 6 ? 60 : 30)), "unexpected lengths");
+  });
+
+  Deno.test("decode launches on cuda: a device-side loop, its unrolled fallback, one step per launch and no graphs agree", async () => {
+    const reqs = [
+      { prompt: [5, 17, 200], seed: 1, max_new_tokens: 30 },
+      { prompt: [1, 2, 3, 4, 5, 6, 7], seed: 2, max_new_tokens: 13, top_p: 0.9 },
+      { prompt: [42], temperature: 0, max_new_tokens: 1 },
+      { prompt: [9, 9], temperature: 0, max_new_tokens: 44 }, // 46 of the 48-token context
+    ].map((r) => ({ temperature: 0.9, top_k: 50, stop_at_eot: false, ...r }));
+    const runs: number[][][] = [];
+    const cases: [number, boolean, boolean][] = [[1, true, true], [8, true, true], [8, false, true], [
+      5,
+      true,
+      false,
+    ]];
+    for (const [steps_per_launch, loops, graphs] of cases) {
+      using model = await load_model(fixture("hf_tiny_lm"), {
+        device: "cuda",
+        dtype: "f32",
+        graphs,
+        steps_per_launch,
+      });
+      const be = model.engine.model.backend as CudaBackend;
+      be.device_loops = loops;
+      const out = await model.generate_batch(reqs);
+      if (loops && graphs) assertEquals(be.loop_error, null, "the driver refused the device-side loop");
+      assertEquals(be.device_loops, loops);
+      runs.push(out.map((r) => r.tokens));
+    }
+    assertEquals(runs[0].map((t) => t.length), [30, 13, 1, 44]);
+    for (let i = 1; i < runs.length; i++) assertEquals(runs[i], runs[0], `case ${cases[i]}`);
   });
 
   Deno.test("random:gpt2 on cuda: f32 logits match the CPU through a 300-token prefill and decode; bf16 generates", async () => {

@@ -135,6 +135,11 @@ export class CudaContext {
   }
 
   /** Waits for a stream's work. */
+  /** Starts or stops the profiled range (cuProfilerStart / cuProfilerStop). */
+  profiler(on: boolean): void {
+    this.lib.check(this.lib.symbols.ng_cuda_profiler(this.ctx, on ? 1 : 0), "ng_cuda_profiler");
+  }
+
   stream_sync(stream: bigint): void {
     this.lib.check(this.lib.symbols.ng_cuda_stream_sync(this.ctx, stream), "ng_cuda_stream_sync");
   }
@@ -258,6 +263,24 @@ export class CudaContext {
   /** Starts capturing a stream into a graph (thread-local mode). */
   capture_begin(stream: bigint): void {
     this.lib.check(this.lib.symbols.ng_cuda_capture_begin(this.ctx, stream), "ng_cuda_capture_begin");
+  }
+
+  /**
+   * Starts capturing the body of a device-side loop (a graph with one WHILE node); returns that
+   * graph and the loop's conditional handle.
+   */
+  loop_capture_begin(stream: bigint): { graph: bigint; handle: bigint } {
+    this.lib.check(
+      this.lib.symbols.ng_cuda_loop_capture_begin(this.ctx, stream, this.#u64),
+      "ng_cuda_loop_capture_begin",
+    );
+    return { graph: this.#u64[0], handle: this.#u64[1] };
+  }
+
+  /** Ends a loop body's capture; with ok false (never throws) destroys the loop's graph. */
+  loop_capture_end(stream: bigint, graph: bigint, ok: boolean): void {
+    const s = this.lib.symbols.ng_cuda_loop_capture_end(this.ctx, stream, graph, ok ? 1 : 0);
+    if (ok) this.lib.check(s, "ng_cuda_loop_capture_end");
   }
 
   /** Ends a capture; returns the graph. */

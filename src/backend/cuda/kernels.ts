@@ -73,6 +73,7 @@ export const KERNELS = {
   gather_last: { file: "gather_last.cu", entry: "ng_gather_last", dtype: true, head_dim: false },
   advance: { file: "advance.cu", entry: "ng_advance", dtype: false, head_dim: false },
   sample: { file: "sample.cu", entry: "ng_sample", dtype: false, head_dim: false },
+  loop_step: { file: "loop_step.cu", entry: "ng_loop_step", dtype: false, head_dim: false },
 } as const satisfies Record<string, KernelInfo>;
 
 /** An op name of KERNELS. */

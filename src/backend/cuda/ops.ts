@@ -13,6 +13,7 @@ import {
   type EmbedArgs,
   type GatherLastArgs,
   type LayerNormArgs,
+  type LoopLog,
   type MatmulArgs,
   type SampleArgs,
 } from "../backend.ts";
@@ -26,6 +27,8 @@ import { GEMV_DEFAULT_SMEM, gemv_launch } from "./matmul.ts";
 export type OpMode = "direct" | "prepare" | "capture";
 
 const PREFILL_ROWS = 16;
+/** Rows per block of layernorm (NG_LN_ROWS_PER_BLOCK: a warp each). */
+const LN_ROWS_PER_BLOCK = 8;
 /** Query rows per block of attention_prefill_mma (4 warps x 16). */
 const PREFILL_MMA_ROWS = 64;
 
@@ -163,8 +166,9 @@ export class KernelOps {
     if (a.bias) need(op, "bias", a.bias, a.C * es);
     const f = this.#fn("layernorm");
     if (f === null) return;
-    this.#args.reset("ng_layernorm").ptr(a.out).ptr(a.x).ptr(a.weight).ptr(a.bias).i32(a.C).f32(a.eps);
-    this.#launch(f, [a.rows, 1, 1], [256, 1, 1]);
+    this.#args.reset("ng_layernorm").ptr(a.out).ptr(a.x).ptr(a.weight).ptr(a.bias).i32(a.rows).i32(a.C)
+      .f32(a.eps);
+    this.#launch(f, [Math.ceil(a.rows / LN_ROWS_PER_BLOCK), 1, 1], [256, 1, 1]);
   }
 
   /** In place: x = gelu(x + bias) over `n` elements in rows of N (mode 0 erf, 1 tanh). */
@@ -315,6 +319,17 @@ export class KernelOps {
     if (f === null) return;
     this.#args.reset("ng_advance").ptr(a.lengths).ptr(a.n_new).i32(a.B);
     this.#launch(f, [Math.ceil(a.B / 256), 1, 1], [256, 1, 1]);
+  }
+
+  /** loop_step: logs iteration *counter's tokens and counts it (stopping `handle`'s loop after n). */
+  loop_step(log: LoopLog, counter: bigint, handle: bigint, n: number): void {
+    const f = this.#fn("loop_step");
+    if (f === null) return;
+    this.#args.reset("ng_loop_step").ptr(log.dst).ptr(log.src).ptr(counter).ptr(handle).i32(log.B).i32(
+      log.stride,
+    )
+      .i32(log.first_row).i32(n);
+    this.#launch(f, [1, 1, 1], [Math.min(1024, round_up(log.B, 32)), 1, 1]);
   }
 
   /** Frees the decode scratch. */

@@ -8,7 +8,11 @@ import type { PendingRead } from "../backend.ts";
 import type { CudaContext } from "./driver.ts";
 
 const SLOTS = 8;
-const MIN_SLOT_BYTES = 4096;
+/**
+ * The smallest slot (16384 int32: 16 decode steps of 1024 sequences). Growing a slot later frees
+ * its old buffer only at dispose: cuMemFreeHost would wait for all the device's work.
+ */
+const MIN_SLOT_BYTES = 64 << 10;
 
 interface Slot {
   host: bigint;
@@ -60,6 +64,8 @@ export class ReadRing {
   #stream: bigint;
   #slots: Slot[] = [];
   #next = 0;
+  /** Pinned buffers of slots that grew, freed at dispose. */
+  #retired: bigint[] = [];
 
   constructor(ctx: CudaContext, stream: bigint) {
     this.ctx = ctx;
@@ -75,7 +81,7 @@ export class ReadRing {
     this.#next = (this.#next + 1) % SLOTS;
     slot.pending?.wait();
     if (bytes > slot.capacity) {
-      if (slot.host) this.ctx.host_free(slot.host);
+      if (slot.host) this.#retired.push(slot.host);
       slot.host = 0n;
       slot.capacity = 0;
       let cap = MIN_SLOT_BYTES;
@@ -98,5 +104,7 @@ export class ReadRing {
       if (s.host) this.ctx.host_free(s.host);
     }
     this.#slots = [];
+    for (const h of this.#retired) this.ctx.host_free(h);
+    this.#retired = [];
   }
 }

@@ -1,0 +1,44 @@
+/**
+ * Runs a few decode steps of one (model, batch) case inside the profiler range, for
+ *   ncu --profile-from-start off --metrics gpu__time_duration.sum,dram__bytes_read.sum ... deno run -A
+ *     tests/gpu/profile_decode.ts --model gpt2 --batch 1 --prompt 64 --steps 4
+ * The cache is reserved for prompt + 256 tokens, as the bench does, so the kernels and their plans
+ * are the bench's. Steps run one per launch, so every step's kernels are profiled the same way.
+ * Summarize with tests/gpu/ncu_summary.py.
+ */
+import { parseArgs } from "node:util";
+import { create_backend, Engine, GPT, open_model } from "../../mod.ts";
+import { CudaBackend } from "../../src/backend/cuda.ts";
+import { create_tokenizer } from "../../src/tokenizer/tokenizer.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    model: { type: "string", default: "gpt2" },
+    batch: { type: "string", default: "1" },
+    prompt: { type: "string", default: "64" },
+    steps: { type: "string", default: "4" },
+    reserve: { type: "string", default: "320" },
+  },
+});
+const B = Number(values.batch), P = Number(values.prompt), S = Number(values.steps);
+using source = await open_model(`random:${values.model}`);
+using backend = create_backend({ device: "cuda" });
+if (!(backend instanceof CudaBackend)) throw new Error("profile_decode needs the CUDA backend");
+using gpt = await GPT.load(backend, source);
+using engine = new Engine(gpt, create_tokenizer(source.tokenizer), { steps_per_launch: 1 });
+engine.reserve(B, Number(values.reserve));
+const V = gpt.config.vocab_size;
+const prompts = Array.from(
+  { length: B },
+  (_, b) => Array.from({ length: P }, (_, t) => (b * 7919 + t * 104729) % V),
+);
+const reqs = (n: number) =>
+  prompts.map((prompt) => ({ prompt, max_new_tokens: n, temperature: 0, stop_at_eot: false }));
+await engine.generate(reqs(S + 1)); // records every step's graph outside the profiled range
+backend.profiler(true);
+await engine.generate(reqs(S + 1));
+backend.profiler(false);
+console.log(
+  JSON.stringify({ model: values.model, batch: B, prompt: P, decode_steps: S, device: backend.device_name }),
+);
