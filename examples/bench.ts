@@ -30,6 +30,8 @@ export interface BenchRow {
   host_us?: number;
   /** Of host_us: time in launch calls and read_async (RunStats.launch_us_per_step). */
   launch_us?: number;
+  /** Median over launches of host time per step (RunStats.host_us_median). */
+  host_us_p50?: number;
   weight_bytes: number;
   kv_bytes: number;
   /** Bytes the backend allocated (weights, KV cache, workspace). */
@@ -83,6 +85,8 @@ if (!(P >= 1 && N >= 2) || batches.some((b) => !(b >= 1))) {
   throw new Error("--prompt >= 1, --new >= 2, batches >= 1");
 }
 const rows: BenchRow[] = [];
+/** Autotuned matmul plans already reported (stderr). */
+const tuned_shown = new Set<string>();
 
 function rng(seed: number) {
   let s = seed >>> 0;
@@ -146,6 +150,7 @@ for (const m of values.models.split(",")) {
           ttft_ms: st.ttft_ms,
           host_us: st.host_us_per_step,
           launch_us: st.launch_us_per_step,
+          host_us_p50: st.host_us_median,
           kv_bytes: engine.kv_bytes,
           allocated_bytes: backend.allocated_bytes(),
         };
@@ -156,6 +161,17 @@ for (const m of values.models.split(",")) {
         }
         rows.push(row);
         console.log(JSON.stringify(row));
+        if (backend instanceof CudaBackend && backend.autotune) {
+          for (const t of backend.tuned_plans()) {
+            if (t.index > 0 && !tuned_shown.has(t.key)) {
+              tuned_shown.add(t.key);
+              console.error(
+                `autotune ${t.key}: candidate ${t.index} of ${t.candidates}, ${t.us.toFixed(1)} us ` +
+                  `(heuristic's first ${t.first_us.toFixed(1)} us)`,
+              );
+            }
+          }
+        }
       } catch (e) {
         rows.push({ ...base, error: (e as Error).message.slice(0, 300) });
         console.log(JSON.stringify(rows[rows.length - 1]));
@@ -210,7 +226,7 @@ const pad = (s: string | number, n: number) => String(s).padStart(n);
 console.log(
   `\n${"model".padEnd(12)} ${pad("B", 4)} ${"engine".padEnd(16)} ${pad("tok/s", 10)} ${pad("step_us", 9)} ${
     pad("ttft_ms", 8)
-  } ${pad("mem_MiB", 8)} ${pad("host_us", 8)} ${pad("launch_us", 9)}`,
+  } ${pad("mem_MiB", 8)} ${pad("host_us", 8)} ${pad("host_p50", 8)}`,
 );
 for (const r of all) {
   if (r.error) {
@@ -225,6 +241,6 @@ for (const r of all) {
       pad(r.step_us.toFixed(1), 9)
     } ${pad(r.ttft_ms.toFixed(2), 8)} ${pad(mem ? (mem / 2 ** 20).toFixed(0) : "-", 8)} ${
       pad(r.host_us !== undefined ? r.host_us.toFixed(1) : "-", 8)
-    } ${pad(r.launch_us !== undefined ? r.launch_us.toFixed(1) : "-", 9)}`,
+    } ${pad(r.host_us_p50 !== undefined ? r.host_us_p50.toFixed(1) : "-", 8)}`,
   );
 }

@@ -1,7 +1,7 @@
 //! Token sampling from f32 logits (see SampleArgs in src/backend/backend.ts). The CUDA kernel
 //! implements the same algorithm, so both backends draw the same tokens for the same seeds.
 //!
-//! For each sequence b with n_new[b] > 0, row = logits[b*V .. b*V+V]:
+//! For each sequence b with n_new[b] > 0, row = logits[b*ld .. b*ld+V]:
 //!   - temperature <= 0 or top_k == 1: argmax (lowest index on ties).
 //!   - else counter = lengths[b] + n_new[b] (u32), key = (seed[2b], seed[2b+1]);
 //!     m = max(row), p_i = exp((row_i - m) / temperature) (f32), Z = sum p_i (f64);
@@ -33,6 +33,8 @@ const Job = struct {
     seed: [*]const u32,
     B: usize,
     V: usize,
+    /// Floats between consecutive rows of logits (>= V).
+    ld: usize,
     rows_per_task: usize,
     scratch: []f32,
     n_scratch: usize,
@@ -111,7 +113,7 @@ fn task(j: *const Job, t: usize, worker: usize) void {
     for (b0..b1) |b| {
         if (j.n_new[b] == 0) continue;
         const counter: u32 = @bitCast(j.lengths[b] +% j.n_new[b]);
-        const row = j.logits[b * j.V .. (b + 1) * j.V];
+        const row = j.logits[b * j.ld .. b * j.ld + j.V];
         const key = [2]u32{ j.seed[2 * b], j.seed[2 * b + 1] };
         if (sample_row(row, j.temperature[b], j.top_k[b], j.top_p[b], counter, key, p)) |tok| {
             j.tokens_out[b] = @intCast(tok);
@@ -121,12 +123,14 @@ fn task(j: *const Job, t: usize, worker: usize) void {
     }
 }
 
-/// Samples the next token of each of B sequences from f32 logits (B, V) into tokens_out (int32).
+/// Samples the next token of each of B sequences from f32 logits (B rows of V, `ld` floats apart)
+/// into tokens_out (int32).
 /// Fails on a negative length or n_new, a NaN temperature or top_p, or non-finite logits (the
 /// lowest such sequence is named).
-export fn ng_cpu_sample(tokens_out: u64, logits: u64, lengths: u64, n_new: u64, temperature: u64, top_k: u64, top_p: u64, seed: u64, B: u32, V: u32) i32 {
+export fn ng_cpu_sample(tokens_out: u64, logits: u64, lengths: u64, n_new: u64, temperature: u64, top_k: u64, top_p: u64, seed: u64, B: u32, V: u32, ld: u32) i32 {
     if (B == 0) return 0;
     if (V == 0) return err.set(1, "ng_cpu_sample: V is 0", .{});
+    if (ld < V) return err.set(1, "ng_cpu_sample: row stride {d} < V {d}", .{ ld, V });
     const len: [*]const i32 = @ptrFromInt(lengths);
     const nn: [*]const i32 = @ptrFromInt(n_new);
     const temp: [*]const f32 = @ptrFromInt(temperature);
@@ -154,6 +158,7 @@ export fn ng_cpu_sample(tokens_out: u64, logits: u64, lengths: u64, n_new: u64, 
         .seed = @ptrFromInt(seed),
         .B = B,
         .V = V,
+        .ld = ld,
         .rows_per_task = per,
         .scratch = scratch,
         .n_scratch = threads,

@@ -155,12 +155,18 @@ export fn ng_cublaslt_destroy(ctx: u64, handle: u64) i32 {
     return 0;
 }
 
+/// Candidates kept per plan for ng_cublaslt_plan_select (timed by the TypeScript autotuner).
+const max_algos = 16;
+
 const Plan = struct {
     desc: Handle = null,
     a: Handle = null,
     b: Handle = null,
     cd: Handle = null,
     algo: [8]u64 = undefined,
+    /// The heuristic's candidates, best first (algo is one of them: the first until selected).
+    algos: [max_algos][8]u64 = undefined,
+    n_algos: u32 = 0,
     has_bias: bool = false,
     beta: f32 = 0,
 
@@ -266,16 +272,39 @@ export fn ng_cublaslt_plan_create(
     r = set_pref(a, pref, PREF_MIN_ALIGNMENT_D_BYTES, &ao);
     if (r != 0) return fail(r, "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT_D_BYTES)");
 
-    var results: [1]HeuristicResult = undefined;
+    var results: [max_algos]HeuristicResult = undefined;
     var found: c_int = 0;
-    r = a.cublasLtMatmulAlgoGetHeuristic(@ptrFromInt(handle), p.desc, p.a, p.b, p.cd, p.cd, pref, 1, &results, &found);
+    r = a.cublasLtMatmulAlgoGetHeuristic(@ptrFromInt(handle), p.desc, p.a, p.b, p.cd, p.cd, pref, max_algos, &results, &found);
     if (r != 0 and r != CUBLAS_STATUS_NOT_SUPPORTED) return fail(r, "cublasLtMatmulAlgoGetHeuristic");
     if (r == CUBLAS_STATUS_NOT_SUPPORTED or found == 0) {
         return err.set(CUBLAS_STATUS_NOT_SUPPORTED, "cublasLtMatmulAlgoGetHeuristic: no algorithm for M={d} N={d} K={d} dtype {d}->{d} epilogue {d}", .{ m, n, k, in_dtype, out_dtype, epilogue });
     }
-    p.algo = results[0].algo;
+    p.n_algos = 0;
+    for (results[0..@intCast(found)]) |res| {
+        if (res.state != 0) continue;
+        p.algos[p.n_algos] = res.algo;
+        p.n_algos += 1;
+    }
+    if (p.n_algos == 0) return err.set(CUBLAS_STATUS_NOT_SUPPORTED, "cublasLtMatmulAlgoGetHeuristic: no usable algorithm for M={d} N={d} K={d}", .{ m, n, k });
+    p.algo = p.algos[0];
     ok = true;
     out.* = @intFromPtr(p);
+    return 0;
+}
+
+/// Number of candidate algorithms a plan holds (the heuristic's, best first).
+export fn ng_cublaslt_plan_algos(plan: u64) u32 {
+    if (plan == 0) return 0;
+    const p: *Plan = @ptrFromInt(plan);
+    return p.n_algos;
+}
+
+/// Makes candidate `index` the algorithm a plan runs with.
+export fn ng_cublaslt_plan_select(plan: u64, index: u32) i32 {
+    if (plan == 0) return err.set(status_bad_arg, "ng_cublaslt_plan_select: null plan", .{});
+    const p: *Plan = @ptrFromInt(plan);
+    if (index >= p.n_algos) return err.set(status_bad_arg, "ng_cublaslt_plan_select: candidate {d} of {d}", .{ index, p.n_algos });
+    p.algo = p.algos[index];
     return 0;
 }
 

@@ -1,5 +1,5 @@
-// sample: the next token of each sequence b with n_new[b] > 0 from f32 logits row b (length V),
-// one block per sequence, no sorting (the CPU backend implements the same algorithm):
+// sample: the next token of each sequence b with n_new[b] > 0 from f32 logits row b (V values at
+// logits + b * ld), one block per sequence, no sorting (the CPU backend implements the same algorithm):
 //   greedy (temperature <= 0 or top_k == 1): argmax, lowest index on ties.
 //   else p_i = exp((x_i - max) / temperature), Z = sum p_i, k = top_k if 0 < top_k < V else V,
 //   P = top_p if 0 < top_p < 1 else 1; pivot = -1; for round r = 0, 1, ...: u = (x0 >> 8) * 2^-24
@@ -108,7 +108,7 @@ __device__ __forceinline__ void block_argmax(float& bv, int& bi, float* fs, int*
 extern "C" __global__ void __launch_bounds__(NT)
 ng_sample(int* __restrict__ tokens_out, const float* __restrict__ logits, const int* __restrict__ lengths,
           const int* __restrict__ n_new, const float* __restrict__ temperature, const int* __restrict__ top_k,
-          const float* __restrict__ top_p, const unsigned int* __restrict__ seed, int V) {
+          const float* __restrict__ top_p, const unsigned int* __restrict__ seed, int V, int ld) {
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   __shared__ float fs[32];
@@ -116,7 +116,7 @@ ng_sample(int* __restrict__ tokens_out, const float* __restrict__ logits, const 
   __shared__ float scan_s[32];
   const int b = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   if (n_new[b] <= 0) return;
-  const float* row = logits + (size_t)b * V;
+  const float* row = logits + (size_t)b * ld;
   const float temp = temperature[b];
   const int tk = top_k[b];
 

@@ -123,7 +123,7 @@ export interface GatherLastArgs {
 }
 
 /**
- * Picks the next token of each sequence from f32 logits (B, V), writing int32 `tokens_out[b]`.
+ * Picks the next token of each sequence from f32 logits (B rows of V, `ld` floats apart), writing int32 `tokens_out[b]`.
  * Per sequence: temperature (<= 0: greedy argmax, lowest index on ties), top_k (<= 0: off),
  * top_p (>= 1: off), seed (u32 lo, hi). The random stream is counter-based (Philox4x32-10) keyed
  * by the seed with counter = the new token's position lengths[b] + n_new[b], so a sequence draws
@@ -140,6 +140,8 @@ export interface SampleArgs {
   seed: Buf;
   B: number;
   V: number;
+  /** Floats between consecutive rows of logits (default V; the model pads its rows to a multiple of 64). */
+  ld?: number;
 }
 
 /** lengths[b] += n_new[b]. */

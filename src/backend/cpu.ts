@@ -295,7 +295,11 @@ export class CpuBackend implements Backend {
     check_dim(op, "B", a.B);
     check_dim(op, "V", a.V);
     need(op, "tokens_out", a.tokens_out, a.B * 4, `${a.B} int32`);
-    need(op, "logits", a.logits, a.B * a.V * 4, `${a.B} x ${a.V} f32`);
+    const ld = a.ld ?? a.V;
+    if (!Number.isInteger(ld) || ld < a.V) {
+      throw new RangeError(`${op}: ld must be an integer >= V (${a.V}), got ${ld}`);
+    }
+    need(op, "logits", a.logits, ((a.B - 1) * ld + a.V) * 4, `${a.B} rows of ${a.V} f32, ${ld} apart`);
     need(op, "lengths", a.lengths, a.B * 4, `${a.B} int32`);
     need(op, "n_new", a.n_new, a.B * 4, `${a.B} int32`);
     need(op, "temperature", a.temperature, a.B * 4, `${a.B} f32`);
@@ -313,6 +317,7 @@ export class CpuBackend implements Backend {
       a.seed.ptr,
       a.B,
       a.V,
+      ld,
     );
     this.#lib.check(s, "ng_cpu_sample");
   }

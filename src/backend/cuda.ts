@@ -92,6 +92,11 @@ export class CudaBackend implements Backend {
    * run_loop then records its steps one after another.
    */
   device_loops: boolean;
+  /**
+   * Whether new cuBLASLt plans time the heuristic's candidates and keep the fastest (default true
+   * unless $NGPT_AUTOTUNE is "0"). Costs a few milliseconds per new matmul shape, outside capture.
+   */
+  autotune: boolean;
   /** Why the driver refused a device-side loop, if it did. */
   loop_error: string | null = null;
   #counter = 0n;
@@ -118,6 +123,7 @@ export class CudaBackend implements Backend {
     this.graphs = opts.graphs ?? true;
     this.gemv = default_gemv_policy();
     this.device_loops = env_flag("NGPT_LOOP", true);
+    this.autotune = env_flag("NGPT_AUTOTUNE", true);
     this.device_name = ctx.name;
     this.#mem = new DeviceMemory(ctx);
     this.#staging = new PinnedStaging(ctx, stream);
@@ -125,6 +131,11 @@ export class CudaBackend implements Backend {
     this.#modules = new KernelModules(ctx, this.dtype, cache_root(opts.cache_dir));
     this.#ops = new KernelOps(ctx, this.#modules, stream, this.dtype);
     this.#steps = new StepGraphs(ctx);
+  }
+
+  /** The autotuner's choices so far: "M,N,K,..." plan keys with the candidate picked and its time. */
+  tuned_plans(): { key: string; index: number; us: number; first_us: number; candidates: number }[] {
+    return this.#mm.tuned();
   }
 
   /** Compute capability as major * 10 + minor (the sm_XY kernels are compiled for). */
@@ -264,7 +275,7 @@ export class CudaBackend implements Backend {
       return;
     }
     if (a.ln) a = { ...a, x: this.#normed_input(a), ln: undefined };
-    const p = this.#mm.plan(a, this.#ops.mode !== "capture");
+    const p = this.#mm.plan(a, this.#ops.mode !== "capture", this.#stream, this.autotune);
     if (this.#ops.mode !== "prepare") this.#mm.run(a, p, this.#stream);
     if (p.post_gelu !== null) this.#ops.bias_gelu(a.out, null, a.M * a.N, a.N, p.post_gelu);
   }

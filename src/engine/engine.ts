@@ -75,6 +75,11 @@ export interface RunStats {
   host_us_per_step: number;
   /** Of host_us_per_step: time in the launch calls (run_step / run_loop) and in read_async. */
   launch_us_per_step: number;
+  /**
+   * The median over steady-state launches of their host time per step (what host_us_per_step
+   * is without the occasional stall of the host: a page fault, another process).
+   */
+  host_us_median: number;
 }
 
 interface Seq {
@@ -94,6 +99,12 @@ interface Seq {
 
 /** KV cache lengths are multiples of this (a few percent of memory at most, for 100+ token runs). */
 const CACHE_T_ALIGN = 8;
+
+function median(xs: number[]): number {
+  if (xs.length === 0) return 0;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
 
 function next_pow2(n: number): number {
   let p = 1;
@@ -116,6 +127,7 @@ export class Engine implements Disposable {
     total_ms: 0,
     host_us_per_step: 0,
     launch_us_per_step: 0,
+    host_us_median: 0,
   };
   #batch: DeviceBatch | null = null;
   #busy = false;
@@ -343,6 +355,8 @@ export class Engine implements Disposable {
     let steps = 0;
     let waited_ms = 0;
     let launch_ms = 0;
+    /** Host time per step of each steady-state launch (its own wait excluded). */
+    const host_per_step: number[] = [];
     let t_first = t0;
 
     const K = this.steps_per_launch, stride = batch.batch;
@@ -409,28 +423,32 @@ export class Engine implements Disposable {
         continue;
       }
       // Steady state: launch the next k steps, then handle the last launch's tokens while the
-      // device works. k = K while every sequence still wants K tokens and has room for them.
+      // device works. Nothing is launched once the launched steps give every sequence all the
+      // tokens it may want; k = K while some sequence wants K more and every one has room for them
+      // (a sequence that wants fewer drops the extra tokens).
+      const t_it = performance.now(), was_first = first;
+      let w = 0;
       const unread: number = pending?.k ?? 0;
-      const k: number = K > 1 && seqs.every((s) =>
-          !s.active ||
-          (s.len + K <= batch.max_T && (s.done || s.req.max_new_tokens - s.generated.length - unread >= K))
-        )
-        ? K
-        : 1;
-      const tl = performance.now();
-      this.#decode(batch, B, k);
-      for (const s of seqs) {
-        if (s.active) {
-          s.len += k;
-        }
+      const want = Math.max(
+        0,
+        ...seqs.map((s) => s.active ? s.req.max_new_tokens - s.generated.length - unread : 0),
+      );
+      let next: { read: PendingRead; k: number } | null = null;
+      if (want > 0) {
+        const room = seqs.every((s) => !s.active || s.len + K <= batch.max_T);
+        const k = K > 1 && want >= K && room ? K : 1;
+        const tl = performance.now();
+        this.#decode(batch, B, k);
+        for (const s of seqs) if (s.active) s.len += k;
+        next = { read: this.#read_tokens(batch, B, k), k };
+        if (!first) launch_ms += performance.now() - tl;
+        steps += k;
       }
-      const next = { read: this.#read_tokens(batch, B, k), k };
-      if (!first) launch_ms += performance.now() - tl;
-      steps += k;
       if (pending) {
         const tw = performance.now();
         const bytes = pending.read.wait();
-        if (!first) waited_ms += performance.now() - tw;
+        w = performance.now() - tw;
+        if (!first) waited_ms += w;
         const ev = process(bytes, pending.k);
         if (first) {
           t_first = performance.now();
@@ -439,11 +457,14 @@ export class Engine implements Disposable {
         if (ev.length) yield* ev;
         deactivate_finished();
       }
+      if (!was_first && next) host_per_step.push((performance.now() - t_it - w) * 1000 / next.k);
       pending = next;
     }
     if (first) t_first = performance.now();
-    be.synchronize();
+    const ts = performance.now();
+    be.synchronize(); // steps launched past the last sequence's end-of-text or stop string
     const t_end = performance.now();
+    waited_ms += t_end - ts;
     this.stats = {
       ttft_ms: t_first - t0,
       decode_steps: steps,
@@ -451,6 +472,7 @@ export class Engine implements Disposable {
       total_ms: t_end - t0,
       host_us_per_step: steps > 1 ? (t_end - t_first - waited_ms) * 1000 / (steps - 1) : 0,
       launch_us_per_step: steps > 1 ? launch_ms * 1000 / (steps - 1) : 0,
+      host_us_median: median(host_per_step),
     };
     this.#last_results = results();
   }
@@ -518,9 +540,10 @@ export class Engine implements Disposable {
   }
 
   #read_logits(batch: DeviceBatch, B: number, V: number): Float32Array[] {
-    const all = new Float32Array(B * V);
+    const ld = this.model.vocab_padded;
+    const all = new Float32Array((B - 1) * ld + V);
     this.#be.read(batch.ws.logits, all);
-    return Array.from({ length: B }, (_, b) => all.slice(b * V, (b + 1) * V));
+    return Array.from({ length: B }, (_, b) => all.slice(b * ld, b * ld + V));
   }
 
   /** Frees the device batch (KV cache, workspace) and forgets recorded steps. */

@@ -9,6 +9,14 @@ import { dtype_bytes } from "../backend/backend.ts";
 import type { ModelSource } from "../loaders/source.ts";
 import { type GPTConfig, validate_config, weight_shapes } from "./config.ts";
 
+/** Rows of the LM head and the logits are padded to a multiple of this. */
+export const VOCAB_ALIGN = 64;
+
+/** `vocab_size` rounded up to a multiple of VOCAB_ALIGN. */
+export function padded_vocab(vocab_size: number): number {
+  return Math.ceil(vocab_size / VOCAB_ALIGN) * VOCAB_ALIGN;
+}
+
 /** The device buffers of one transformer block. */
 interface BlockWeights {
   ln_1_w: Buf;
@@ -39,7 +47,7 @@ export interface Workspace {
   fc: Buf;
   /** Last valid row of each sequence (batch, C). */
   last: Buf;
-  /** f32 logits (batch, V). */
+  /** f32 logits (batch, vocab_padded): row b's first vocab_size values are its logits. */
   logits: Buf;
 }
 
@@ -69,6 +77,13 @@ export class GPT implements Disposable {
   readonly config: GPTConfig;
   readonly backend: Backend;
   readonly weight_bytes: number;
+  /**
+   * The vocabulary rounded up to a multiple of VOCAB_ALIGN: the rows of the LM head (wte or
+   * lm_head, zero past vocab_size) and of the logits. GPT-2's 50257 rows leave every logits row
+   * 4-byte aligned, which keeps cuBLASLt off its fast kernels: at batch 64..256 the LM head took
+   * 3-4x longer on an H100 (docs/perf-notes.md).
+   */
+  readonly vocab_padded: number;
   #wte: Buf;
   #wpe: Buf;
   #blocks: BlockWeights[];
@@ -80,6 +95,7 @@ export class GPT implements Disposable {
   private constructor(backend: Backend, config: GPTConfig, bufs: Map<string, Buf>) {
     this.backend = backend;
     this.config = config;
+    this.vocab_padded = padded_vocab(config.vocab_size);
     this.#owned = [...bufs.values()];
     this.weight_bytes = this.#owned.reduce((s, b) => s + b.bytes, 0);
     const get = (n: string) => {
@@ -140,9 +156,15 @@ export class GPT implements Disposable {
             } for [${shape}] ${t.dtype}`,
           );
         }
-        const buf = backend.alloc(n * dtype_bytes(backend.dtype), `weight ${name}`);
+        // The LM head's rows (wte when tied) are padded with zeros to the padded vocabulary.
+        const es = dtype_bytes(backend.dtype);
+        const pad = name === "wte" || name === "lm_head"
+          ? (padded_vocab(config.vocab_size) - shape[0]) * shape[1]
+          : 0;
+        const buf = backend.alloc((n + pad) * es, `weight ${name}`);
         bufs.set(name, buf);
         backend.write_weight(buf, bytes, t.dtype, n, t.stored_transposed);
+        if (pad > 0) backend.write(buf, new Uint8Array(pad * es), n * es);
       }
       return new GPT(backend, config, bufs);
     } catch (e) {
@@ -155,7 +177,7 @@ export class GPT implements Disposable {
   workspace_bytes(rows: number, batch: number): number {
     const c = this.config, e = dtype_bytes(this.backend.dtype);
     return rows * c.n_embd * e * 2 + rows * 3 * c.n_embd * e + rows * 4 * c.n_embd * e +
-      batch * c.n_embd * e + batch * c.vocab_size * 4;
+      batch * c.n_embd * e + batch * this.vocab_padded * 4;
   }
 
   /** Allocates the activation buffers for steps of up to `rows` token slots and `batch` sequences. */
@@ -176,7 +198,7 @@ export class GPT implements Disposable {
         att: a(rows * c.n_embd * e, "activations att"),
         fc: a(rows * 4 * c.n_embd * e, "activations fc"),
         last: a(batch * c.n_embd * e, "activations last"),
-        logits: a(batch * c.vocab_size * 4, "logits"),
+        logits: a(batch * this.vocab_padded * 4, "logits"),
       };
     } catch (err) {
       for (const b of made) be.free(b);
@@ -306,7 +328,7 @@ export class GPT implements Disposable {
       w: this.#lm_head ?? this.#wte,
       bias: null,
       M: B,
-      N: c.vocab_size,
+      N: this.vocab_padded,
       K: C,
       act: "none",
       accumulate: false,
@@ -324,6 +346,7 @@ export class GPT implements Disposable {
         seed: st.seed,
         B,
         V: c.vocab_size,
+        ld: this.vocab_padded,
       });
     }
     be.advance({ lengths: st.lengths, n_new: st.n_new, B });

@@ -34,9 +34,9 @@ export const cpu_symbols = {
   },
   /** (out, x, n_new, B, T, C) -> status. */
   ng_cpu_gather_last: { parameters: ["u64", "u64", "u64", "u32", "u32", "u32"], result: "i32" },
-  /** (tokens_out, logits, lengths, n_new, temperature, top_k, top_p, seed, B, V) -> status. */
+  /** (tokens_out, logits, lengths, n_new, temperature, top_k, top_p, seed, B, V, ld) -> status. */
   ng_cpu_sample: {
-    parameters: ["u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32"],
+    parameters: ["u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32"],
     result: "i32",
   },
   /** (lengths, n_new, B) -> status. */

@@ -106,6 +106,8 @@ export const cuda_symbols = {
     result: "i32",
   },
   ng_cublaslt_plan_destroy: { parameters: ["u64"], result: "void" },
+  ng_cublaslt_plan_algos: { parameters: ["u64"], result: "u32" },
+  ng_cublaslt_plan_select: { parameters: ["u64", "u32"], result: "i32" },
   ng_cublaslt_matmul: {
     parameters: ["u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64"],
     result: "i32",

@@ -162,6 +162,16 @@ export class CudaContext {
     this.lib.check(this.lib.symbols.ng_cuda_event_record(this.ctx, event, stream), "ng_cuda_event_record");
   }
 
+  /** Milliseconds between two completed timing events (created with flags 0). */
+  event_elapsed_ms(start: bigint, end: bigint): number {
+    const out = new Float32Array(1);
+    this.lib.check(
+      this.lib.symbols.ng_cuda_event_elapsed(this.ctx, start, end, out),
+      "ng_cuda_event_elapsed",
+    );
+    return out[0];
+  }
+
   /** True when the work before the event is done (never blocks). */
   event_done(event: bigint): boolean {
     this.lib.check(this.lib.symbols.ng_cuda_event_query(this.ctx, event, this.#i32), "ng_cuda_event_query");

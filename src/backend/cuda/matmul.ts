@@ -34,7 +34,24 @@ export interface MatmulPlan {
   plan: bigint;
   /** After the gemm, apply GELU in place: null none, 0 erf, 1 tanh (bias already added). */
   post_gelu: 0 | 1 | null;
+  /** The autotuner's choice, when it ran and had candidates. */
+  tuned?: TunedChoice;
 }
+
+/** What the autotuner picked: candidate `index` of `candidates`, `us` against `first_us` for the heuristic's first. */
+export interface TunedChoice {
+  index: number;
+  us: number;
+  first_us: number;
+  candidates: number;
+}
+
+/** The gain over the heuristic's first candidate that another must show to be picked. */
+const AUTOTUNE_MIN_GAIN = 0.1;
+/** Timed runs per autotuned candidate (the first is a warm-up). */
+const AUTOTUNE_RUNS = 4;
+/** Bytes written between timed runs to push the weights out of the L2 (50 MB on an H100). */
+const FLUSH_BYTES = 128 << 20;
 
 /** Largest M the gemv kernel takes. */
 export const GEMV_MAX_M = 16;
@@ -219,6 +236,11 @@ export class Matmuls {
     }
   }
 
+  /** The autotuned plans' choices, by plan key. */
+  tuned(): ({ key: string } & TunedChoice)[] {
+    return [...this.#plans].filter(([, p]) => p.tuned).map(([key, p]) => ({ key, ...p.tuned! }));
+  }
+
   /** Number of plans. */
   count(): number {
     return this.#plans.size;
@@ -257,8 +279,11 @@ export class Matmuls {
     }
   }
 
-  /** The plan for `a`, created when `may_create` (outside capture), else it must exist. */
-  plan(a: MatmulArgs, may_create: boolean): MatmulPlan {
+  /**
+   * The plan for `a`, created when `may_create` (outside capture), else it must exist. A new plan
+   * is autotuned on `stream` when `autotune` (see #autotune).
+   */
+  plan(a: MatmulArgs, may_create: boolean, stream = 0n, autotune = false): MatmulPlan {
     const out_dtype = a.out_f32 ? 0 : dtype_code(this.#dtype);
     const bias = a.bias ? a.bias.ptr : 0n;
     const key = [
@@ -299,7 +324,59 @@ export class Matmuls {
       );
     }
     this.#plans.set(key, p);
+    if (autotune) {
+      try {
+        p.tuned = this.#autotune(a, p, stream);
+      } catch (e) {
+        this.#plans.delete(key);
+        this.#ctx.lib.symbols.ng_cublaslt_plan_destroy(p.plan);
+        throw e;
+      }
+    }
     return p;
+  }
+
+  /**
+   * Times each of the heuristic's candidates for `a` (cuBLASLt's first pick is not always the
+   * fastest for the skinny M of decode steps) and selects the fastest when it beats the first by
+   * more than AUTOTUNE_MIN_GAIN. Each run writes a scratch
+   * output (never a.out: an accumulating matmul must not add twice) after flushing the L2 with a
+   * memset, as a decode step meets its weights cold. Synchronizes the stream.
+   */
+  #autotune(a: MatmulArgs, p: MatmulPlan, stream: bigint): TunedChoice | undefined {
+    const s = this.#ctx.lib.symbols, ctx = this.#ctx;
+    const n = s.ng_cublaslt_plan_algos(p.plan);
+    if (n <= 1) return undefined;
+    const out_bytes = a.M * a.N * (a.out_f32 ? 4 : dtype_bytes(this.#dtype));
+    const scratch = ctx.mem_alloc(out_bytes + FLUSH_BYTES);
+    const t0 = ctx.event_create(0), t1 = ctx.event_create(0);
+    try {
+      const trial = { ...a, out: { ptr: scratch, bytes: out_bytes, label: "autotune output" } };
+      const us: number[] = [];
+      for (let i = 0; i < n; i++) {
+        ctx.lib.check(s.ng_cublaslt_plan_select(p.plan, i), "ng_cublaslt_plan_select");
+        let best = Infinity;
+        for (let r = 0; r < AUTOTUNE_RUNS; r++) {
+          ctx.memset8(scratch + BigInt(out_bytes), r & 0xff, FLUSH_BYTES, stream);
+          ctx.event_record(t0, stream);
+          this.run(trial, p, stream);
+          ctx.event_record(t1, stream);
+          ctx.event_sync(t1);
+          if (r > 0) best = Math.min(best, ctx.event_elapsed_ms(t0, t1) * 1000);
+        }
+        us.push(best);
+      }
+      // A clear winner only: near-ties would make the choice (and the rounding) vary run to run.
+      const fastest = us.indexOf(Math.min(...us));
+      const pick = us[fastest] < (1 - AUTOTUNE_MIN_GAIN) * us[0] ? fastest : 0;
+      ctx.lib.check(s.ng_cublaslt_plan_select(p.plan, pick), "ng_cublaslt_plan_select");
+      return { index: pick, us: us[pick], first_us: us[0], candidates: n };
+    } finally {
+      ctx.event_destroy(t0);
+      ctx.event_destroy(t1);
+      ctx.stream_sync(stream);
+      ctx.mem_free(scratch);
+    }
   }
 
   #try_create(

@@ -27,8 +27,6 @@ import { GEMV_DEFAULT_SMEM, gemv_launch } from "./matmul.ts";
 export type OpMode = "direct" | "prepare" | "capture";
 
 const PREFILL_ROWS = 16;
-/** Rows per block of layernorm (NG_LN_ROWS_PER_BLOCK: a warp each). */
-const LN_ROWS_PER_BLOCK = 8;
 /** Query rows per block of attention_prefill_mma (4 warps x 16). */
 const PREFILL_MMA_ROWS = 64;
 
@@ -70,6 +68,13 @@ export interface DecodePlan {
  * on an H100 (docs/perf-notes.md): 64 reads gpt2 b256's cache fastest (4 warps per head).
  */
 export const DECODE_WARPS_PER_SM = 64;
+/**
+ * Once the (b, head) pairs alone fill the SMs, a head gets no more warps than leave each at least
+ * this many of max_T's keys: below it a warp's fixed costs (loading q, merging) outweigh its
+ * share. Measured on an H100 (docs/perf-notes.md): at max_T 320, capping 8 warps per head to 4
+ * took gpt2-xl b64 from 4.18 to 4.03 ms a step and gpt2 b64 from 636 to 619 us.
+ */
+export const DECODE_MIN_KEYS_PER_WARP = 64;
 /** Below this max_T a decode step never splits the keys in chunks (one launch does everything). */
 export const DECODE_SPLIT_MIN_T = 512;
 /** The fewest keys of a chunk when the keys are split. */
@@ -77,15 +82,26 @@ export const DECODE_MIN_CHUNK = 256;
 
 /**
  * The decode split for B sequences of H heads over caches of max_T positions on `sm_count` SMs.
- * Each (b, head) gets the fewest warps (up to 8) that make DECODE_WARPS_PER_SM warps per SM in all;
+ * Each (b, head) gets the fewest warps (up to 8, fewer for short caches: DECODE_MIN_KEYS_PER_WARP)
+ * that make DECODE_WARPS_PER_SM warps per SM in all;
  * when that is under 4, a block holds several heads of one sequence (a divisor of H, about 4 warps
  * in all). When even 8 warps per head leave SMs idle and the cache is long, the keys are cut in
  * chunks (of at least DECODE_MIN_CHUNK) for about two blocks per SM, merged by a second launch.
  */
-export function decode_plan(B: number, H: number, max_T: number, sm_count: number): DecodePlan {
+export function decode_plan(
+  B: number,
+  H: number,
+  max_T: number,
+  sm_count: number,
+  max_warps_per_head = 8,
+): DecodePlan {
   const pairs = B * H;
+  let cap = max_warps_per_head;
+  if (pairs >= sm_count) { while (cap > 1 && cap * DECODE_MIN_KEYS_PER_WARP > max_T) cap /= 2; }
   let warps_per_head = 1;
-  while (warps_per_head < 8 && pairs * warps_per_head < DECODE_WARPS_PER_SM * sm_count) warps_per_head *= 2;
+  while (warps_per_head < cap && pairs * warps_per_head < DECODE_WARPS_PER_SM * sm_count) {
+    warps_per_head *= 2;
+  }
   const want = Math.max(1, 4 / warps_per_head);
   let heads_per_block = 1;
   for (let d = 2; d <= 8 / warps_per_head; d++) {
@@ -97,6 +113,21 @@ export function decode_plan(B: number, H: number, max_T: number, sm_count: numbe
   }
   const chunk = Math.ceil(max_T / n_chunks);
   return { warps_per_head, heads_per_block, chunk, n_chunks: Math.ceil(max_T / chunk) };
+}
+
+/** $NGPT_DECODE_MAX_WPH (1, 2, 4 or 8): an experiment's cap on decode warps per head (default 8). */
+function decode_max_wph(): number {
+  let v: string | undefined;
+  try {
+    v = Deno.env.get("NGPT_DECODE_MAX_WPH");
+  } catch {
+    return 8;
+  }
+  if (!v) return 8;
+  if (!["1", "2", "4", "8"].includes(v)) {
+    throw new Error(`NGPT_DECODE_MAX_WPH must be 1, 2, 4 or 8, got "${v}"`);
+  }
+  return Number(v);
 }
 
 /** Bytes of the vectors attention_decode loads: the largest of 16, 8, 4, 2 dividing a head's row. */
@@ -166,9 +197,8 @@ export class KernelOps {
     if (a.bias) need(op, "bias", a.bias, a.C * es);
     const f = this.#fn("layernorm");
     if (f === null) return;
-    this.#args.reset("ng_layernorm").ptr(a.out).ptr(a.x).ptr(a.weight).ptr(a.bias).i32(a.rows).i32(a.C)
-      .f32(a.eps);
-    this.#launch(f, [Math.ceil(a.rows / LN_ROWS_PER_BLOCK), 1, 1], [256, 1, 1]);
+    this.#args.reset("ng_layernorm").ptr(a.out).ptr(a.x).ptr(a.weight).ptr(a.bias).i32(a.C).f32(a.eps);
+    this.#launch(f, [a.rows, 1, 1], [256, 1, 1]);
   }
 
   /** In place: x = gelu(x + bias) over `n` elements in rows of N (mode 0 erf, 1 tanh). */
@@ -259,7 +289,7 @@ export class KernelOps {
   /** The decode step (T == 1): attention_decode, then attention_combine when keys are split. */
   #decode(a: AttentionArgs): void {
     const D = a.head_dim, H = a.n_head;
-    const plan = decode_plan(a.B, H, a.max_T, this.#ctx.sm_count);
+    const plan = decode_plan(a.B, H, a.max_T, this.#ctx.sm_count, decode_max_wph());
     const parts = a.B * H * plan.n_chunks;
     const scratch = plan.n_chunks > 1 ? this.#decode_scratch(parts * (D + 2) * 4) : 0n;
     const part_acc = scratch, part_ml = scratch === 0n ? 0n : scratch + BigInt(parts * D * 4);
@@ -295,7 +325,11 @@ export class KernelOps {
     const op = "sample";
     positive(op, { B: a.B, V: a.V });
     need(op, "tokens_out", a.tokens_out, a.B * 4);
-    need(op, "logits", a.logits, a.B * a.V * 4);
+    const ld = a.ld ?? a.V;
+    if (!Number.isInteger(ld) || ld < a.V) {
+      throw new RangeError(`${op}: ld must be an integer >= V (${a.V}), got ${ld}`);
+    }
+    need(op, "logits", a.logits, ((a.B - 1) * ld + a.V) * 4);
     for (const k of ["lengths", "n_new", "temperature", "top_k", "top_p"] as const) {
       need(op, k, a[k], a.B * 4);
     }
@@ -305,7 +339,7 @@ export class KernelOps {
     this.#args.reset("ng_sample").ptr(a.tokens_out).ptr(a.logits).ptr(a.lengths).ptr(a.n_new).ptr(
       a.temperature,
     )
-      .ptr(a.top_k).ptr(a.top_p).ptr(a.seed).i32(a.V);
+      .ptr(a.top_k).ptr(a.top_p).ptr(a.seed).i32(a.V).i32(ld);
     this.#launch(f, [a.B, 1, 1], [1024, 1, 1]);
   }
 
