@@ -26,6 +26,7 @@ if [[ "${PROFILE:-0}" == 1 ]]; then
       >"$OUT/ncu_${m}_b$b.log" 2>&1 || echo "ncu $c failed: $(tail -3 "$OUT/ncu_${m}_b$b.log")"
     python3 tests/gpu/ncu_summary.py "$OUT/ncu_${m}_b$b.csv" "$m b$b, KV from $p" >>"$OUT/profile.md" 2>&1
   done
+  (cd "$OUT" && tar -cJf ncu.tar.xz ncu_* && rm -f ncu_*)  # fewer files to bring back
   grep "^## " "$OUT/profile.md"
 fi
 if [[ "$MODE" == quick ]]; then
@@ -34,9 +35,13 @@ if [[ "$MODE" == quick ]]; then
   grep -A20 "^model" "$OUT/bench.txt"
   exit 0
 fi
+deno run -A --cached-only tests/gpu/host_bench.ts >"$OUT/host.txt" 2>&1
+bench --models gpt2,gpt2-xl --batches 1 --graphs on --steps 1,8,16 --json "$OUT/steps.json" >"$OUT/steps.txt" 2>&1
 PYTHONUNBUFFERED=1 timeout 300 python3 .device/torch_baseline.py --engines graph,gptfast --models gpt2,gpt2-xl \
   --batches "${PEER_BATCHES:-1,64,256}" --prompt 64 --new 256 >"$OUT/peer.jsonl" 2>"$OUT/peer.err"
 bench --models gpt2,gpt2-xl --batches "${BATCHES:-1,8,32,64,128,256,512}" --graphs "${GRAPHS:-both}" \
   --prompt 64 --new 256 --peer "$OUT/peer.jsonl" --json "$OUT/bench.json" --svg "$OUT/throughput.svg" \
   >"$OUT/bench.txt" 2>&1
+cat "$OUT/host.txt"
+grep -A8 "^model" "$OUT/steps.txt"
 grep -A60 "^model" "$OUT/bench.txt"
