@@ -32,7 +32,7 @@ import {
 import { native, type NativeLib } from "../native/lib.ts";
 import { CudaContext, type MemInfo } from "./cuda/driver.ts";
 import { DeviceMemory } from "./cuda/memory.ts";
-import { PinnedStaging } from "./cuda/staging.ts";
+import { PinnedStaging, SMALL_WRITE_BYTES } from "./cuda/staging.ts";
 import { ReadRing } from "./cuda/read_ring.ts";
 import { KernelModules } from "./cuda/modules.ts";
 import { KernelOps } from "./cuda/ops.ts";
@@ -195,9 +195,12 @@ export class CudaBackend implements Backend {
     const bytes = view_bytes(src);
     this.#range(`write to "${dst.label}"`, dst, dst_offset, bytes.length);
     const s = this.#lib.symbols;
-    this.#staging.upload(dst.ptr + BigInt(dst_offset), bytes.length, (pinned, off, n) => {
+    const fill = (pinned: bigint, off: number, n: number) => {
       s.ng_host_write(pinned, bytes.subarray(off, off + n), BigInt(n));
-    });
+    };
+    const to = dst.ptr + BigInt(dst_offset);
+    if (bytes.length <= SMALL_WRITE_BYTES) this.#staging.upload_small(to, bytes.length, fill);
+    else this.#staging.upload(to, bytes.length, fill);
   }
 
   read(src: Buf, dst: ArrayBufferView, src_offset = 0): void {

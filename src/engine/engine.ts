@@ -76,8 +76,8 @@ export interface RunStats {
   /** Of host_us_per_step: time in the launch calls (run_step / run_loop) and in read_async. */
   launch_us_per_step: number;
   /**
-   * The median over steady-state launches of their host time per step (what host_us_per_step
-   * is without the occasional stall of the host: a page fault, another process).
+   * The median over steady-state steps of their launch's host time per step (what
+   * host_us_per_step is without the occasional stall of the host: a page fault, another process).
    */
   host_us_median: number;
 }
@@ -100,10 +100,16 @@ interface Seq {
 /** KV cache lengths are multiples of this (a few percent of memory at most, for 100+ token runs). */
 const CACHE_T_ALIGN = 8;
 
-function median(xs: number[]): number {
-  if (xs.length === 0) return 0;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
+/** The median of values each counted `weight` times ([value, weight] pairs). */
+function weighted_median(xs: [number, number][]): number {
+  const s = [...xs].sort((a, b) => a[0] - b[0]);
+  const half = s.reduce((t, x) => t + x[1], 0) / 2;
+  let seen = 0;
+  for (const [v, w] of s) {
+    seen += w;
+    if (seen >= half) return v;
+  }
+  return 0;
 }
 
 function next_pow2(n: number): number {
@@ -355,8 +361,8 @@ export class Engine implements Disposable {
     let steps = 0;
     let waited_ms = 0;
     let launch_ms = 0;
-    /** Host time per step of each steady-state launch (its own wait excluded). */
-    const host_per_step: number[] = [];
+    /** Host time per step of each steady-state launch (its own wait excluded), and its steps. */
+    const host_per_step: [number, number][] = [];
     let t_first = t0;
 
     const K = this.steps_per_launch, stride = batch.batch;
@@ -457,7 +463,7 @@ export class Engine implements Disposable {
         if (ev.length) yield* ev;
         deactivate_finished();
       }
-      if (!was_first && next) host_per_step.push((performance.now() - t_it - w) * 1000 / next.k);
+      if (!was_first && next) host_per_step.push([(performance.now() - t_it - w) * 1000 / next.k, next.k]);
       pending = next;
     }
     if (first) t_first = performance.now();
@@ -472,7 +478,7 @@ export class Engine implements Disposable {
       total_ms: t_end - t0,
       host_us_per_step: steps > 1 ? (t_end - t_first - waited_ms) * 1000 / (steps - 1) : 0,
       launch_us_per_step: steps > 1 ? launch_ms * 1000 / (steps - 1) : 0,
-      host_us_median: median(host_per_step),
+      host_us_median: weighted_median(host_per_step),
     };
     this.#last_results = results();
   }

@@ -8,6 +8,13 @@ import type { CudaContext } from "./driver.ts";
 
 /** Bytes per staging half (a multiple of 4, so element chunks never split). */
 export const STAGING_CHUNK_BYTES = 8 << 20;
+/**
+ * Writes up to this size go through a ring of small pinned slots and return without waiting for
+ * the device (the bytes are copied at the call; the DMA runs in stream order): per-sequence
+ * parameters and token counts written between steps must not stall the device.
+ */
+export const SMALL_WRITE_BYTES = 64 << 10;
+const SMALL_SLOTS = 16;
 
 /** Fills `n` bytes of pinned memory at `pinned` with the bytes at `offset` of the transfer. */
 export type Fill = (pinned: bigint, offset: number, n: number) => void;
@@ -19,6 +26,8 @@ export class PinnedStaging {
   #host: bigint[] = [];
   #events: bigint[] = [];
   #busy = [false, false];
+  #small: { host: bigint; event: bigint; busy: boolean }[] = [];
+  #next_small = 0;
 
   constructor(ctx: CudaContext, stream: bigint) {
     this.#ctx = ctx;
@@ -53,6 +62,32 @@ export class PinnedStaging {
   }
 
   /**
+   * Enqueues a copy of at most SMALL_WRITE_BYTES to device address `dst` behind the work already
+   * enqueued, without waiting: `fill` writes the bytes into a pinned slot now (a slot is reused
+   * once its previous copy has finished).
+   */
+  upload_small(dst: bigint, bytes: number, fill: Fill): void {
+    if (bytes === 0) return;
+    if (bytes > SMALL_WRITE_BYTES) throw new Error(`internal: upload_small of ${bytes} bytes`);
+    if (this.#small.length < SMALL_SLOTS) {
+      const host = this.#ctx.host_alloc(SMALL_WRITE_BYTES);
+      try {
+        this.#small.push({ host, event: this.#ctx.event_create(), busy: false });
+      } catch (e) {
+        this.#ctx.host_free(host);
+        throw e;
+      }
+    }
+    const slot = this.#small[this.#next_small];
+    this.#next_small = (this.#next_small + 1) % SMALL_SLOTS;
+    if (slot.busy) this.#ctx.event_sync(slot.event);
+    fill(slot.host, 0, bytes);
+    this.#ctx.memcpy_htod(dst, slot.host, bytes, this.#stream);
+    this.#ctx.event_record(slot.event, this.#stream);
+    slot.busy = true;
+  }
+
+  /**
    * Copies `bytes` from device address `src` to the host, after the work already enqueued:
    * `take` receives each chunk's pinned address, offset and size once it has arrived.
    */
@@ -72,6 +107,11 @@ export class PinnedStaging {
 
   /** Frees the pinned memory and events. */
   dispose(): void {
+    for (const s of this.#small) {
+      this.#ctx.event_destroy(s.event);
+      this.#ctx.host_free(s.host);
+    }
+    this.#small = [];
     for (const e of this.#events) this.#ctx.event_destroy(e);
     for (const h of this.#host) this.#ctx.host_free(h);
     this.#events = [];
