@@ -366,6 +366,8 @@ export class Engine implements Disposable {
     let t_first = t0;
 
     const K = this.steps_per_launch, stride = batch.batch;
+    /** Whether the device runs a launch while the host handles the previous one's tokens. */
+    const overlap = be.read_async !== undefined;
     const process = (bytes: Uint8Array, k: number): TextEvent[] => {
       const toks = new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
       const events: TextEvent[] = [];
@@ -432,6 +434,19 @@ export class Engine implements Disposable {
       // device works. Nothing is launched once the launched steps give every sequence all the
       // tokens it may want; k = K while some sequence wants K more and every one has room for them
       // (a sequence that wants fewer drops the extra tokens).
+      if (!overlap && pending) {
+        // A backend that runs steps as they are enqueued (the CPU) cannot overlap: handle the
+        // tokens before the next launch, or the first token would wait for a whole launch.
+        const ev = process(pending.read.wait(), pending.k);
+        pending = null;
+        if (first) {
+          t_first = performance.now();
+          first = false;
+        }
+        if (ev.length) yield* ev;
+        deactivate_finished();
+        continue;
+      }
       const t_it = performance.now(), was_first = first;
       let w = 0;
       const unread: number = pending?.k ?? 0;
