@@ -37,8 +37,8 @@ import { ReadRing } from "./cuda/read_ring.ts";
 import { KernelModules } from "./cuda/modules.ts";
 import { KernelOps } from "./cuda/ops.ts";
 import { default_gemv_policy, gemv_fits, gemv_preferred, type GemvPolicy, Matmuls } from "./cuda/matmul.ts";
-import { StepGraphs } from "./cuda/graphs.ts";
-import { cache_root } from "./cuda/paths.ts";
+import { type StepGraph, StepGraphs } from "./cuda/graphs.ts";
+import { cache_root, env } from "./cuda/paths.ts";
 import { dtype_code } from "./cuda/kernels.ts";
 
 export { cuda_status, type CudaStatus } from "./cuda/driver.ts";
@@ -60,12 +60,8 @@ export interface CudaBackendOptions {
 
 /** An on/off environment variable ("0" off, anything else on), or `fallback` when unset or unreadable. */
 function env_flag(name: string, fallback: boolean): boolean {
-  try {
-    const v = Deno.env.get(name);
-    return v === undefined || v === "" ? fallback : v !== "0";
-  } catch {
-    return fallback;
-  }
+  const v = env(name);
+  return v === undefined ? fallback : v !== "0";
 }
 
 function view_bytes(v: ArrayBufferView): Uint8Array {
@@ -397,16 +393,7 @@ export class CudaBackend implements Backend {
       throw e;
     }
     this.#ctx.loop_capture_end(this.#stream, graph, true);
-    let exec: bigint;
-    try {
-      exec = this.#ctx.graph_instantiate(graph);
-    } catch (e) {
-      this.#ctx.graph_destroy(graph);
-      throw e;
-    }
-    const g = { graph, exec };
-    this.#steps.add(key, g);
-    return g;
+    return this.#keep(key, graph);
   }
 
   #capture(key: string, record: () => void) {
@@ -420,7 +407,11 @@ export class CudaBackend implements Backend {
       this.#ctx.capture_abort(this.#stream);
       throw e;
     }
-    const graph = this.#ctx.capture_end(this.#stream);
+    return this.#keep(key, this.#ctx.capture_end(this.#stream));
+  }
+
+  /** Instantiates a captured graph and keeps it under `key`; destroys it if instantiation fails. */
+  #keep(key: string, graph: bigint): StepGraph {
     let exec: bigint;
     try {
       exec = this.#ctx.graph_instantiate(graph);

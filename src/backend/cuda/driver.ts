@@ -6,6 +6,7 @@
  */
 import { native, type NativeLib } from "../../native/lib.ts";
 import type { ArgPack } from "./launch_args.ts";
+import { env } from "./paths.ts";
 
 /** CUdevice_attribute codes used here. */
 const ATTR_SM_COUNT = 16;
@@ -247,7 +248,7 @@ export class CudaContext {
    * while the previous one finishes; every kernel of native/kernels waits (ng_grid_dep_wait) before
    * it reads earlier results, and the gemv prefetches its weights before waiting.
    */
-  pdl: boolean = Deno.env.get("NGPT_PDL") !== "0";
+  pdl: boolean = env("NGPT_PDL") !== "0";
 
   /** Launches a kernel with packed arguments on a stream. */
   launch(func: bigint, grid: Dim3, block: Dim3, smem_bytes: number, stream: bigint, args: ArgPack): void {

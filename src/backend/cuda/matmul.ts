@@ -17,7 +17,7 @@
 import { type Buf, type DType, dtype_bytes, type MatmulArgs } from "../backend.ts";
 import type { CudaContext } from "./driver.ts";
 import { dtype_code, type KernelName } from "./kernels.ts";
-import { cublaslt_candidates, nul_list, python_site_dirs } from "./paths.ts";
+import { cublaslt_candidates, env, nul_list, python_site_dirs } from "./paths.ts";
 import { NativeError } from "../../native/lib.ts";
 
 /** Workspace given to every cuBLASLt plan. */
@@ -92,12 +92,7 @@ export type GemvPolicy = "auto" | number;
  * set and readable, else "auto".
  */
 export function default_gemv_policy(): GemvPolicy {
-  let v: string | undefined;
-  try {
-    v = Deno.env.get("NGPT_GEMV_MAX_M");
-  } catch {
-    return "auto"; // no permission to read the environment
-  }
+  const v = env("NGPT_GEMV_MAX_M");
   if (v === undefined || v === "" || v === "auto") return "auto";
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0 || n > GEMV_MAX_M) {

@@ -22,6 +22,7 @@ import { ArgPack } from "./launch_args.ts";
 import { type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
 import type { KernelModules } from "./modules.ts";
 import { GEMV_DEFAULT_SMEM, gemv_launch } from "./matmul.ts";
+import { env } from "./paths.ts";
 
 /** How ops behave: launch (direct), only get ready (prepare), or launch into a capture. */
 export type OpMode = "direct" | "prepare" | "capture";
@@ -117,12 +118,7 @@ export function decode_plan(
 
 /** $NGPT_DECODE_MAX_WPH (1, 2, 4 or 8): an experiment's cap on decode warps per head (default 8). */
 function decode_max_wph(): number {
-  let v: string | undefined;
-  try {
-    v = Deno.env.get("NGPT_DECODE_MAX_WPH");
-  } catch {
-    return 8;
-  }
+  const v = env("NGPT_DECODE_MAX_WPH");
   if (!v) return 8;
   if (!["1", "2", "4", "8"].includes(v)) {
     throw new Error(`NGPT_DECODE_MAX_WPH must be 1, 2, 4 or 8, got "${v}"`);

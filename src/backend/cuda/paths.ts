@@ -5,7 +5,8 @@
 
 const CUDA_LIB64 = "/usr/local/cuda/lib64";
 
-function env(name: string): string | undefined {
+/** An environment variable, or undefined when it is unset, empty or not readable (no permission). */
+export function env(name: string): string | undefined {
   try {
     return Deno.env.get(name) || undefined;
   } catch {
