@@ -91,6 +91,32 @@ __device__ __forceinline__ void unpack(const vec_t& v, float* f) {
 #endif
 }
 
+// Loads the key group of this lane for keys jb + u * KPI + g (u < U) of [.., j1): K and V rows from
+// the caches, except key pos, which comes from k_new / v_new (the new token, in qkv) or, when those
+// are null (before the PDL wait, while qkv may still be being written), is left zero for the caller to
+// fill in afterwards. Lanes past j1 or past the row get zeros.
+__device__ __forceinline__ void load_keys(vec_t (&kr)[U][VPL], vec_t (&vr)[U][VPL], const st_t* k_base,
+                                          const st_t* v_base, const vec_t* k_new, const vec_t* v_new, int jb,
+                                          int j1, int pos, int g, int i) {
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    const int j = jb + u * KPI + g;
+    const bool is_new = j == pos;
+    const vec_t* kp = is_new ? k_new : reinterpret_cast<const vec_t*>(k_base + (size_t)j * HD);
+    const vec_t* vp = is_new ? v_new : reinterpret_cast<const vec_t*>(v_base + (size_t)j * HD);
+#pragma unroll
+    for (int v = 0; v < VPL; v++) {
+      const int vi = i + v * LPK;
+      kr[u][v] = vec_t{};
+      vr[u][v] = vec_t{};
+      if (j < j1 && vi < NV && kp != nullptr) {
+        kr[u][v] = kp[vi];
+        vr[u][v] = vp[vi];
+      }
+    }
+  }
+}
+
 // 2^(m - m_max): the weight of a partial softmax with max m (log2 units) under the max m_max; 0
 // for an empty one (m == -inf).
 __device__ __forceinline__ float rescale(float m, float m_max) {
@@ -102,15 +128,31 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
                     const st_t* __restrict__ qkv, st_t* __restrict__ k_cache, st_t* __restrict__ v_cache,
                     const int* __restrict__ lengths, const int* __restrict__ n_new, int H, int max_T,
                     int chunk, int wph, float scale_log2) {
-  ng_grid_dep_wait();
-  ng_grid_dep_launch();
   __shared__ float acc_s[MAXW][NV * W];
   __shared__ float m_s[MAXW], l_s[MAXW];
   const int c = blockIdx.x, b = blockIdx.z;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, warps = blockDim.x >> 5;
   const int hpb = warps / wph, h0 = blockIdx.y * hpb;  // heads of this block: h0 .. h0+hpb-1
   const int C = H * HD;
+  // Before the PDL wait: lengths, n_new and the cached keys (rows < pos) were written by earlier
+  // steps, not by the kernel still running (the qkv matmul), so this warp's first chunk of cached K
+  // and V goes out now, hiding its latency behind that kernel's tail.
   const int nn = n_new[b], pos = lengths[b];
+  const int len = min(pos + 1, max_T);
+  const int j0 = c * chunk, j1 = min(j0 + chunk, len);
+  // This warp: head h (warp ws of the wph on it), key group g, lane i of the group.
+  const int ws = warp % wph, h = h0 + warp / wph;
+  const int g = lane / LPK, i = lane - g * LPK;
+  const bool active = h < H;  // warp-uniform
+  const size_t bh = (size_t)b * H + h;
+  const st_t* k_base = k_cache + bh * (size_t)max_T * HD;
+  const st_t* v_base = v_cache + bh * (size_t)max_T * HD;
+  const int j_end = active && nn > 0 ? j1 : j0;
+  const int jb0 = j0 + ws * (KPI * U);
+  vec_t kr[U][VPL], vr[U][VPL];
+  if (jb0 < j_end) load_keys(kr, vr, k_base, v_base, nullptr, nullptr, jb0, j1, pos, g, i);
+  ng_grid_dep_wait();
+  ng_grid_dep_launch();
   if (nn <= 0) {
     if (c == 0) {
       for (int x = tid; x < hpb * HD; x += blockDim.x) {
@@ -119,10 +161,7 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
     }
     return;
   }
-  const int len = min(pos + 1, max_T);
-  const int j0 = c * chunk;
   if (j0 >= len) return;
-  const int j1 = min(j0 + chunk, len);
   const st_t* qkv_b = qkv + (size_t)b * 3 * C;
   // The append (nothing below reads cache row pos: key pos comes from qkv).
   if (pos >= j0 && pos < j1) {
@@ -134,16 +173,9 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
       reinterpret_cast<vec_t*>(v_cache + row)[vi] = reinterpret_cast<const vec_t*>(qkv_b + 2 * C + hh * HD)[vi];
     }
   }
-  // This warp: head h (warp ws of the wph on it), key group g, lane i of the group.
-  const int ws = warp % wph, h = h0 + warp / wph;
-  const int g = lane / LPK, i = lane - g * LPK;
-  const bool active = h < H;  // warp-uniform
-  const size_t bh = (size_t)b * H + h;
   const st_t* q_row = qkv_b + h * HD;
   const vec_t* k_new = reinterpret_cast<const vec_t*>(q_row + C);
   const vec_t* v_new = reinterpret_cast<const vec_t*>(q_row + 2 * C);
-  const st_t* k_base = k_cache + bh * (size_t)max_T * HD;
-  const st_t* v_base = v_cache + bh * (size_t)max_T * HD;
   float q[VPL][W], acc[VPL][W];
 #pragma unroll
   for (int v = 0; v < VPL; v++) {
@@ -158,22 +190,20 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
     }
   }
   float m = NG_NEG_INF, l = 0.0f;
-  const int j_end = active ? j1 : j0;
-  for (int jb = j0 + ws * (KPI * U); jb < j_end; jb += wph * (KPI * U)) {  // warp-uniform
-    vec_t kr[U][VPL], vr[U][VPL];
+  for (int jb = jb0; jb < j_end; jb += wph * (KPI * U)) {  // warp-uniform
+    if (jb != jb0) {
+      load_keys(kr, vr, k_base, v_base, k_new, v_new, jb, j1, pos, g, i);
+    } else if (pos >= jb && pos < min(jb + KPI * U, j1)) {  // the first chunk holds the new key: fill it in
 #pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int j = jb + u * KPI + g;
-      const vec_t* kp = j == pos ? k_new : reinterpret_cast<const vec_t*>(k_base + (size_t)j * HD);
-      const vec_t* vp = j == pos ? v_new : reinterpret_cast<const vec_t*>(v_base + (size_t)j * HD);
+      for (int u = 0; u < U; u++) {
+        if (jb + u * KPI + g != pos) continue;
 #pragma unroll
-      for (int v = 0; v < VPL; v++) {
-        const int vi = i + v * LPK;
-        kr[u][v] = vec_t{};
-        vr[u][v] = vec_t{};
-        if (j < j1 && vi < NV) {
-          kr[u][v] = kp[vi];
-          vr[u][v] = vp[vi];
+        for (int v = 0; v < VPL; v++) {
+          const int vi = i + v * LPK;
+          if (vi < NV) {
+            kr[u][v] = k_new[vi];
+            vr[u][v] = v_new[vi];
+          }
         }
       }
     }

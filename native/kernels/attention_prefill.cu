@@ -35,10 +35,7 @@ ng_attention_prefill(st_t* __restrict__ out, const st_t* __restrict__ qkv, const
   const int nn = min(n_new[b], T);
   const int rows = min(BQ, nn - t0);
   if (rows <= 0) {
-    for (int i = tid; i < BQ * HD; i += blockDim.x) {
-      const int r = i / HD, d = i - r * HD, t = t0 + r;
-      if (t < T) out[((size_t)b * T + t) * C + h * HD + d] = from_f32(0.0f);
-    }
+    prefill_zero_rows(out, b, T, C, h * HD, HD, t0, BQ);
     return;
   }
   for (int i = tid; i < BQ * HD; i += blockDim.x) {

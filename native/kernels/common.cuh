@@ -92,6 +92,16 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return warp_max(v);
 }
 
+// A prefill attention block whose query rows are all padding (t >= n_new): zeros for rows t0 ..
+// t0+rows-1 below T of sequence b, in columns col .. col+width-1 of out (B*T rows of C).
+__device__ __forceinline__ void prefill_zero_rows(st_t* out, int b, int T, int C, int col, int width, int t0,
+                                                  int rows) {
+  for (int i = threadIdx.x; i < rows * width; i += blockDim.x) {
+    const int r = i / width, d = i - r * width, t = t0 + r;
+    if (t < T) out[((size_t)b * T + t) * C + col + d] = from_f32(0.0f);
+  }
+}
+
 // Programmatic dependent launch (sm_90+): every kernel is launched allowed to start while the
 // previous kernel on the stream finishes. ng_grid_dep_wait() blocks until that kernel (and so every
 // earlier one) has completed and its writes are visible: call it before reading anything an earlier

@@ -35,42 +35,27 @@ __device__ __forceinline__ float prob(const float* row, int i, float m, float te
   return expf((row[i] - m) / temp);
 }
 
-__device__ __forceinline__ int block_sum_int(int v, int* scratch) {
+// Block-wide reductions of an int (sum, min, max): every thread gets the result.
+struct IntSum {
+  static __device__ __forceinline__ int op(int a, int b) { return a + b; }
+};
+struct IntMin {
+  static __device__ __forceinline__ int op(int a, int b) { return min(a, b); }
+};
+struct IntMax {
+  static __device__ __forceinline__ int op(int a, int b) { return max(a, b); }
+};
+template <typename Op>
+__device__ __forceinline__ int block_reduce_int(int v, int identity, int* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  for (int o = 16; o > 0; o >>= 1) v = Op::op(v, __shfl_xor_sync(0xffffffffu, v, o));
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  v = lane < NWARPS ? scratch[lane] : 0;
+  v = lane < NWARPS ? scratch[lane] : identity;
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ int block_min_int(int v, int* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < NWARPS ? scratch[lane] : INT_BIG;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-__device__ __forceinline__ int block_max_int(int v, int* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < NWARPS ? scratch[lane] : -1;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = Op::op(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
@@ -199,8 +184,8 @@ ng_sample(int* __restrict__ tokens_out, const float* __restrict__ logits, const 
         }
       }
     }
-    int j = block_min_int(found, is);
-    if (j == INT_BIG) j = block_max_int(last_el, is);
+    int j = block_reduce_int<IntMin>(found, INT_BIG, is);
+    if (j == INT_BIG) j = block_reduce_int<IntMax>(last_el, -1, is);
     if (j < 0) {  // nothing eligible (NaN logits): fall back to the argmax
       if (tid == 0) tokens_out[b] = bi;
       return;
@@ -215,7 +200,7 @@ ng_sample(int* __restrict__ tokens_out, const float* __restrict__ logits, const 
         mass += p;
       }
     }
-    if (use_k) cnt = block_sum_int(cnt, is);
+    if (use_k) cnt = block_reduce_int<IntSum>(cnt, 0, is);
     if (use_p) mass = block_sum(mass, fs);
     if ((!use_k || cnt < k) && (!use_p || mass < P * Z)) {
       if (tid == 0) tokens_out[b] = j;
