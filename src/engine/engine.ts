@@ -411,6 +411,10 @@ export class Engine implements Disposable {
         if (pending) {
           const ev = process(pending.read.wait(), pending.k);
           pending = null;
+          if (first) {
+            t_first = performance.now();
+            first = false;
+          }
           if (ev.length) yield* ev;
           if (seqs.every((s) => s.done)) break;
         }
@@ -479,6 +483,9 @@ export class Engine implements Disposable {
         deactivate_finished();
       }
       if (!was_first && next) host_per_step.push([(performance.now() - t_it - w) * 1000 / next.k, next.k]);
+      if (!next && !pending) {
+        throw new Error("internal: a sequence is unfinished but nothing is launched or pending");
+      }
       pending = next;
     }
     if (first) t_first = performance.now();
