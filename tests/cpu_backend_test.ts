@@ -8,21 +8,10 @@ import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
 import type { Buf } from "../src/backend/backend.ts";
 import { create_cpu_backend } from "../src/backend/cpu.ts";
 import { native } from "../src/native/lib.ts";
+import { rng } from "./helpers/rng.ts";
 
 const run_seed = Number(Deno.env.get("NGPT_TEST_SEED") ?? Math.floor(Math.random() * 2 ** 31));
 const be = create_cpu_backend({ threads: 2 });
-
-/** mulberry32: a small seeded PRNG giving floats in [0, 1). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randn_array(r: () => number, n: number, scale = 1): Float32Array {
   const a = new Float32Array(n);

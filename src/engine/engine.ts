@@ -368,10 +368,15 @@ export class Engine implements Disposable {
     const K = this.steps_per_launch, stride = batch.batch;
     /** Whether the device runs a launch while the host handles the previous one's tokens. */
     const overlap = be.read_async !== undefined;
+    /** Handles the tokens of k steps (the first call marks the first token's time). */
     const process = (bytes: Uint8Array, k: number): TextEvent[] => {
       const toks = new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
       const events: TextEvent[] = [];
       for (let j = 0; j < k; j++) events.push(...process_row(toks.subarray(j * stride, j * stride + B)));
+      if (first) {
+        t_first = performance.now();
+        first = false;
+      }
       return events;
     };
     const process_row = (toks: Int32Array): TextEvent[] => {
@@ -411,10 +416,6 @@ export class Engine implements Disposable {
         if (pending) {
           const ev = process(pending.read.wait(), pending.k);
           pending = null;
-          if (first) {
-            t_first = performance.now();
-            first = false;
-          }
           if (ev.length) yield* ev;
           if (seqs.every((s) => s.done)) break;
         }
@@ -443,10 +444,6 @@ export class Engine implements Disposable {
         // tokens before the next launch, or the first token would wait for a whole launch.
         const ev = process(pending.read.wait(), pending.k);
         pending = null;
-        if (first) {
-          t_first = performance.now();
-          first = false;
-        }
         if (ev.length) yield* ev;
         deactivate_finished();
         continue;
@@ -475,10 +472,6 @@ export class Engine implements Disposable {
         w = performance.now() - tw;
         if (!first) waited_ms += w;
         const ev = process(bytes, pending.k);
-        if (first) {
-          t_first = performance.now();
-          first = false;
-        }
         if (ev.length) yield* ev;
         deactivate_finished();
       }

@@ -15,8 +15,6 @@ export const cuda_symbols = {
   ng_cuda_ctx_release: { parameters: ["i32"], result: "i32" },
   ng_cuda_ctx_sync: { parameters: ["u64"], result: "i32" },
   ng_cuda_profiler: { parameters: ["u64", "i32"], result: "i32" },
-  ng_cuda_loop_capture_begin: { parameters: ["u64", "u64", "buffer"], result: "i32" },
-  ng_cuda_loop_capture_end: { parameters: ["u64", "u64", "u64", "i32"], result: "i32" },
   // memory.zig
   ng_cuda_mem_info: { parameters: ["u64", "buffer"], result: "i32" },
   ng_cuda_mem_alloc: { parameters: ["u64", "u64", "buffer"], result: "i32" },
@@ -65,6 +63,8 @@ export const cuda_symbols = {
   ng_cuda_capture_begin: { parameters: ["u64", "u64"], result: "i32" },
   ng_cuda_capture_end: { parameters: ["u64", "u64", "buffer"], result: "i32" },
   ng_cuda_capture_abort: { parameters: ["u64", "u64"], result: "void" },
+  ng_cuda_loop_capture_begin: { parameters: ["u64", "u64", "buffer"], result: "i32" },
+  ng_cuda_loop_capture_end: { parameters: ["u64", "u64", "u64", "i32"], result: "i32" },
   ng_cuda_graph_instantiate: { parameters: ["u64", "u64", "buffer"], result: "i32" },
   ng_cuda_graph_launch: { parameters: ["u64", "u64", "u64"], result: "i32" },
   ng_cuda_graph_exec_destroy: { parameters: ["u64", "u64"], result: "i32" },

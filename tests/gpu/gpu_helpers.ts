@@ -4,6 +4,7 @@
  */
 import { create_cuda_backend, cuda_status, type CudaBackend } from "../../src/backend/cuda.ts";
 import type { Buf, DType } from "../../src/backend/backend.ts";
+import { rng } from "../helpers/rng.ts";
 
 /** Whether (and why not) CUDA works here. */
 export const STATUS = cuda_status();
@@ -23,16 +24,7 @@ export function backend(dtype: DType, graphs = true): CudaBackend {
 }
 
 /** A seeded uniform generator in [0, 1) (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng };
 
 /** `n` seeded normal values times `scale`. */
 export function randn(n: number, seed: number, scale = 1): Float32Array {
