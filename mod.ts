@@ -17,7 +17,15 @@
  * cuBLASLt, one CUDA graph per step shape) and `cpu` (Zig kernels, the fp32 reference).
  * @module
  */
-export { create_backend, type DeviceKind, load_model, type LoadOptions, Model } from "./src/model/load.ts";
+export {
+  create_backend,
+  DEFAULT_MODEL,
+  type DeviceKind,
+  load_model,
+  LOAD_OPTION_KEYS,
+  type LoadOptions,
+  Model,
+} from "./src/load.ts";
 export {
   type ContextOverflow,
   Engine,
@@ -35,6 +43,6 @@ export type { Activation, Backend, Buf, DType } from "./src/backend/backend.ts";
 export { create_cpu_backend } from "./src/backend/cpu.ts";
 export { create_cuda_backend, cuda_status } from "./src/backend/cuda.ts";
 export { open_model } from "./src/loaders/open_model.ts";
-export type { ModelSource, TensorSource, TokenizerSpec } from "./src/loaders/source.ts";
+export type { ModelSource, TensorSource, TokenizerSpec } from "./src/model/source.ts";
 export { create_tokenizer, type Tokenizer } from "./src/tokenizer/tokenizer.ts";
 export { NativeError } from "./src/native/lib.ts";

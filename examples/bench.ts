@@ -100,7 +100,7 @@ const is_cuda = values.device === "cuda" || (values.device === "auto" && cuda_st
 
 for (const m of values.models.split(",")) {
   using source = await open_model(spec_of(m));
-  const tokenizer = create_tokenizer(source.tokenizer);
+  const tokenizer = await create_tokenizer(source.tokenizer);
   const modes = !is_cuda ? [true] : values.graphs === "both" ? [true, false] : [values.graphs !== "off"];
   for (const graphs of modes) {
     using backend = create_backend({

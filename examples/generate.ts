@@ -1,21 +1,24 @@
 /**
  * Generates text from a GPT-2 or nanoGPT model and streams it to stdout (logs go to stderr).
  *
- *   deno run -A examples/generate.ts --model PATH_OR_NAME [options] [PROMPT]
+ *   deno run -A examples/generate.ts [--model PATH_OR_NAME] [options] [PROMPT]
  *
  * Run with --help for the options. The prompt comes from the arguments, else from stdin.
  * @module
  */
 import { parseArgs } from "node:util";
-import { load_model, SAMPLING_DEFAULTS } from "../mod.ts";
+import { DEFAULT_MODEL, load_model, SAMPLING_DEFAULTS } from "../mod.ts";
 
-const HELP = `Usage: deno run -A examples/generate.ts --model PATH_OR_NAME [options] [PROMPT]
+const HELP = `Usage: ./ngpt generate [--model PATH_OR_NAME] [options] [PROMPT]
+   or: deno run -A examples/generate.ts [--model PATH_OR_NAME] [options] [PROMPT]
 
 Generates a continuation of PROMPT (or of stdin when no prompt is given) and streams it to stdout.
 
-Model (--model, required):
+Model (--model, default ${DEFAULT_MODEL}):
+  ${DEFAULT_MODEL}  nanoGPT's shakespeare-char, kept in the repo (runs offline)
   path/to/ckpt.pt         a nanoGPT checkpoint (its out_dir works too); meta.pkl beside it gives the
                           character vocabulary, else GPT-2 BPE
+  path/to/m.safetensors   a nanoGPT checkpoint converted by examples/convert.ts
   path/to/hf_dir          a Hugging Face GPT-2 directory (config.json + model.safetensors)
   gpt2 | gpt2-xl | org/m  a hub name: downloaded into the cache (NGPT_CACHE, default ~/.cache/ngpt)
   random:gpt2-xl          random weights of a GPT-2 size (for benchmarks)
@@ -80,10 +83,6 @@ async function main(argv: string[]): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  if (!values.model) {
-    console.error("error: --model is required (see --help)");
-    return 2;
-  }
   let prompt = positionals.join(" ");
   if (positionals.length === 0) {
     if (Deno.stdin.isTerminal()) console.error("reading the prompt from stdin (end with Ctrl-D)...");
@@ -102,7 +101,7 @@ async function main(argv: string[]): Promise<number> {
   const n_samples = num("num-samples", values["num-samples"], true) ?? 1;
   if (n_samples < 1) throw new Error(`--num-samples must be >= 1, got ${n_samples}`);
   const t0 = performance.now();
-  using model = await load_model(values.model, {
+  using model = await load_model(values.model ?? DEFAULT_MODEL, {
     device: values.device as "auto" | "cpu" | "cuda",
     dtype: values.dtype as "bf16" | "f16" | "f32" | undefined,
     graphs: !values["no-graphs"],

@@ -3,10 +3,10 @@
  * streaming, context overflow (nanoGPT's crop-and-recompute, or an error), bad input, no leaks.
  */
 import { assert, assertEquals, assertRejects, assertThrows } from "./helpers/assert.ts";
-import { create_cpu_backend, load_model } from "../mod.ts";
-import { argmax, fixture, SHAKESPEARE } from "./helpers/compare.ts";
+import { create_cpu_backend, DEFAULT_MODEL, load_model } from "../mod.ts";
+import { argmax, fixture } from "./helpers/compare.ts";
 
-const CKPT = `${SHAKESPEARE}ckpt-slim.pt`;
+const CKPT = DEFAULT_MODEL;
 
 Deno.test("engine: a ragged greedy batch equals running each prompt alone", async () => {
   using model = await load_model(CKPT, { device: "cpu" });

@@ -6,7 +6,7 @@ import { assert, assertEquals, assertRejects, assertThrows } from "./helpers/ass
 import { fixture } from "./helpers/compare.ts";
 import { hf_config, open_hf } from "../src/loaders/hf.ts";
 import { SafetensorsFile } from "../src/loaders/safetensors.ts";
-import type { ModelSource } from "../src/loaders/source.ts";
+import type { ModelSource } from "../src/model/source.ts";
 
 const tmp_root = Deno.makeTempDirSync({ prefix: "ngpt_hf_test_" });
 globalThis.addEventListener("unload", () => Deno.removeSync(tmp_root, { recursive: true }));

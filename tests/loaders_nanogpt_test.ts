@@ -5,7 +5,8 @@
  * forbidden global, big-endian, legacy format, missing storage).
  */
 import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
-import { fixture, SHAKESPEARE } from "./helpers/compare.ts";
+import { fixture } from "./helpers/compare.ts";
+import { needs_shared, SHAKESPEARE } from "./helpers/shared.ts";
 import { open_nanogpt } from "../src/loaders/nanogpt.ts";
 import { TorchCheckpoint, TorchTensor } from "../src/loaders/torch_checkpoint.ts";
 import { weight_shapes } from "../src/model/config.ts";
@@ -215,7 +216,7 @@ async function all_bytes(src: { tensors: Map<string, { read(): Promise<Uint8Arra
 // ---- real checkpoints --------------------------------------------------------------------------
 
 for (const file of ["ckpt.pt", "ckpt-slim.pt"]) {
-  Deno.test(`nanogpt: shakespeare-char ${file}`, async () => {
+  Deno.test(needs_shared(`nanogpt: shakespeare-char ${file}`), async () => {
     const path = `${SHAKESPEARE}${file}`;
     using src = await open_nanogpt(path);
     assertEquals(src.format, "nanogpt");
@@ -248,40 +249,53 @@ for (const file of ["ckpt.pt", "ckpt-slim.pt"]) {
     // meta.pkl beside the checkpoint: a 65-character vocabulary.
     assertEquals(src.tokenizer.kind, "char");
     const ref = JSON.parse(await Deno.readTextFile(`${SHAKESPEARE}reference.json`));
-    const tok = create_tokenizer(src.tokenizer);
+    const tok = await create_tokenizer(src.tokenizer);
     assertEquals(tok.encode(ref.prompt), ref.prompt_ids);
     assertEquals(tok.decode(ref.prompt_ids), ref.prompt);
   });
 }
 
-Deno.test("nanogpt: ckpt.pt (with AdamW state) and ckpt-slim.pt hold the same weights", async () => {
-  using full = await open_nanogpt(`${SHAKESPEARE}ckpt.pt`);
-  using slim = await open_nanogpt(`${SHAKESPEARE}ckpt-slim.pt`);
-  assertEquals(await all_bytes(full), await all_bytes(slim));
-});
+Deno.test(
+  needs_shared("nanogpt: ckpt.pt (with AdamW state) and ckpt-slim.pt hold the same weights"),
+  async () => {
+    using full = await open_nanogpt(`${SHAKESPEARE}ckpt.pt`);
+    using slim = await open_nanogpt(`${SHAKESPEARE}ckpt-slim.pt`);
+    assertEquals(await all_bytes(full), await all_bytes(slim));
+  },
+);
 
-Deno.test("torch checkpoint: optimizer state, scalars and lazy tensors of ckpt.pt", async () => {
-  using c = await TorchCheckpoint.open(`${SHAKESPEARE}ckpt.pt`);
-  const root = c.root as Map<string, unknown>;
-  assertEquals([...root.keys()], ["model", "optimizer", "model_args", "iter_num", "best_val_loss", "config"]);
-  assertEquals(root.get("iter_num"), 4000);
-  const ref = JSON.parse(await Deno.readTextFile(`${SHAKESPEARE}reference.json`));
-  const loss = root.get("best_val_loss") as TorchTensor;
-  assertEquals(loss.shape, []);
-  assertEquals(new Float32Array((await loss.read()).buffer)[0], Math.fround(ref.best_val_loss));
-  const opt = root.get("optimizer") as Map<string, unknown>;
-  const state = opt.get("state") as Map<number, Map<string, TorchTensor>>;
-  assertEquals(state.size, 27);
-  const s0 = state.get(0)!;
-  assertEquals([...s0.keys()], ["step", "exp_avg", "exp_avg_sq"]);
-  assertEquals(s0.get("exp_avg")!.shape, [65, 256]);
-  const groups = opt.get("param_groups") as Map<string, unknown>[];
-  assertEquals(groups.length, 2);
-  assertEquals(groups[0].get("lr") !== undefined, true);
-  const config = root.get("config") as Map<string, unknown>;
-  assertEquals(config.get("dataset"), "shakespeare_char");
-  assertEquals(config.get("compile"), false);
-});
+Deno.test(
+  needs_shared("torch checkpoint: optimizer state, scalars and lazy tensors of ckpt.pt"),
+  async () => {
+    using c = await TorchCheckpoint.open(`${SHAKESPEARE}ckpt.pt`);
+    const root = c.root as Map<string, unknown>;
+    assertEquals([...root.keys()], [
+      "model",
+      "optimizer",
+      "model_args",
+      "iter_num",
+      "best_val_loss",
+      "config",
+    ]);
+    assertEquals(root.get("iter_num"), 4000);
+    const ref = JSON.parse(await Deno.readTextFile(`${SHAKESPEARE}reference.json`));
+    const loss = root.get("best_val_loss") as TorchTensor;
+    assertEquals(loss.shape, []);
+    assertEquals(new Float32Array((await loss.read()).buffer)[0], Math.fround(ref.best_val_loss));
+    const opt = root.get("optimizer") as Map<string, unknown>;
+    const state = opt.get("state") as Map<number, Map<string, TorchTensor>>;
+    assertEquals(state.size, 27);
+    const s0 = state.get(0)!;
+    assertEquals([...s0.keys()], ["step", "exp_avg", "exp_avg_sq"]);
+    assertEquals(s0.get("exp_avg")!.shape, [65, 256]);
+    const groups = opt.get("param_groups") as Map<string, unknown>[];
+    assertEquals(groups.length, 2);
+    assertEquals(groups[0].get("lr") !== undefined, true);
+    const config = root.get("config") as Map<string, unknown>;
+    assertEquals(config.get("dataset"), "shakespeare_char");
+    assertEquals(config.get("compile"), false);
+  },
+);
 
 // ---- fixtures ----------------------------------------------------------------------------------
 
@@ -465,32 +479,35 @@ Deno.test("torch checkpoint: big-endian, legacy format, missing storage and non-
   await assertRejects(() => open_nanogpt(no_args), Error, `${no_args}: not a nanoGPT checkpoint`);
 });
 
-Deno.test("nanogpt: meta.pkl is found in data/<dataset>/ above the checkpoint's directory", async () => {
-  const root = tmp_path("nanogpt_repo");
-  await Deno.mkdir(`${root}/out-shakespeare-char`, { recursive: true });
-  await Deno.mkdir(`${root}/data/shakespeare_char`, { recursive: true });
-  const ckpt = `${root}/out-shakespeare-char/ckpt.pt`;
-  await Deno.copyFile(`${SHAKESPEARE}ckpt-slim.pt`, ckpt);
-  {
-    using src = await open_nanogpt(ckpt);
-    assertEquals(src.tokenizer, { kind: "gpt2" }); // no meta.pkl anywhere yet
-  }
-  await Deno.copyFile(`${SHAKESPEARE}meta.pkl`, `${root}/data/shakespeare_char/meta.pkl`);
-  {
-    using src = await open_nanogpt(ckpt);
-    assertEquals(src.tokenizer.kind, "char");
-  }
-  // Relative to the working directory too (in a child process: cwd is process-wide).
-  await Deno.remove(`${root}/data/shakespeare_char/meta.pkl`);
-  const cwd = tmp_path("cwd");
-  await Deno.mkdir(`${cwd}/data/shakespeare_char`, { recursive: true });
-  await Deno.copyFile(`${SHAKESPEARE}meta.pkl`, `${cwd}/data/shakespeare_char/meta.pkl`);
-  const mod = new URL("../src/loaders/nanogpt.ts", import.meta.url).href;
-  const code = `const { open_nanogpt } = await import(${JSON.stringify(mod)});
+Deno.test(
+  needs_shared("nanogpt: meta.pkl is found in data/<dataset>/ above the checkpoint's directory"),
+  async () => {
+    const root = tmp_path("nanogpt_repo");
+    await Deno.mkdir(`${root}/out-shakespeare-char`, { recursive: true });
+    await Deno.mkdir(`${root}/data/shakespeare_char`, { recursive: true });
+    const ckpt = `${root}/out-shakespeare-char/ckpt.pt`;
+    await Deno.copyFile(`${SHAKESPEARE}ckpt-slim.pt`, ckpt);
+    {
+      using src = await open_nanogpt(ckpt);
+      assertEquals(src.tokenizer, { kind: "gpt2" }); // no meta.pkl anywhere yet
+    }
+    await Deno.copyFile(`${SHAKESPEARE}meta.pkl`, `${root}/data/shakespeare_char/meta.pkl`);
+    {
+      using src = await open_nanogpt(ckpt);
+      assertEquals(src.tokenizer.kind, "char");
+    }
+    // Relative to the working directory too (in a child process: cwd is process-wide).
+    await Deno.remove(`${root}/data/shakespeare_char/meta.pkl`);
+    const cwd = tmp_path("cwd");
+    await Deno.mkdir(`${cwd}/data/shakespeare_char`, { recursive: true });
+    await Deno.copyFile(`${SHAKESPEARE}meta.pkl`, `${cwd}/data/shakespeare_char/meta.pkl`);
+    const mod = new URL("../src/loaders/nanogpt.ts", import.meta.url).href;
+    const code = `const { open_nanogpt } = await import(${JSON.stringify(mod)});
     using s = await open_nanogpt(${
-    JSON.stringify(ckpt)
-  }); console.log(s.tokenizer.kind, s.tokenizer.itos?.size);`;
-  const out = await new Deno.Command(Deno.execPath(), { args: ["eval", code], cwd, stderr: "inherit" })
-    .output();
-  assertEquals(new TextDecoder().decode(out.stdout).trim(), "char 65");
-});
+      JSON.stringify(ckpt)
+    }); console.log(s.tokenizer.kind, s.tokenizer.itos?.size);`;
+    const out = await new Deno.Command(Deno.execPath(), { args: ["eval", code], cwd, stderr: "inherit" })
+      .output();
+    assertEquals(new TextDecoder().decode(out.stdout).trim(), "char 65");
+  },
+);

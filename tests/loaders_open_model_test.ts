@@ -1,13 +1,35 @@
 /** open_model: every kind of spec (file, out_dir, HF dir, random:, hub names through the cache). */
 import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
-import { fixture, SHAKESPEARE } from "./helpers/compare.ts";
+import { fixture } from "./helpers/compare.ts";
+import { EMBEDDED, needs_shared, SHAKESPEARE } from "./helpers/shared.ts";
 import { is_plausible_hub_name, open_model } from "../src/loaders/open_model.ts";
 import { gpt2_config } from "../src/model/config.ts";
 
 const tmp_root = Deno.makeTempDirSync({ prefix: "ngpt_open_model_test_" });
 globalThis.addEventListener("unload", () => Deno.removeSync(tmp_root, { recursive: true }));
 
-Deno.test("open_model: a .pt file and a nanoGPT out_dir holding ckpt.pt", async () => {
+Deno.test("open_model: the embedded model, its file and its directory (a converted nanoGPT model)", async () => {
+  for (const spec of ["embedded:shakespeare-char", `${EMBEDDED}model.safetensors`, EMBEDDED]) {
+    using src = await open_model(spec);
+    assertEquals(src.format, "nanogpt");
+    assertEquals(src.origin, spec);
+    assertEquals(src.config, {
+      n_layer: 4,
+      n_head: 4,
+      n_embd: 256,
+      block_size: 256,
+      vocab_size: 65,
+      bias: false,
+      activation: "gelu_erf",
+      layer_norm_eps: 1e-5,
+    });
+    assertEquals(src.tokenizer.kind, "char");
+    assertEquals(src.info, { iter_num: 4000, best_val_loss: 1.4496768712997437 });
+  }
+  await assertRejects(() => open_model("embedded:nope"), Error, 'unknown embedded model "embedded:nope"');
+});
+
+Deno.test(needs_shared("open_model: a .pt file and a nanoGPT out_dir holding ckpt.pt"), async () => {
   {
     using src = await open_model(`${SHAKESPEARE}ckpt-slim.pt`);
     assertEquals(src.format, "nanogpt");

@@ -1,7 +1,7 @@
 /** The safe unpickler: real meta.pkl, pickles Python wrote (protocols 2, 4, 5), and hand-made bad ones. */
 import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
 import { PY_STATE, type PyFactory, PyGlobal, unpickle } from "../src/loaders/pickle.ts";
-import { SHAKESPEARE } from "./helpers/compare.ts";
+import { needs_shared, SHAKESPEARE } from "./helpers/shared.ts";
 
 const hex = (s: string) => Uint8Array.from(s.match(/../g)!, (b) => parseInt(b, 16));
 const bytes = (s: string) => Uint8Array.from(s, (c) => c.charCodeAt(0));
@@ -59,7 +59,7 @@ for (const [proto, h] of Object.entries(PY)) {
   });
 }
 
-Deno.test("unpickle: meta.pkl gives a vocabulary with int keys in a Map", async () => {
+Deno.test(needs_shared("unpickle: meta.pkl gives a vocabulary with int keys in a Map"), async () => {
   const path = `${SHAKESPEARE}meta.pkl`;
   const meta = unpickle(await Deno.readFile(path), { what: path }) as Map<string, unknown>;
   assertEquals(meta.get("vocab_size"), 65);

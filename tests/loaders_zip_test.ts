@@ -2,7 +2,8 @@
 import { deflateRawSync } from "node:zlib";
 import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
 import { ZipReader } from "../src/loaders/zip.ts";
-import { fixture, SHAKESPEARE } from "./helpers/compare.ts";
+import { fixture } from "./helpers/compare.ts";
+import { needs_shared, SHAKESPEARE } from "./helpers/shared.ts";
 
 const CRC_TABLE = (() => {
   const t = new Uint32Array(256);
@@ -129,7 +130,7 @@ async function write_tmp(bytes: Uint8Array, name = "test.zip"): Promise<string> 
 const sample = (n: number, seed: number) =>
   Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed * 7 + (i >> 5)) & 0xff);
 
-Deno.test("zip: the real checkpoint's entries, and range reads of a stored entry", async () => {
+Deno.test(needs_shared("zip: the real checkpoint's entries, and range reads of a stored entry"), async () => {
   using z = await ZipReader.open(`${SHAKESPEARE}ckpt.pt`);
   // 27 parameters, 2 x 27 AdamW moments + 27 step counters, best_val_loss, and 6 bookkeeping entries.
   assertEquals(z.entries.size, 115);

@@ -1,29 +1,36 @@
 /** Tokenizers: GPT-2 BPE (js-tiktoken ranks) and nanoGPT's character vocabulary from meta.pkl. */
-import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./helpers/assert.ts";
 import { create_tokenizer } from "../src/tokenizer/tokenizer.ts";
 import { load_char_vocab } from "../src/loaders/nanogpt.ts";
-import { SHAKESPEARE } from "./helpers/compare.ts";
+import { open_model } from "../src/loaders/open_model.ts";
+import { DEFAULT_MODEL } from "../src/load.ts";
+import { needs_shared, SHAKESPEARE, shakespeare_reference } from "./helpers/shared.ts";
 
 const dir = SHAKESPEARE.replace(/\/$/, "");
 
-Deno.test("gpt2: Hello world -> [15496, 995], and back", () => {
-  const t = create_tokenizer({ kind: "gpt2" });
+async function embedded_char_tokenizer() {
+  using src = await open_model(DEFAULT_MODEL);
+  return await create_tokenizer(src.tokenizer);
+}
+
+Deno.test("gpt2: Hello world -> [15496, 995], and back", async () => {
+  const t = await create_tokenizer({ kind: "gpt2" });
   assertEquals(t.vocab_size, 50257);
   assertEquals(t.eot_id, 50256);
   assertEquals(t.encode("Hello world"), [15496, 995]);
   assertEquals(t.decode([15496, 995]), "Hello world");
 });
 
-Deno.test("gpt2: <|endoftext|> encodes as the special token 50256", () => {
-  const t = create_tokenizer({ kind: "gpt2" });
+Deno.test("gpt2: <|endoftext|> encodes as the special token 50256", async () => {
+  const t = await create_tokenizer({ kind: "gpt2" });
   const ids = t.encode("Hi<|endoftext|>there");
   assert(ids.includes(50256), `ids ${ids}`);
   assertEquals(ids.filter((i) => i === 50256).length, 1);
   assertEquals(t.decode(ids), "Hi<|endoftext|>there");
 });
 
-Deno.test("gpt2: decode round trip of mixed text", () => {
-  const t = create_tokenizer({ kind: "gpt2" });
+Deno.test("gpt2: decode round trip of mixed text", async () => {
+  const t = await create_tokenizer({ kind: "gpt2" });
   for (
     const text of [
       "The quick brown fox jumps over the lazy dog.",
@@ -39,8 +46,8 @@ Deno.test("gpt2: decode round trip of mixed text", () => {
   }
 });
 
-Deno.test("gpt2: decode_bytes of a token that splits a multi-byte character", () => {
-  const t = create_tokenizer({ kind: "gpt2" });
+Deno.test("gpt2: decode_bytes of a token that splits a multi-byte character", async () => {
+  const t = await create_tokenizer({ kind: "gpt2" });
   const text = "日本語🙂";
   const ids = t.encode(text);
   const pieces = ids.map((id) => t.decode_bytes([id]));
@@ -67,16 +74,23 @@ Deno.test("gpt2: decode_bytes of a token that splits a multi-byte character", ()
   assert(t.decode([partial_id]).includes("\uFFFD"));
 });
 
-Deno.test("gpt2: an out-of-range id is an error naming it", () => {
-  const t = create_tokenizer({ kind: "gpt2" });
+Deno.test("gpt2: an out-of-range id is an error naming it", async () => {
+  const t = await create_tokenizer({ kind: "gpt2" });
   assertThrows(() => t.decode([1, 50257]), Error, "token id 50257 at index 1");
   assertThrows(() => t.decode_bytes([-1]), Error, "token id -1");
 });
 
-Deno.test("char: meta.pkl vocabulary round-trips reference.json's prompt", async () => {
-  const ref = JSON.parse(await Deno.readTextFile(`${dir}/reference.json`));
-  const spec = await load_char_vocab(`${dir}/meta.pkl`);
-  const t = create_tokenizer(spec);
+Deno.test(needs_shared("char: the shared meta.pkl is the embedded model's vocabulary"), async () => {
+  const shared = await create_tokenizer(await load_char_vocab(`${dir}/meta.pkl`));
+  const embedded = await embedded_char_tokenizer();
+  const all = Array.from({ length: 65 }, (_, i) => i);
+  assertEquals(shared.decode(all), embedded.decode(all));
+  assertEquals(shared.vocab_size, embedded.vocab_size);
+});
+
+Deno.test("char: the embedded model's vocabulary round-trips reference.json's prompt", async () => {
+  const ref = shakespeare_reference();
+  const t = await embedded_char_tokenizer();
   assertEquals(t.vocab_size, 65);
   assertEquals(t.eot_id, null);
   assertEquals(t.encode(ref.prompt), ref.prompt_ids);
@@ -86,7 +100,7 @@ Deno.test("char: meta.pkl vocabulary round-trips reference.json's prompt", async
 });
 
 Deno.test("char: an unknown character is an error naming it (JSON-escaped) and its index", async () => {
-  const t = create_tokenizer(await load_char_vocab(`${dir}/meta.pkl`));
+  const t = await embedded_char_tokenizer();
   assertThrows(() => t.encode("abc\u00e9d"), Error, `character "é" at index 3`);
   assertThrows(() => t.encode("ab\tc"), Error, `character "\\t" at index 2`);
   // Index counts characters (code points), not UTF-16 units.
@@ -94,10 +108,10 @@ Deno.test("char: an unknown character is an error naming it (JSON-escaped) and i
   assertThrows(() => t.decode([0, 65]), Error, "token id 65 at index 1");
 });
 
-Deno.test("char: inconsistent stoi/itos is rejected", () => {
+Deno.test("char: inconsistent stoi/itos is rejected", async () => {
   const stoi = new Map([["a", 0], ["b", 1]]);
   const itos = new Map([[0, "a"], [1, "c"]]);
-  assertThrows(
+  await assertRejects(
     () => create_tokenizer({ kind: "char", stoi, itos }),
     Error,
     `stoi["b"] = 1 but itos[1] = "c"`,

@@ -38,7 +38,7 @@ import { KernelModules } from "./cuda/modules.ts";
 import { KernelOps } from "./cuda/ops.ts";
 import { default_gemv_policy, gemv_fits, gemv_preferred, type GemvPolicy, Matmuls } from "./cuda/matmul.ts";
 import { type StepGraph, StepGraphs } from "./cuda/graphs.ts";
-import { cache_root, env } from "./cuda/paths.ts";
+import { cache_root, env } from "../util/env.ts";
 import { dtype_code } from "./cuda/kernels.ts";
 
 export { cuda_status, type CudaStatus } from "./cuda/driver.ts";

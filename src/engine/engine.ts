@@ -9,7 +9,14 @@ import type { Backend, Buf, PendingRead } from "../backend/backend.ts";
 import type { GPT } from "../model/gpt.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import { DeviceBatch } from "./batch.ts";
-import { resolve_sampling, type ResolvedSampling, type SamplingOptions, seed_words } from "./sampling.ts";
+import {
+  check_request_keys,
+  type ContextOverflow,
+  resolve_sampling,
+  type ResolvedSampling,
+  type SamplingOptions,
+  seed_words,
+} from "./sampling.ts";
 import { TextStream } from "./text_stream.ts";
 
 /** One generation request: a prompt (text or token ids) and its sampling options. */
@@ -31,15 +38,14 @@ export interface GenerateResult {
   prompt_tokens: number;
 }
 
+export type { ContextOverflow };
+
 /** A piece of text from sequence `index`; `done` is set on its last piece. */
 export interface TextEvent {
   index: number;
   text: string;
   done?: FinishReason;
 }
-
-/** What happens past the model's context (block_size). */
-export type ContextOverflow = "slide" | "error";
 
 /** Engine options. */
 export interface EngineOptions {
@@ -298,13 +304,14 @@ export class Engine implements Disposable {
     const seqs: Seq[] = requests.map((r, i) => {
       let req: ResolvedSampling;
       try {
-        req = resolve_sampling(r);
+        check_request_keys(r, "request", ["prompt"]);
+        req = resolve_sampling(r, { context_overflow: this.context_overflow });
       } catch (e) {
         if (e instanceof Error) e.message = `request ${i}: ${e.message}`;
         throw e;
       }
       const prompt = this.encode_prompt(r.prompt);
-      if (this.context_overflow === "error" && prompt.length + req.max_new_tokens > bs) {
+      if (req.context_overflow === "error" && prompt.length + req.max_new_tokens > bs) {
         throw new RangeError(
           `request ${i}: prompt (${prompt.length} tokens) + max_new_tokens (${req.max_new_tokens}) exceeds ` +
             `the model's context of ${bs} tokens (context_overflow is "error")`,

@@ -4,9 +4,10 @@
  * @module
  */
 import { join } from "node:path";
-import { type GPTConfig, validate_config, weight_shapes } from "../model/config.ts";
+import { type GPTConfig, validate_config } from "../model/config.ts";
 import { SafetensorsFile } from "./safetensors.ts";
-import type { ModelSource, TensorSource } from "./source.ts";
+import type { ModelSource } from "../model/source.ts";
+import { canonical_tensors } from "./state_dict.ts";
 
 const ACTIVATIONS: Record<string, GPTConfig["activation"]> = {
   gelu_new: "gelu_tanh",
@@ -85,13 +86,7 @@ export function hf_canonical_name(key: string): string {
 
 // Conv1D layers store their weight (in_features, out_features).
 const CONV1D = /^h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$/;
-const DTYPES: Record<string, TensorSource["dtype"]> = { F32: "f32", F16: "f16", BF16: "bf16" };
-
-function same_bytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
+const DTYPES: Record<string, string> = { F32: "f32", F16: "f16", BF16: "bf16" };
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -101,8 +96,6 @@ async function exists(path: string): Promise<boolean> {
     return false;
   }
 }
-
-const shape_str = (s: readonly number[]) => `[${s.join(", ")}]`;
 
 /** Opens the safetensors of `dir`: model.safetensors, or the shards its index names. */
 async function open_weights(dir: string): Promise<SafetensorsFile[]> {
@@ -159,84 +152,21 @@ export async function open_hf(dir: string, opts: { origin?: string } = {}): Prom
   const files = await open_weights(dir);
   const close_all = () => files.forEach((f) => f.close());
   try {
-    const expected = weight_shapes(config);
-    type Found = { key: string; file: SafetensorsFile; dtype: string; shape: readonly number[] };
-    const found = new Map<string, Found>();
-    const unexpected: string[] = [];
-    let lm_head: Found | null = null;
-    for (const file of files) {
-      for (const [key, e] of file.entries) {
-        const name = hf_canonical_name(key);
-        if (/^h\.\d+\.attn\.(bias|masked_bias)$/.test(name)) continue; // causal mask buffers
-        const f = { key, file, dtype: e.dtype, shape: e.shape };
-        if (name === "lm_head") {
-          lm_head = f;
-          continue;
-        }
-        if (!expected.has(name)) {
-          unexpected.push(`"${key}" with shape ${shape_str(e.shape)} in ${file.path}`);
-          continue;
-        }
-        const prev = found.get(name);
-        if (prev) throw new Error(`${file.path}: tensors "${prev.key}" and "${key}" both map to "${name}"`);
-        found.set(name, f);
-      }
-    }
+    const stored = files.flatMap((file) =>
+      [...file.entries.values()].map((e) => ({
+        key: e.name,
+        file: file.path,
+        dtype: DTYPES[e.dtype] ?? e.dtype,
+        shape: e.shape,
+        read: () => file.read(e.name),
+      }))
+    );
     const where = files.length === 1 ? files[0].path : dir;
-    const tensors = new Map<string, TensorSource>();
-    for (const [name, shape] of expected) {
-      const f = found.get(name);
-      if (!f) throw new Error(`${where}: missing tensor "${name}" (expected shape ${shape_str(shape)})`);
-      const transposed = CONV1D.test(name);
-      const want = transposed ? [shape[1], shape[0]] : shape;
-      if (f.shape.length !== want.length || f.shape.some((s, i) => s !== want[i])) {
-        throw new Error(
-          `${f.file.path}: tensor "${name}" ("${f.key}") has shape ${shape_str(f.shape)}, expected ` +
-            `${shape_str(want)}${transposed ? " (Conv1D: in, out)" : ""}`,
-        );
-      }
-      const dtype = DTYPES[f.dtype];
-      if (!dtype) {
-        throw new Error(`${f.file.path}: tensor "${f.key}" has dtype ${f.dtype}: expected F32, F16 or BF16`);
-      }
-      const { file, key } = f;
-      tensors.set(name, {
-        name,
-        dtype,
-        shape: [...shape],
-        ...(transposed ? { stored_transposed: [want[0], want[1]] as [number, number] } : {}),
-        read: () => file.read(key),
-      });
-    }
-    if (unexpected.length) {
-      throw new Error(
-        `${where}: unexpected model tensor ${unexpected.join(", ")} (not part of a GPT-2 with n_layer=` +
-          `${config.n_layer})`,
-      );
-    }
-    if (lm_head) {
-      const lm: Found = lm_head;
-      const want = [config.vocab_size, config.n_embd];
-      if (lm.shape.length !== 2 || lm.shape.some((s, i) => s !== want[i])) {
-        throw new Error(
-          `${lm.file.path}: tensor "lm_head" ("${lm.key}") has shape ${shape_str(lm.shape)}, expected ${
-            shape_str(want)
-          }`,
-        );
-      }
-      const dtype = DTYPES[lm.dtype];
-      if (!dtype) {
-        throw new Error(
-          `${lm.file.path}: tensor "${lm.key}" has dtype ${lm.dtype}: expected F32, F16 or BF16`,
-        );
-      }
-      const wte = found.get("wte")!;
-      const tied = lm.dtype === wte.dtype &&
-        same_bytes(await lm.file.read(lm.key), await wte.file.read(wte.key));
-      if (!tied) {
-        tensors.set("lm_head", { name: "lm_head", dtype, shape: want, read: () => lm.file.read(lm.key) });
-      }
-    }
+    const tensors = await canonical_tensors(stored, config, {
+      canonical: hf_canonical_name,
+      transposed: CONV1D,
+      model: `a GPT-2 with n_layer=${config.n_layer}`,
+    }, where);
     return {
       origin: opts.origin ?? dir,
       format: "hf",

@@ -13,6 +13,7 @@
  */
 import { createHash, type Hash } from "node:crypto";
 import { dirname, join } from "node:path";
+import { cache_root, env } from "../util/env.ts";
 
 /** Options of {@link hub_download} and {@link hub_snapshot}. */
 export interface HubOptions {
@@ -50,30 +51,16 @@ const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
 const SHA256_HEX = /^[0-9a-f]{64}$/i;
 const REPO_ID = /^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)?$/;
 
-/** Reads an environment variable; undefined when unset, empty, or not permitted. */
-function env(name: string): string | undefined {
-  try {
-    const v = Deno.env.get(name);
-    return v === "" ? undefined : v;
-  } catch {
-    return undefined;
-  }
-}
-
 /**
- * The cache root: $NGPT_CACHE, else $XDG_CACHE_HOME/ngpt, else ~/.cache/ngpt.
- * Throws when none of them (nor HOME) is set.
+ * The cache root (see native/env.ts cache_root). Throws when none of NGPT_CACHE, XDG_CACHE_HOME
+ * and HOME is set.
  */
 export function default_cache_dir(): string {
-  const explicit = env("NGPT_CACHE");
-  if (explicit) return explicit;
-  const xdg = env("XDG_CACHE_HOME");
-  if (xdg) return join(xdg, "ngpt");
-  const home = env("HOME") ?? env("USERPROFILE");
-  if (!home) {
+  const root = cache_root();
+  if (!root) {
     throw new Error("default_cache_dir: none of NGPT_CACHE, XDG_CACHE_HOME, HOME is set; pass cache_dir");
   }
-  return join(home, ".cache", "ngpt");
+  return root;
 }
 
 /** Whether $HF_HUB_OFFLINE asks for offline mode ("1", "true", "yes", "on"). */

@@ -4,9 +4,11 @@
  * @module
  */
 import { dirname, join, resolve } from "node:path";
-import { type GPTConfig, validate_config, weight_shapes } from "../model/config.ts";
+import { type GPTConfig, validate_config } from "../model/config.ts";
+import type { ModelSource, TokenizerSpec } from "../model/source.ts";
 import { unpickle } from "./pickle.ts";
-import type { ModelSource, TensorSource, TokenizerSpec } from "./source.ts";
+import { SafetensorsFile } from "./safetensors.ts";
+import { canonical_tensors, type StateDictFormat, type StoredTensor } from "./state_dict.ts";
 import { TorchCheckpoint, TorchTensor } from "./torch_checkpoint.ts";
 
 /** Reads a required / optional field of a pickled dict. */
@@ -112,13 +114,32 @@ export async function find_nanogpt_vocab(
   return { kind: "gpt2" };
 }
 
-function same_bytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
+/** nanoGPT's state-dict names: `_orig_mod.` (torch.compile) and `transformer.` prefixes. */
+function nanogpt_format(config: GPTConfig): StateDictFormat {
+  return {
+    canonical: nanogpt_canonical_name,
+    model: `a GPT with n_layer=${config.n_layer}, bias=${config.bias}`,
+  };
 }
 
-const shape_str = (s: readonly number[]) => `[${s.join(", ")}]`;
+/**
+ * A checkpoint's `iter_num` and `best_val_loss`, where they are numbers or one-element float
+ * tensors (train.py saves the loss as a 0-d tensor).
+ */
+async function checkpoint_info(root: Map<unknown, unknown>): Promise<Record<string, number>> {
+  const info: Record<string, number> = {};
+  for (const k of ["iter_num", "best_val_loss"]) {
+    const v = root.get(k);
+    if (typeof v === "number") info[k] = v;
+    else if (typeof v === "bigint") info[k] = Number(v);
+    else if (v instanceof TorchTensor && v.numel === 1 && (v.dtype === "f32" || v.dtype === "f64")) {
+      const b = await v.read();
+      const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+      info[k] = v.dtype === "f32" ? dv.getFloat32(0, true) : dv.getFloat64(0, true);
+    }
+  }
+  return info;
+}
 
 /**
  * Opens a nanoGPT checkpoint. Every canonical tensor must be present with its exact shape; a missing,
@@ -140,70 +161,20 @@ export async function open_nanogpt(path: string, opts: { origin?: string } = {})
     const config = nanogpt_config(root.get("model_args"), path);
     const model = root.get("model");
     if (!(model instanceof Map)) throw new Error(`${path}: "model" is not a state dict`);
-
-    const expected = weight_shapes(config);
-    const found = new Map<string, { key: string; t: TorchTensor }>();
-    const unexpected: string[] = [];
-    let lm_head: { key: string; t: TorchTensor } | null = null;
+    const views = new Map<StoredTensor, TorchTensor>();
     for (const [key, t] of model) {
       if (typeof key !== "string") throw new Error(`${path}: model has a non-string key ${key}`);
       if (!(t instanceof TorchTensor)) throw new Error(`${path}: model entry "${key}" is not a tensor`);
-      const name = nanogpt_canonical_name(key);
-      // The causal-mask buffer older nanoGPT (no flash attention) keeps in its state dict.
-      if (/^h\.\d+\.attn\.(bias|masked_bias)$/.test(name) && t.shape.length === 4) continue;
-      if (name === "lm_head") {
-        lm_head = { key, t };
-        continue;
-      }
-      if (!expected.has(name)) {
-        unexpected.push(`"${key}" with shape ${shape_str(t.shape)}`);
-        continue;
-      }
-      const prev = found.get(name);
-      if (prev) throw new Error(`${path}: tensors "${prev.key}" and "${key}" both map to "${name}"`);
-      found.set(name, { key, t });
+      views.set({
+        key,
+        file: path,
+        dtype: t.dtype,
+        shape: t.shape,
+        read: () => t.read(),
+        same_view: (other) => views.get(other)?.same_view(t) ?? false,
+      }, t);
     }
-    for (const [name, shape] of expected) {
-      const f = found.get(name);
-      if (!f) throw new Error(`${path}: missing tensor "${name}" (expected shape ${shape_str(shape)})`);
-      if (f.t.shape.length !== shape.length || f.t.shape.some((s, i) => s !== shape[i])) {
-        throw new Error(
-          `${path}: tensor "${name}" ("${f.key}") has shape ${shape_str(f.t.shape)}, expected ${
-            shape_str(shape)
-          }`,
-        );
-      }
-    }
-    if (unexpected.length) {
-      throw new Error(
-        `${path}: unexpected model tensor ${unexpected.join(", ")} (not part of a GPT with n_layer=` +
-          `${config.n_layer}, bias=${config.bias})`,
-      );
-    }
-    if (lm_head) {
-      const wte = found.get("wte")!;
-      const shape = [config.vocab_size, config.n_embd];
-      if (lm_head.t.shape.length !== 2 || lm_head.t.shape.some((s, i) => s !== shape[i])) {
-        throw new Error(
-          `${path}: tensor "lm_head" ("${lm_head.key}") has shape ${shape_str(lm_head.t.shape)}, ` +
-            `expected ${shape_str(shape)}`,
-        );
-      }
-      const tied = lm_head.t.same_view(wte.t) ||
-        (lm_head.t.dtype === wte.t.dtype && same_bytes(await lm_head.t.read(), await wte.t.read()));
-      if (tied) lm_head = null;
-      else found.set("lm_head", lm_head);
-    }
-
-    const tensors = new Map<string, TensorSource>();
-    for (const [name, { key, t }] of found) {
-      const dtype = t.dtype;
-      if (dtype !== "f32" && dtype !== "f16" && dtype !== "bf16") {
-        throw new Error(`${path}: tensor "${name}" ("${key}") has dtype ${dtype}: expected f32, f16 or bf16`);
-      }
-      tensors.set(name, { name, dtype, shape: [...t.shape], read: () => t.read() });
-    }
-
+    const tensors = await canonical_tensors(views.keys(), config, nanogpt_format(config), path);
     const cfg = root.get("config");
     const dataset = cfg instanceof Map && typeof cfg.get("dataset") === "string"
       ? cfg.get("dataset") as string
@@ -215,10 +186,91 @@ export async function open_nanogpt(path: string, opts: { origin?: string } = {})
       config,
       tensors,
       tokenizer,
+      info: await checkpoint_info(root),
       [Symbol.dispose]: () => ckpt.close(),
     };
   } catch (e) {
     ckpt.close();
+    throw e;
+  }
+}
+
+/** `__metadata__.format` of a nanoGPT model converted to safetensors (examples/convert.ts). */
+export const NANOGPT_SAFETENSORS_FORMAT = "nanogpt";
+
+/**
+ * Opens a nanoGPT model converted to safetensors by examples/convert.ts: the state dict's tensors
+ * under nanoGPT's names, and in `__metadata__` the `format` ("nanogpt"), `model_args` (JSON), and,
+ * when the model has one, `vocab` (JSON: the character of each token id, nanoGPT's `itos`);
+ * without a vocab the tokenizer is GPT-2 BPE, as nanoGPT's sample.py does.
+ */
+export async function open_nanogpt_safetensors(
+  path: string,
+  opts: { origin?: string } = {},
+): Promise<ModelSource> {
+  const file = await SafetensorsFile.open(path);
+  try {
+    const meta = file.metadata ?? {};
+    if (meta.format !== NANOGPT_SAFETENSORS_FORMAT) {
+      throw new Error(
+        `${path}: not a converted nanoGPT model (its __metadata__.format is ${
+          JSON.stringify(meta.format)
+        }, ` +
+          `expected "${NANOGPT_SAFETENSORS_FORMAT}"), and no config.json beside it for a Hugging Face model`,
+      );
+    }
+    const json = (k: string) => {
+      try {
+        return JSON.parse(meta[k]);
+      } catch (e) {
+        throw new Error(`${path}: __metadata__.${k} is not valid JSON: ${(e as Error).message}`);
+      }
+    };
+    if (typeof meta.model_args !== "string") throw new Error(`${path}: __metadata__ has no model_args`);
+    const args = json("model_args");
+    if (args === null || typeof args !== "object" || Array.isArray(args)) {
+      throw new Error(`${path}: __metadata__.model_args is not a JSON object`);
+    }
+    const config = nanogpt_config(new Map(Object.entries(args)), path);
+    const stored: StoredTensor[] = [...file.entries.values()].map((e) => ({
+      key: e.name,
+      file: path,
+      dtype: ({ F32: "f32", F16: "f16", BF16: "bf16" } as Record<string, string>)[e.dtype] ?? e.dtype,
+      shape: e.shape,
+      read: () => file.read(e.name),
+    }));
+    const tensors = await canonical_tensors(stored, config, nanogpt_format(config), path);
+    let tokenizer: TokenizerSpec = { kind: "gpt2" };
+    if (meta.vocab !== undefined) {
+      const itos = json("vocab");
+      if (
+        !Array.isArray(itos) || itos.length > config.vocab_size || !itos.every((c) => typeof c === "string")
+      ) {
+        throw new Error(
+          `${path}: __metadata__.vocab must be a JSON array of at most vocab_size (${config.vocab_size}) strings`,
+        );
+      }
+      tokenizer = {
+        kind: "char",
+        stoi: new Map(itos.map((c, i) => [c as string, i])),
+        itos: new Map(itos.map((c, i) => [i, c as string])),
+      };
+    }
+    const info: Record<string, number> = {};
+    for (const k of ["iter_num", "best_val_loss"]) {
+      if (meta[k] !== undefined && Number.isFinite(Number(meta[k]))) info[k] = Number(meta[k]);
+    }
+    return {
+      origin: opts.origin ?? path,
+      format: "nanogpt",
+      config,
+      tensors,
+      tokenizer,
+      info,
+      [Symbol.dispose]: () => file.close(),
+    };
+  } catch (e) {
+    file.close();
     throw e;
   }
 }

@@ -6,16 +6,42 @@
 import { dirname, join } from "node:path";
 import { gpt2_config, GPT2_SIZES } from "../model/config.ts";
 import { open_hf } from "./hf.ts";
-import { open_nanogpt } from "./nanogpt.ts";
+import { open_nanogpt, open_nanogpt_safetensors } from "./nanogpt.ts";
 import { random_model_source } from "./random.ts";
-import type { ModelSource } from "./source.ts";
+import type { ModelSource } from "../model/source.ts";
+import { CHECKOUT_URL } from "../native/checkout.ts";
+import { remote_file } from "../native/remote.ts";
 
-/** Options of open_model (used for hub names only). */
+/** Options of open_model (used for hub names and, imported from a URL, the embedded models). */
 export interface OpenModelOptions {
   /** Hub branch, tag or commit (default "main"). */
   revision?: string;
-  /** Hub download cache root (default: hf_hub.ts's default_cache_dir). */
+  /** Download cache root (default: hf_hub.ts's default_cache_dir). */
   cache_dir?: string;
+  /** Progress messages of a download (default: stderr for an embedded model fetched from a URL). */
+  log?: (msg: string) => void;
+}
+
+/** The models kept in the repo, by `embedded:<name>`: the file under models/ of each. */
+export const EMBEDDED_MODELS: Readonly<Record<string, string>> = {
+  "shakespeare-char": "models/shakespeare-char/model.safetensors",
+};
+
+/**
+ * The local path of an embedded model: in the checkout, or, when mod.ts was imported from a URL,
+ * fetched from there into the cache once (checked against the remote's manifest).
+ */
+export async function embedded_model_path(name: string, opts: OpenModelOptions = {}): Promise<string> {
+  const rel = EMBEDDED_MODELS[name];
+  if (!rel) {
+    throw new Error(
+      `unknown embedded model "embedded:${name}": expected embedded:<${
+        Object.keys(EMBEDDED_MODELS).join("|")
+      }>`,
+    );
+  }
+  if (CHECKOUT_URL.protocol === "file:") return decodeURIComponent(new URL(rel, CHECKOUT_URL).pathname);
+  return await remote_file(CHECKOUT_URL, rel, { cache_dir: opts.cache_dir, log: opts.log });
 }
 
 const HUB_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*(\/[A-Za-z0-9][A-Za-z0-9_.-]*)?$/;
@@ -37,15 +63,23 @@ async function stat_or_null(path: string): Promise<Deno.FileInfo | null> {
 
 /**
  * Opens a model from `spec`:
+ * - `embedded:shakespeare-char`: a model kept in the repo (models/);
  * - `random:<gpt2|gpt2-medium|gpt2-large|gpt2-xl>`: random weights of that size;
- * - a file: a nanoGPT `torch.save` checkpoint (a `model.safetensors` file opens its HF directory);
- * - a directory with `config.json`: Hugging Face format; with `ckpt.pt`: a nanoGPT out_dir;
+ * - a file: a nanoGPT `torch.save` checkpoint; a `.safetensors` file opens its HF directory when
+ *   `config.json` sits beside it, else it is a nanoGPT model converted by examples/convert.ts;
+ * - a directory with `config.json`: Hugging Face format; with `ckpt.pt`: a nanoGPT out_dir; with
+ *   only `model.safetensors`: a converted nanoGPT model;
  * - otherwise a hub name (`gpt2`, `gpt2-xl`, `openai-community/gpt2`, `org/name`), downloaded into
  *   the cache (config.json + model.safetensors) through hf_hub.ts.
  * A path that does not exist and cannot be a hub name is an Error naming it.
  */
 export async function open_model(spec: string, opts: OpenModelOptions = {}): Promise<ModelSource> {
   if (typeof spec !== "string" || spec === "") throw new Error(`open_model: empty model spec`);
+  if (spec.startsWith("embedded:")) {
+    return await open_nanogpt_safetensors(await embedded_model_path(spec.slice("embedded:".length), opts), {
+      origin: spec,
+    });
+  }
   if (spec.startsWith("random:")) {
     const size = spec.slice("random:".length);
     if (!(size in GPT2_SIZES)) {
@@ -61,7 +95,7 @@ export async function open_model(spec: string, opts: OpenModelOptions = {}): Pro
     if (spec.endsWith(".safetensors")) {
       const dir = dirname(spec);
       if (await stat_or_null(join(dir, "config.json"))) return await open_hf(dir, { origin: spec });
-      throw new Error(`${spec}: a safetensors file needs its config.json beside it (not found in ${dir})`);
+      return await open_nanogpt_safetensors(spec, { origin: spec });
     }
     return await open_nanogpt(spec, { origin: spec });
   }
@@ -69,7 +103,14 @@ export async function open_model(spec: string, opts: OpenModelOptions = {}): Pro
     if (await stat_or_null(join(spec, "config.json"))) return await open_hf(spec, { origin: spec });
     const ckpt = join(spec, "ckpt.pt");
     if ((await stat_or_null(ckpt))?.isFile) return await open_nanogpt(ckpt, { origin: spec });
-    throw new Error(`${spec}: directory holds neither config.json (Hugging Face) nor ckpt.pt (nanoGPT)`);
+    const converted = join(spec, "model.safetensors");
+    if ((await stat_or_null(converted))?.isFile) {
+      return await open_nanogpt_safetensors(converted, { origin: spec });
+    }
+    throw new Error(
+      `${spec}: directory holds neither config.json (Hugging Face), ckpt.pt (nanoGPT) nor model.safetensors ` +
+        `(a converted nanoGPT model)`,
+    );
   }
   if (st) throw new Error(`${spec}: not a file or directory`);
 

@@ -9,7 +9,7 @@
  * @module
  */
 import { type GPTConfig, validate_config, weight_shapes } from "../model/config.ts";
-import type { ModelSource, TensorSource } from "./source.ts";
+import type { ModelSource, TensorSource } from "../model/source.ts";
 
 const POOL_SIZE = 1 << 20;
 const RUN = 1024;

@@ -4,6 +4,7 @@
  * bytes when asked. The header is checked: lengths, JSON, dtypes, offsets within the file, no overlaps.
  * @module
  */
+import type { DType } from "../backend/backend.ts";
 import { RandomAccessFile } from "./zip.ts";
 
 /** Bytes per element of each safetensors dtype. */
@@ -157,4 +158,65 @@ export class SafetensorsFile implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/** Safetensors dtype names of the model's storage types. */
+export const SAFETENSORS_DTYPE: Record<DType, string> = { f32: "F32", f16: "F16", bf16: "BF16" };
+
+/** A tensor to write: its name, dtype, shape and raw little-endian bytes (read when written). */
+export interface TensorToWrite {
+  name: string;
+  dtype: DType;
+  shape: readonly number[];
+  read(): Promise<Uint8Array>;
+}
+
+/**
+ * Writes a safetensors file: the header (tensors in the given order, `metadata` as its
+ * `__metadata__` of strings), then each tensor's bytes, read one at a time. The header is padded
+ * with spaces to a multiple of 8 bytes, as the reference implementation does.
+ */
+export async function write_safetensors(
+  path: string,
+  tensors: TensorToWrite[],
+  metadata: Record<string, string> = {},
+): Promise<void> {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  for (const t of tensors) {
+    const nbytes = t.shape.reduce((a, b) => a * b, 1) * SAFETENSORS_DTYPE_BYTES[SAFETENSORS_DTYPE[t.dtype]];
+    header[t.name] = {
+      dtype: SAFETENSORS_DTYPE[t.dtype],
+      shape: t.shape,
+      data_offsets: [offset, offset + nbytes],
+    };
+    offset += nbytes;
+  }
+  let json = new TextEncoder().encode(JSON.stringify(header));
+  const padded = Math.ceil(json.length / 8) * 8;
+  if (padded > json.length) {
+    json = new TextEncoder().encode(JSON.stringify(header) + " ".repeat(padded - json.length));
+  }
+  using file = await Deno.open(path, { write: true, create: true, truncate: true });
+  const len = new Uint8Array(8);
+  new DataView(len.buffer).setBigUint64(0, BigInt(json.length), true);
+  await write_all(file, len);
+  await write_all(file, json);
+  for (const t of tensors) {
+    const bytes = await t.read();
+    const want = (header[t.name] as { data_offsets: number[] }).data_offsets;
+    if (bytes.length !== want[1] - want[0]) {
+      throw new Error(
+        `write_safetensors ${path}: tensor "${t.name}" gave ${bytes.length} bytes, expected ${
+          want[1] - want[0]
+        }`,
+      );
+    }
+    await write_all(file, bytes);
+  }
+}
+
+async function write_all(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < bytes.length) off += await file.write(bytes.subarray(off));
 }

@@ -6,7 +6,7 @@
  */
 import type { Backend, Buf } from "../backend/backend.ts";
 import { dtype_bytes } from "../backend/backend.ts";
-import type { ModelSource } from "../loaders/source.ts";
+import type { ModelSource } from "./source.ts";
 import { type GPTConfig, validate_config, weight_shapes } from "./config.ts";
 
 /** Rows of the LM head and the logits are padded to a multiple of this. */

@@ -1,5 +1,7 @@
 /**
- * Builds libngpt with `zig build` when it is missing or older than its sources.
+ * Builds libngpt with `zig build`: the checkout's own (when missing or older than its sources) or a
+ * fetched copy of the sources (src/native/remote.ts). Says on stderr that it starts, and how long
+ * it took, whenever it builds.
  *
  *   deno run -A src/native/build.ts [--force] [--quiet] [-- extra zig build args]
  *
@@ -7,40 +9,81 @@
  * The Zig version is pinned in build.zig.zon (minimum_zig_version).
  * @module
  */
-import { native_lib_filename } from "./lib.ts";
+import { env } from "../util/env.ts";
+import { CHECKOUT_URL, native_lib_filename } from "./checkout.ts";
+import { is_permission_error, PermissionError, with_permission } from "../util/permissions.ts";
 
-const root = decodeURIComponent(new URL("../../", import.meta.url).pathname);
+function checkout_dir(): string {
+  if (CHECKOUT_URL.protocol !== "file:") throw new Error("internal: the checkout is not a local directory");
+  return decodeURIComponent(CHECKOUT_URL.pathname);
+}
 
 async function run_ok(cmd: string, args: string[]): Promise<string | null> {
   try {
     const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "null" }).output();
     return out.success ? new TextDecoder().decode(out.stdout).trim() : null;
-  } catch {
+  } catch (e) {
+    if (is_permission_error(e)) {
+      throw new PermissionError("--allow-run", `running ${cmd} to build libngpt`, { cause: e });
+    }
     return null;
   }
 }
 
-/** Returns the command (argv prefix) that runs Zig, or throws saying how to install it. */
-export async function find_zig(): Promise<string[]> {
-  const env = Deno.env.get("ZIG");
-  const candidates: string[][] = [];
-  if (env) candidates.push(env.split(" "));
-  candidates.push(["zig"], ["python3", "-m", "ziglang"]);
-  for (const c of candidates) {
-    if (await run_ok(c[0], [...c.slice(1), "version"])) return c;
-  }
-  throw new Error(
-    "Zig not found: install the version pinned in build.zig.zon, e.g. `pip install ziglang==" + pinned_zig() +
-      "`, or set ZIG to the zig binary",
-  );
-}
-
-/** The Zig version pinned in build.zig.zon. */
-export function pinned_zig(): string {
-  const zon = Deno.readTextFileSync(`${root}build.zig.zon`);
+/** The Zig version pinned in `zon` (the text of build.zig.zon). */
+export function pinned_zig(zon: string): string {
   const m = zon.match(/minimum_zig_version\s*=\s*"([^"]+)"/);
   if (!m) throw new Error("build.zig.zon has no minimum_zig_version");
   return m[1];
+}
+
+/** The command (argv prefix) that runs Zig and its version, or an Error saying how to install it. */
+export async function find_zig(pinned: string): Promise<{ zig: string[]; version: string }> {
+  const given = env("ZIG");
+  const candidates: string[][] = given ? [given.split(" ")] : [];
+  candidates.push(["zig"], ["python3", "-m", "ziglang"]);
+  for (const c of candidates) {
+    const version = await run_ok(c[0], [...c.slice(1), "version"]);
+    if (version) return { zig: c, version };
+  }
+  throw new Error(
+    `Zig not found (tried ${
+      given ? "$ZIG, " : ""
+    }zig on PATH and python3 -m ziglang): building libngpt needs ` +
+      `Zig ${pinned}. Install it with \`pip install ziglang==${pinned}\` (or use ./ngpt, which installs it), ` +
+      "or set ZIG to a zig binary",
+  );
+}
+
+/**
+ * Runs `zig build -Doptimize=ReleaseFast` in `src_dir` (a directory with build.zig, build.zig.zon
+ * and native/), installing into `prefix` (default src_dir/zig-out); returns the library's path.
+ */
+export async function build_native(
+  src_dir: string,
+  opts: { prefix?: string; extra?: string[]; log?: (msg: string) => void } = {},
+): Promise<string> {
+  const log = opts.log ?? ((m: string) => console.error(m));
+  const pinned = pinned_zig(
+    with_permission(
+      "--allow-read",
+      "reading build.zig.zon",
+      () => Deno.readTextFileSync(`${src_dir}/build.zig.zon`),
+    ),
+  );
+  const { zig, version } = await find_zig(pinned);
+  if (version !== pinned) log(`warning: Zig ${version} found, build.zig.zon pins ${pinned}`);
+  const args = [...zig.slice(1), "build", "-Doptimize=ReleaseFast", ...(opts.extra ?? [])];
+  if (opts.prefix) args.push("--prefix", opts.prefix);
+  log(`building libngpt with Zig ${version} (${zig.join(" ")}); the first build takes about 20 s...`);
+  const t0 = performance.now();
+  const out = await new Deno.Command(zig[0], { args, cwd: src_dir, stdout: "inherit", stderr: "inherit" })
+    .output();
+  if (!out.success) {
+    throw new Error(`zig build failed (exit ${out.code}) in ${src_dir}; see the compiler output above`);
+  }
+  log(`built libngpt in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  return `${opts.prefix ?? `${src_dir}/zig-out`}/lib/${native_lib_filename()}`;
 }
 
 function newest_mtime(path: string): number {
@@ -51,53 +94,47 @@ function newest_mtime(path: string): number {
   return t;
 }
 
-/** Path of the library that `zig build` installs. */
+/** Path of the library that `zig build` installs in the checkout. */
 export function built_lib_path(): string {
-  return `${root}zig-out/lib/${native_lib_filename()}`;
+  return `${checkout_dir()}zig-out/lib/${native_lib_filename()}`;
 }
 
-/** True when the built library is missing or older than native/, build.zig or build.zig.zon. */
+/** True when the checkout's library is missing or older than native/, build.zig or build.zig.zon. */
 export function is_stale(): boolean {
-  let lib_t: number;
-  try {
-    lib_t = Deno.statSync(built_lib_path()).mtime?.getTime() ?? 0;
-  } catch {
-    return true;
-  }
-  const src_t = Math.max(
-    newest_mtime(`${root}native`),
-    newest_mtime(`${root}build.zig`),
-    newest_mtime(`${root}build.zig.zon`),
-  );
-  return src_t > lib_t;
+  const root = checkout_dir();
+  return with_permission("--allow-read", "checking whether libngpt is built", () => {
+    let lib_t: number;
+    try {
+      lib_t = Deno.statSync(built_lib_path()).mtime?.getTime() ?? 0;
+    } catch {
+      return true;
+    }
+    const src_t = Math.max(
+      newest_mtime(`${root}native`),
+      newest_mtime(`${root}build.zig`),
+      newest_mtime(`${root}build.zig.zon`),
+    );
+    return src_t > lib_t;
+  });
 }
 
-/** Builds the library if needed (or always with `force`); returns its path. */
-export async function ensure_built(opts: { force?: boolean; quiet?: boolean; extra?: string[] } = {}) {
+/** Builds the checkout's library if needed (or always with `force`); returns its path. */
+export async function ensure_built(
+  opts: { force?: boolean; extra?: string[]; log?: (msg: string) => void } = {},
+): Promise<string> {
   if (!opts.force && !is_stale()) return built_lib_path();
-  const zig = await find_zig();
-  const version = await run_ok(zig[0], [...zig.slice(1), "version"]);
-  if (version !== pinned_zig()) {
-    console.error(`warning: Zig ${version} found, build.zig.zon pins ${pinned_zig()}`);
-  }
-  const args = [...zig.slice(1), "build", "-Doptimize=ReleaseFast", ...(opts.extra ?? [])];
-  if (!opts.quiet) {
-    console.error(`building libngpt: ${zig.join(" ")} ${args.slice(zig.length - 1).join(" ")}`);
-  }
-  const out = await new Deno.Command(zig[0], { args, cwd: root, stdout: "inherit", stderr: "inherit" })
-    .output();
-  if (!out.success) throw new Error(`zig build failed (exit ${out.code}); see the compiler output above`);
-  return built_lib_path();
+  return await build_native(checkout_dir(), { extra: opts.extra, log: opts.log });
 }
 
 if (import.meta.main) {
   const argv = [...Deno.args];
   const dd = argv.indexOf("--");
   const extra = dd >= 0 ? argv.splice(dd).slice(1) : [];
-  const path = await ensure_built({
-    force: argv.includes("--force"),
-    quiet: argv.includes("--quiet"),
-    extra,
-  });
-  if (!argv.includes("--quiet")) console.error(`libngpt: ${path}`);
+  try {
+    const path = await ensure_built({ force: argv.includes("--force"), extra });
+    if (!argv.includes("--quiet")) console.error(`libngpt: ${path}`);
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
 }

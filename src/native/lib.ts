@@ -1,13 +1,24 @@
 /**
- * Finds and opens libngpt (built by `zig build` from native/) with Deno.dlopen.
+ * Finds, builds when needed, and opens libngpt (built by `zig build` from native/) with Deno.dlopen.
  *
- * Lookup order: an explicit path, the NGPT_LIB environment variable, the repo's own build output
- * (zig-out/lib/libngpt.so beside this source tree); otherwise an error that says how to build it.
+ * Lookup order: an explicit path, the NGPT_LIB environment variable, then the checkout's own build:
+ * zig-out/lib/ beside this source tree (built by prepare_native when missing or stale), or, when
+ * mod.ts was imported from a URL, a build of the remote's native sources in the cache
+ * (src/native/remote.ts). `native()` opens what is there, synchronously; `prepare_native()`, which
+ * load_model calls, builds first.
  * @module
  */
+import { ensure_built } from "./build.ts";
+import { CHECKOUT_URL, native_lib_filename } from "./checkout.ts";
+import { env } from "../util/env.ts";
+
+import { PermissionError, with_permission } from "../util/permissions.ts";
+import { remote_native_build } from "./remote.ts";
 import { core_symbols } from "./symbols_core.ts";
 import { cpu_symbols } from "./symbols_cpu.ts";
 import { cuda_symbols } from "./symbols_cuda.ts";
+
+export { native_lib_filename } from "./checkout.ts";
 
 /** Version of the exported C ABI this TypeScript expects (native/root.zig ng_version). */
 export const NATIVE_ABI_VERSION = 1;
@@ -18,68 +29,97 @@ export type NativeSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];
 
 /** An error raised by the native library; `api` names the call that failed. */
 export class NativeError extends Error {
-  constructor(readonly api: string, readonly status: number, message: string) {
+  /** The native call that failed ("ng_cuda_mem_alloc", ...). */
+  readonly api: string;
+  /** Its nonzero status. */
+  readonly status: number;
+  constructor(api: string, status: number, message: string) {
     super(message);
     this.name = "NativeError";
+    this.api = api;
+    this.status = status;
   }
 }
 
-/** The library's file name on this platform. */
-export function native_lib_filename(): string {
-  if (Deno.build.os === "windows") return "ngpt.dll";
-  if (Deno.build.os === "darwin") return "libngpt.dylib";
-  return "libngpt.so";
-}
-
-/** Default location of the library built from this checkout, or null when not loaded from a file: URL. */
+/** The checkout's own build, or null when mod.ts was not loaded from a file: URL. */
 export function repo_lib_path(): string | null {
-  const url = new URL(`../../zig-out/lib/${native_lib_filename()}`, import.meta.url);
-  return url.protocol === "file:" ? decodeURIComponent(url.pathname) : null;
+  if (CHECKOUT_URL.protocol !== "file:") return null;
+  return `${decodeURIComponent(CHECKOUT_URL.pathname)}zig-out/lib/${native_lib_filename()}`;
 }
 
 function exists(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    return false;
-  }
+  return with_permission("--allow-read", `looking for libngpt at ${path}`, () => {
+    try {
+      return Deno.statSync(path).isFile;
+    } catch {
+      return false;
+    }
+  });
 }
 
-/** Resolves the library path following the documented order, or throws with build instructions. */
+/** The remote checkout's build once prepare_native made it. */
+let remote: { lib: string; src_dir: string } | null = null;
+
+/** Resolves the library path following the documented order, or throws saying how to get one. */
 export function resolve_lib_path(explicit?: string): string {
   if (explicit) {
     if (!exists(explicit)) throw new Error(`native library not found at the given path: ${explicit}`);
     return explicit;
   }
-  const env = Deno.env.get("NGPT_LIB");
-  if (env) {
-    if (!exists(env)) throw new Error(`native library not found at NGPT_LIB=${env}`);
-    return env;
+  const from_env = env("NGPT_LIB");
+  if (from_env) {
+    if (!exists(from_env)) throw new Error(`native library not found at NGPT_LIB=${from_env}`);
+    return from_env;
   }
+  if (remote) return remote.lib;
   const repo = repo_lib_path();
   if (repo && exists(repo)) return repo;
+  if (!repo) {
+    throw new Error(
+      `libngpt is not built yet for ${CHECKOUT_URL}: call \`await prepare_native()\` first ` +
+        "(load_model does), or set NGPT_LIB to a built library",
+    );
+  }
   throw new Error(
-    `native library ${native_lib_filename()} not found` + (repo ? ` (looked for ${repo})` : "") +
-      ". Build it with `deno task build` (runs `zig build -Doptimize=ReleaseFast` in the repo), " +
-      "or set NGPT_LIB to the path of a built library.",
+    `native library ${native_lib_filename()} not found (looked for ${repo}). Build it with ` +
+      "`deno task build` (or ./ngpt build), load through load_model (which builds it), or set NGPT_LIB",
+  );
+}
+
+/**
+ * The root of the native sources in use: the checkout's, or the fetched copy of a remote's
+ * (after prepare_native). The CUDA backend compiles `native/kernels/` under it.
+ */
+export function native_source_dir(): string {
+  if (remote) return remote.src_dir;
+  if (CHECKOUT_URL.protocol === "file:") return decodeURIComponent(CHECKOUT_URL.pathname);
+  throw new Error(
+    `ngpt's native sources are not fetched yet from ${CHECKOUT_URL}: call \`await prepare_native()\``,
   );
 }
 
 /** The opened native library: its symbols and helpers for error reporting. */
 export class NativeLib implements Disposable {
+  /** Where it was loaded from. */
   readonly path: string;
+  /** Every exported function, typed. */
   readonly symbols: NativeSymbols;
   #lib: Deno.DynamicLibrary<typeof symbols>;
   #err_buf = new Uint8Array(1024);
 
+  /** Opens the library at `path` and checks its ABI version. */
   constructor(path: string) {
     this.path = path;
     try {
       this.#lib = Deno.dlopen(path, symbols);
     } catch (e) {
+      if (e instanceof Deno.errors.NotCapable) {
+        throw new PermissionError("--allow-ffi", `loading ngpt's native library ${path}`, { cause: e });
+      }
       throw new Error(
         `could not load native library ${path}: ${(e as Error).message}. ` +
-          "It may be stale: rebuild with `deno task build`.",
+          "If it is an old build, rebuild it with `deno task build`.",
+        { cause: e },
       );
     }
     this.symbols = this.#lib.symbols;
@@ -103,6 +143,7 @@ export class NativeLib implements Disposable {
     if (status !== 0) throw new NativeError(api, status, `${api} failed: ${this.last_error()}`);
   }
 
+  /** Closes the library. */
   [Symbol.dispose](): void {
     this.#lib.close();
   }
@@ -110,7 +151,7 @@ export class NativeLib implements Disposable {
 
 let shared: NativeLib | null = null;
 
-/** Opens the library once per process (or returns the one already open). */
+/** Opens the library once per process (or returns the one already open); builds nothing. */
 export function native(explicit_path?: string): NativeLib {
   if (shared) {
     if (explicit_path && explicit_path !== shared.path) {
@@ -120,4 +161,26 @@ export function native(explicit_path?: string): NativeLib {
   }
   shared = new NativeLib(resolve_lib_path(explicit_path));
   return shared;
+}
+
+/** Options of prepare_native. */
+export interface PrepareNativeOptions {
+  /** A built library to use as is (default: NGPT_LIB, then the checkout's or the remote's build). */
+  lib_path?: string;
+  /** Cache root for a remote build (default: see native/env.ts cache_root). */
+  cache_dir?: string;
+  /** Progress messages (default: stderr). */
+  log?: (msg: string) => void;
+}
+
+/**
+ * Makes libngpt ready and opens it: builds the checkout's library when it is missing or older than
+ * its sources, or, when mod.ts was imported from a URL, fetches the native sources from there and
+ * builds them in the cache (once per content hash). A given `lib_path` or NGPT_LIB is used as is.
+ */
+export async function prepare_native(opts: PrepareNativeOptions = {}): Promise<NativeLib> {
+  if (shared || opts.lib_path || env("NGPT_LIB")) return native(opts.lib_path);
+  if (CHECKOUT_URL.protocol === "file:") await ensure_built({ log: opts.log });
+  else remote ??= await remote_native_build(CHECKOUT_URL, { cache_dir: opts.cache_dir, log: opts.log });
+  return native();
 }

@@ -3,9 +3,8 @@
  * without a `meta.pkl`) and nanoGPT's character vocabularies.
  * @module
  */
-import type { TokenizerSpec } from "../loaders/source.ts";
+import type { TokenizerSpec } from "../model/source.ts";
 import { CharTokenizer } from "./char.ts";
-import { gpt2_tokenizer } from "./gpt2.ts";
 
 /** Maps text to token ids and back. */
 export interface Tokenizer {
@@ -24,11 +23,18 @@ export interface Tokenizer {
   decode_bytes(ids: number[]): Uint8Array;
 }
 
-/** The tokenizer a loader's TokenizerSpec describes. */
-export function create_tokenizer(spec: TokenizerSpec): Tokenizer {
+/**
+ * The tokenizer a loader's TokenizerSpec describes. GPT-2 BPE's tables (and the npm package that
+ * holds them) load only when a model asks for them, so a character-level model runs offline.
+ */
+export async function create_tokenizer(spec: TokenizerSpec): Promise<Tokenizer> {
   switch (spec.kind) {
-    case "gpt2":
+    case "gpt2": {
+      // A computed specifier: Deno's module graph then never fetches js-tiktoken up front.
+      const gpt2_module = "./gpt2.ts";
+      const { gpt2_tokenizer } = await import(gpt2_module) as typeof import("./gpt2.ts");
       return gpt2_tokenizer();
+    }
     case "char":
       return new CharTokenizer(spec.stoi, spec.itos);
     default:

@@ -1,11 +1,11 @@
 // The whole model on CUDA against PyTorch/transformers references (tests/fixtures): HF GPT-2 and
 // nanoGPT checkpoints at every position, through the prefill and the KV-cache decode path, in f32
-// (1e-4 relative L2) and bf16; and the shakespeare-char checkpoint's greedy continuation when its
-// directory is reachable ($NGPT_SHAKESPEARE, else ../shared/models/shakespeare-char/).
+// (1e-4 relative L2) and bf16; and the embedded shakespeare-char model's greedy continuation.
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { load_model } from "../../mod.ts";
+import { DEFAULT_MODEL, load_model } from "../../mod.ts";
 import type { DType } from "../../src/backend/backend.ts";
-import { fixture, SHAKESPEARE } from "../helpers/compare.ts";
+import { fixture } from "../helpers/compare.ts";
+import { shakespeare_reference } from "../helpers/shared.ts";
 import type { CudaBackend } from "../../src/backend/cuda.ts";
 import { gpu_suite, rel_l2 } from "./gpu_helpers.ts";
 
@@ -150,32 +150,19 @@ gpu_suite("parity_test", () => {
     }
   });
 
-  const dir = Deno.env.get("NGPT_SHAKESPEARE") ?? SHAKESPEARE;
-  let have_ckpt = false;
-  try {
-    have_ckpt = Deno.statSync(`${dir}/ckpt-slim.pt`).isFile;
-  } catch { /* not reachable */ }
   Deno.test({
-    name: `shakespeare-char on cuda (f32 and bf16)${
-      have_ckpt ? "" : ": skipped: checkpoint not found in " + dir
-    }`,
-    ignore: !have_ckpt,
+    name: "shakespeare-char (embedded) on cuda (f32 and bf16)",
     async fn() {
-      const ref = JSON.parse(Deno.readTextFileSync(`${dir}/reference.json`)) as {
-        prompt: string;
-        prompt_ids: number[];
-        last_logits: number[];
-        greedy_ids: number[];
-      };
+      const ref = shakespeare_reference();
       {
-        using model = await load_model(`${dir}/ckpt-slim.pt`, { device: "cuda", dtype: "f32" });
+        using model = await load_model(DEFAULT_MODEL, { device: "cuda", dtype: "f32" });
         const [lg] = model.engine.prefill_logits([ref.prompt_ids]);
         assert(rel_l2(lg, ref.last_logits) < 1e-4, `f32 last logits: ${rel_l2(lg, ref.last_logits)}`);
         const out = await model.generate(ref.prompt, { temperature: 0, max_new_tokens: 200 });
         assertEquals([...ref.prompt_ids, ...out.tokens], ref.greedy_ids);
       }
       {
-        using model = await load_model(`${dir}/ckpt-slim.pt`, { device: "cuda", dtype: "bf16" });
+        using model = await load_model(DEFAULT_MODEL, { device: "cuda", dtype: "bf16" });
         const [lg] = model.engine.prefill_logits([ref.prompt_ids]);
         const err = rel_l2(lg, ref.last_logits);
         console.log(`shakespeare bf16 last logits: relative L2 ${err.toExponential(2)}`);

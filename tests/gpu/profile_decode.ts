@@ -26,7 +26,7 @@ using source = await open_model(`random:${values.model}`);
 using backend = create_backend({ device: "cuda" });
 if (!(backend instanceof CudaBackend)) throw new Error("profile_decode needs the CUDA backend");
 using gpt = await GPT.load(backend, source);
-using engine = new Engine(gpt, create_tokenizer(source.tokenizer), { steps_per_launch: 1 });
+using engine = new Engine(gpt, await create_tokenizer(source.tokenizer), { steps_per_launch: 1 });
 engine.reserve(B, Number(values.reserve));
 const V = gpt.config.vocab_size;
 const prompts = Array.from(

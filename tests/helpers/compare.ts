@@ -20,11 +20,6 @@ export function argmax(a: ArrayLike<number>): number {
   return best;
 }
 
-/** Path of the shared shakespeare-char model directory. */
-export const SHAKESPEARE = decodeURIComponent(
-  new URL("../../../shared/models/shakespeare-char/", import.meta.url).pathname,
-);
-
 /** Path of a fixture file under tests/fixtures/. */
 export function fixture(name: string): string {
   return decodeURIComponent(new URL(`../fixtures/${name}`, import.meta.url).pathname);

@@ -6,7 +6,7 @@
  */
 import { native, type NativeLib } from "../../native/lib.ts";
 import type { ArgPack } from "./launch_args.ts";
-import { env } from "./paths.ts";
+import { env } from "../../util/env.ts";
 
 /** CUdevice_attribute codes used here. */
 const ATTR_SM_COUNT = 16;

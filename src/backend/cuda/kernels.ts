@@ -12,6 +12,7 @@
 import type { DType } from "../backend.ts";
 import { cached_compile } from "./kernel_cache.ts";
 import type { Nvrtc } from "./nvrtc.ts";
+import { native_source_dir } from "../../native/lib.ts";
 
 /** One kernel file and what it is specialised on. */
 export interface KernelInfo {
@@ -102,17 +103,12 @@ const source_cache = new Map<string, string>();
 export function kernel_file_text(file: string): string {
   const hit = source_cache.get(file);
   if (hit !== undefined) return hit;
-  const url = new URL(`../../../native/kernels/${file}`, import.meta.url);
-  if (url.protocol !== "file:") {
-    throw new Error(`CUDA kernel source ${url.href} is not a local file: the CUDA backend needs a checkout`);
-  }
+  const path = `${native_source_dir()}native/kernels/${file}`;
   let text: string;
   try {
-    text = Deno.readTextFileSync(url);
+    text = Deno.readTextFileSync(path);
   } catch (e) {
-    throw new Error(
-      `cannot read CUDA kernel source ${decodeURIComponent(url.pathname)}: ${(e as Error).message}`,
-    );
+    throw new Error(`cannot read CUDA kernel source ${path}: ${(e as Error).message}`, { cause: e });
   }
   source_cache.set(file, text);
   return text;

@@ -17,7 +17,8 @@
 import { type Buf, type DType, dtype_bytes, type MatmulArgs } from "../backend.ts";
 import type { CudaContext } from "./driver.ts";
 import { dtype_code, type KernelName } from "./kernels.ts";
-import { cublaslt_candidates, env, nul_list, python_site_dirs } from "./paths.ts";
+import { env } from "../../util/env.ts";
+import { cublaslt_candidates, nul_list, python_site_dirs } from "./paths.ts";
 import { NativeError } from "../../native/lib.ts";
 
 /** Workspace given to every cuBLASLt plan. */

@@ -22,7 +22,7 @@ import { ArgPack } from "./launch_args.ts";
 import { type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
 import type { KernelModules } from "./modules.ts";
 import { GEMV_DEFAULT_SMEM, gemv_launch } from "./matmul.ts";
-import { env } from "./paths.ts";
+import { env } from "../../util/env.ts";
 
 /** How ops behave: launch (direct), only get ready (prepare), or launch into a capture. */
 export type OpMode = "direct" | "prepare" | "capture";

@@ -5,14 +5,7 @@
 
 const CUDA_LIB64 = "/usr/local/cuda/lib64";
 
-/** An environment variable, or undefined when it is unset, empty or not readable (no permission). */
-export function env(name: string): string | undefined {
-  try {
-    return Deno.env.get(name) || undefined;
-  } catch {
-    return undefined;
-  }
-}
+import { env } from "../../util/env.ts";
 
 function is_dir(path: string): boolean {
   try {
@@ -101,18 +94,4 @@ export function python_site_dirs(): string[] {
 /** Encodes strings as one NUL-separated, NUL-terminated byte list for the native loaders. */
 export function nul_list(items: string[]): Uint8Array {
   return new TextEncoder().encode(items.map((s) => s + "\0").join("") + "\0");
-}
-
-/**
- * The cache root: `explicit`, else $NGPT_CACHE, else $XDG_CACHE_HOME/ngpt, else ~/.cache/ngpt
- * (null when none can be determined: caching is then off).
- */
-export function cache_root(explicit?: string): string | null {
-  if (explicit) return explicit;
-  const c = env("NGPT_CACHE");
-  if (c) return c;
-  const x = env("XDG_CACHE_HOME");
-  if (x) return `${x}/ngpt`;
-  const home = env("HOME");
-  return home ? `${home}/.cache/ngpt` : null;
 }

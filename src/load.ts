@@ -3,21 +3,23 @@
  * model on a backend with its tokenizer and engine, ready to generate.
  * @module
  */
-import type { Backend, DType } from "../backend/backend.ts";
-import { create_cpu_backend } from "../backend/cpu.ts";
-import { create_cuda_backend, cuda_status } from "../backend/cuda.ts";
+import type { Backend, DType } from "./backend/backend.ts";
+import { create_cpu_backend } from "./backend/cpu.ts";
+import { create_cuda_backend, cuda_status } from "./backend/cuda.ts";
 import {
   type ContextOverflow,
   Engine,
   type GenerateRequest,
   type GenerateResult,
   type TextEvent,
-} from "../engine/engine.ts";
-import type { SamplingOptions } from "../engine/sampling.ts";
-import { open_model } from "../loaders/open_model.ts";
-import { create_tokenizer, type Tokenizer } from "../tokenizer/tokenizer.ts";
-import type { GPTConfig } from "./config.ts";
-import { GPT } from "./gpt.ts";
+} from "./engine/engine.ts";
+import type { SamplingOptions } from "./engine/sampling.ts";
+import { open_model } from "./loaders/open_model.ts";
+import { create_tokenizer, type Tokenizer } from "./tokenizer/tokenizer.ts";
+import type { GPTConfig } from "./model/config.ts";
+import { GPT } from "./model/gpt.ts";
+import { prepare_native } from "./native/lib.ts";
+import { check_choice, check_keys } from "./util/check.ts";
 
 /** Where to run: "auto" picks CUDA when a device works, else the CPU. */
 export type DeviceKind = "auto" | "cpu" | "cuda";
@@ -42,18 +44,41 @@ export interface LoadOptions {
   context_overflow?: ContextOverflow;
   /** Decode steps per launch (one CUDA graph) in steady state (default 8; see EngineOptions). */
   steps_per_launch?: number;
-  /** Path of libngpt (default: NGPT_LIB, then the repo's zig-out). */
+  /** Path of libngpt (default: NGPT_LIB, then the checkout's zig-out, built when missing or stale). */
   lib_path?: string;
-  /** Called with progress messages (default: none). */
+  /**
+   * Called with progress messages (default: none, except that building the native library, which
+   * takes about 20 s the first time, always says so on stderr unless `log` is given).
+   */
   log?: (msg: string) => void;
 }
 
+/** The keys of LoadOptions (for unknown-key checks). */
+export const LOAD_OPTION_KEYS: readonly (keyof LoadOptions | "backend")[] = [
+  "device",
+  "dtype",
+  "graphs",
+  "threads",
+  "cuda_device",
+  "revision",
+  "cache_dir",
+  "context_overflow",
+  "steps_per_launch",
+  "lib_path",
+  "log",
+  "backend",
+];
+
+/**
+ * The model `load_model()` loads when given none: nanoGPT's shakespeare-char, converted to
+ * safetensors and kept in the repo (models/shakespeare-char/), so the main job runs offline.
+ */
+export const DEFAULT_MODEL = "embedded:shakespeare-char";
+
 /** Picks and creates the backend for `opts`; throws a clear Error when the choice cannot run. */
 export function create_backend(opts: LoadOptions = {}): Backend {
-  const device = opts.device ?? "auto";
-  if (!["auto", "cpu", "cuda"].includes(device)) {
-    throw new RangeError(`device must be "auto", "cpu" or "cuda", got "${device}"`);
-  }
+  check_keys(opts, LOAD_OPTION_KEYS, "load options");
+  const device = check_choice("device", opts.device ?? "auto", ["auto", "cpu", "cuda"]);
   let use_cuda = device === "cuda";
   if (device === "auto") {
     const st = cuda_status();
@@ -145,16 +170,35 @@ export class Model implements Disposable {
 }
 
 /**
- * Loads a model: `spec` is a nanoGPT `ckpt.pt` (or its out_dir), a Hugging Face model directory,
- * a hub name such as `gpt2` (downloaded into a cache), or `random:gpt2`..`random:gpt2-xl`.
- * Pass `backend` to share one backend between models (it is then not disposed with the model).
+ * Loads a model: `spec` is a nanoGPT `ckpt.pt` (or its out_dir), a converted nanoGPT
+ * `.safetensors`, a Hugging Face model directory, a hub name such as `gpt2` (downloaded into a
+ * cache), `random:gpt2`..`random:gpt2-xl`, or by default the embedded shakespeare-char model.
+ * Builds the native library first when it is missing or stale (or, imported from a URL, fetches
+ * and builds it in the cache once). Pass `backend` to share one backend between models (it is
+ * then not disposed with the model).
+ *
+ * @example Greedy text from the embedded model on the CPU
+ * ```ts
+ * import { load_model } from "./mod.ts";
+ * using model = await load_model(undefined, { device: "cpu" });
+ * const out = await model.generate("ROMEO:", { max_new_tokens: 20, temperature: 0 });
+ * console.log(out.text, out.finish_reason);
+ * ```
  */
 export async function load_model(
-  spec: string,
+  spec: string = DEFAULT_MODEL,
   opts: LoadOptions & { backend?: Backend } = {},
 ): Promise<Model> {
-  using source = await open_model(spec, { revision: opts.revision, cache_dir: opts.cache_dir });
-  const tokenizer = create_tokenizer(source.tokenizer);
+  check_keys(opts, LOAD_OPTION_KEYS, "load options");
+  if (!opts.backend) {
+    await prepare_native({ lib_path: opts.lib_path, cache_dir: opts.cache_dir, log: opts.log });
+  }
+  using source = await open_model(spec, {
+    revision: opts.revision,
+    cache_dir: opts.cache_dir,
+    log: opts.log,
+  });
+  const tokenizer = await create_tokenizer(source.tokenizer);
   const backend = opts.backend ?? create_backend(opts);
   try {
     opts.log?.(`loading ${source.origin} onto ${backend.device_name} (${backend.dtype})`);

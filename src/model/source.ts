@@ -4,7 +4,7 @@
  * @module
  */
 import type { DType } from "../backend/backend.ts";
-import type { GPTConfig } from "../model/config.ts";
+import type { GPTConfig } from "./config.ts";
 
 /** One tensor of a checkpoint, not yet read. */
 export interface TensorSource {
@@ -38,4 +38,9 @@ export interface ModelSource extends Disposable {
   /** Every canonical tensor; `lm_head` only when untied. */
   readonly tensors: Map<string, TensorSource>;
   readonly tokenizer: TokenizerSpec;
+  /**
+   * What the checkpoint says about itself besides its weights: nanoGPT's `iter_num` and
+   * `best_val_loss` (the validation loss train.py measured), when present.
+   */
+  readonly info?: Readonly<Record<string, number>>;
 }

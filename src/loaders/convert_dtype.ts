@@ -1,0 +1,29 @@
+/**
+ * Element type conversion of raw little-endian tensor bytes on the host, for tools that write
+ * files (examples/convert.ts). Rounding is to nearest even, as PyTorch's `.to()` does.
+ * @module
+ */
+import type { DType } from "../backend/backend.ts";
+
+function to_f32(bytes: Uint8Array, dtype: DType, n: number): Float32Array {
+  const copy = bytes.slice(0, n * (dtype === "f32" ? 4 : 2)).buffer;
+  if (dtype === "f32") return new Float32Array(copy);
+  if (dtype === "f16") return Float32Array.from(new Float16Array(copy));
+  const out = new Float32Array(n), bits = new Uint32Array(out.buffer), src = new Uint16Array(copy);
+  for (let i = 0; i < n; i++) bits[i] = src[i] << 16;
+  return out;
+}
+
+/** `n` elements of `bytes` (in `from`) as bytes of `to`. */
+export function convert_dtype(bytes: Uint8Array, from: DType, to: DType, n: number): Uint8Array {
+  const f = to_f32(bytes, from, n);
+  if (to === "f32") return new Uint8Array(f.buffer);
+  if (to === "f16") return new Uint8Array(Float16Array.from(f).buffer);
+  const bits = new Uint32Array(f.buffer), out = new Uint16Array(n);
+  for (let i = 0; i < n; i++) {
+    const u = bits[i];
+    // NaN stays a (quiet) NaN; everything else rounds to nearest even on the 16 dropped bits.
+    out[i] = (u & 0x7fffffff) > 0x7f800000 ? (u >>> 16) | 0x40 : (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
+  }
+  return new Uint8Array(out.buffer);
+}
