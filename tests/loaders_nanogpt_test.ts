@@ -10,163 +10,14 @@ import { needs_shared, SHAKESPEARE } from "./helpers/shared.ts";
 import { open_nanogpt } from "../src/loaders/nanogpt.ts";
 import { TorchCheckpoint, TorchTensor } from "../src/loaders/torch_checkpoint.ts";
 import { weight_shapes } from "../src/model/config.ts";
+import { FakeGlobal, FakeTensor, pickle } from "./helpers/torch_writer.ts";
+import { make_zip, type ZipTestEntry } from "./helpers/zip_writer.ts";
 import { create_tokenizer } from "../src/tokenizer/tokenizer.ts";
 
 const tmp_dir = Deno.makeTempDirSync({ prefix: "ngpt_nanogpt_test_" });
 globalThis.addEventListener("unload", () => Deno.removeSync(tmp_dir, { recursive: true }));
 let tmp_count = 0;
 const tmp_path = (name: string) => `${tmp_dir}/${tmp_count++}_${name}`;
-
-// ---- a tiny torch.save writer ------------------------------------------------------------------
-
-/** A tensor to write: a view of storage `key`. */
-class FakeTensor {
-  constructor(
-    readonly key: string,
-    readonly dtype: string,
-    readonly shape: number[],
-    readonly stride: number[],
-    readonly offset = 0,
-  ) {}
-}
-/** A global to write (and, with args, to call): lets a test smuggle in a forbidden one. */
-class FakeGlobal {
-  constructor(readonly module: string, readonly name: string, readonly args: unknown[] | null = null) {}
-}
-
-const STORAGE_CLASS: Record<string, string> = {
-  f32: "FloatStorage",
-  f16: "HalfStorage",
-  bf16: "BFloat16Storage",
-};
-const ELEM_BYTES: Record<string, number> = { f32: 4, f16: 2, bf16: 2 };
-
-/** Pickles (protocol 2) the subset of values torch checkpoints hold; storage sizes from `storages`. */
-function pickle(root: unknown, storages: Map<string, Uint8Array>): Uint8Array {
-  const out: number[] = [0x80, 0x02];
-  const enc = new TextEncoder();
-  const u32 = (n: number) => out.push(n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, (n >>> 24) & 0xff);
-  const ascii = (s: string) => out.push(...enc.encode(s));
-  const str = (s: string) => {
-    const b = enc.encode(s);
-    out.push(0x58);
-    u32(b.length);
-    out.push(...b);
-  };
-  const int = (n: number) => {
-    out.push(0x4a);
-    u32(n);
-  };
-  const global = (module: string, name: string) => {
-    out.push(0x63);
-    ascii(`${module}\n${name}\n`);
-  };
-  const w = (v: unknown): void => {
-    if (v === null) out.push(0x4e);
-    else if (v === true) out.push(0x88);
-    else if (v === false) out.push(0x89);
-    else if (typeof v === "number" && Number.isInteger(v) && Math.abs(v) < 2 ** 31) int(v);
-    else if (typeof v === "number") {
-      const b = new DataView(new ArrayBuffer(8));
-      b.setFloat64(0, v, false);
-      out.push(0x47, ...new Uint8Array(b.buffer));
-    } else if (typeof v === "string") str(v);
-    else if (v instanceof FakeGlobal) {
-      global(v.module, v.name);
-      if (v.args) {
-        out.push(0x28);
-        v.args.forEach(w);
-        out.push(0x74, 0x52); // TUPLE, REDUCE
-      }
-    } else if (v instanceof FakeTensor) {
-      global("torch._utils", "_rebuild_tensor_v2");
-      out.push(0x28, 0x28); // MARK (args), MARK (persistent id)
-      str("storage");
-      global("torch", STORAGE_CLASS[v.dtype]);
-      str(v.key);
-      str("cpu");
-      int((storages.get(v.key)?.length ?? 0) / ELEM_BYTES[v.dtype]); // numel
-      out.push(0x74, 0x51); // TUPLE, BINPERSID
-      int(v.offset);
-      w(Object.freeze([...v.shape]));
-      w(Object.freeze([...v.stride]));
-      out.push(0x89); // requires_grad
-      global("collections", "OrderedDict");
-      out.push(0x29, 0x52, 0x74, 0x52); // EMPTY_TUPLE, REDUCE, TUPLE, REDUCE
-    } else if (Array.isArray(v) && Object.isFrozen(v)) {
-      out.push(0x28);
-      v.forEach(w);
-      out.push(0x74);
-    } else if (Array.isArray(v)) {
-      out.push(0x5d, 0x28);
-      v.forEach(w);
-      out.push(0x65);
-    } else if (v instanceof Map) {
-      out.push(0x7d, 0x28);
-      for (const [k, x] of v) {
-        w(k);
-        w(x);
-      }
-      out.push(0x75);
-    } else throw new Error(`test pickler: cannot write ${v}`);
-  };
-  w(root);
-  out.push(0x2e);
-  return new Uint8Array(out);
-}
-
-const CRC_TABLE = Uint32Array.from({ length: 256 }, (_, n) => {
-  let c = n;
-  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-  return c >>> 0;
-});
-function crc32(b: Uint8Array): number {
-  let c = 0xffffffff;
-  for (const x of b) c = CRC_TABLE[(c ^ x) & 0xff] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
-
-/** A stored (uncompressed) zip of `files`. */
-function make_zip(files: [string, Uint8Array][]): Uint8Array {
-  const enc = new TextEncoder();
-  const chunks: Uint8Array[] = [];
-  const central: Uint8Array[] = [];
-  let off = 0;
-  for (const [name_s, data] of files) {
-    const name = enc.encode(name_s);
-    const h = new DataView(new ArrayBuffer(30));
-    h.setUint32(0, 0x04034b50, true);
-    h.setUint32(14, crc32(data), true);
-    h.setUint32(18, data.length, true);
-    h.setUint32(22, data.length, true);
-    h.setUint16(26, name.length, true);
-    const c = new DataView(new ArrayBuffer(46));
-    c.setUint32(0, 0x02014b50, true);
-    c.setUint32(16, crc32(data), true);
-    c.setUint32(20, data.length, true);
-    c.setUint32(24, data.length, true);
-    c.setUint16(28, name.length, true);
-    c.setUint32(42, off, true);
-    chunks.push(new Uint8Array(h.buffer), name, data);
-    central.push(new Uint8Array(c.buffer), name);
-    off += 30 + name.length + data.length;
-  }
-  const cd_size = central.reduce((a, b) => a + b.length, 0);
-  const e = new DataView(new ArrayBuffer(22));
-  e.setUint32(0, 0x06054b50, true);
-  e.setUint16(8, files.length, true);
-  e.setUint16(10, files.length, true);
-  e.setUint32(12, cd_size, true);
-  e.setUint32(16, off, true);
-  const all = [...chunks, ...central, new Uint8Array(e.buffer)];
-  const out = new Uint8Array(all.reduce((a, b) => a + b.length, 0));
-  let p = 0;
-  for (const b of all) {
-    out.set(b, p);
-    p += b.length;
-  }
-  return out;
-}
 
 /** Turns an opened checkpoint's values into writable ones (TorchTensor -> FakeTensor). */
 function to_fake(v: unknown): unknown {
@@ -185,7 +36,7 @@ function to_fake(v: unknown): unknown {
 async function repack(
   src: string,
   mutate: (root: Map<string, unknown>, storages: Map<string, Uint8Array>) => void = () => {},
-  opts: { byteorder?: string; name?: string } = {},
+  opts: { byteorder?: string; name?: string; entries?: Record<string, Partial<ZipTestEntry>> } = {},
 ): Promise<string> {
   using ckpt = await TorchCheckpoint.open(src);
   const root = to_fake(ckpt.root) as Map<string, unknown>;
@@ -201,7 +52,10 @@ async function repack(
   ];
   for (const [k, b] of storages) files.push([`archive/data/${k}`, b]);
   const path = tmp_path(opts.name ?? "ckpt.pt");
-  await Deno.writeFile(path, make_zip(files));
+  await Deno.writeFile(
+    path,
+    make_zip(files.map(([name, data]) => ({ name, data, ...opts.entries?.[name] }))),
+  );
   return path;
 }
 
@@ -468,7 +322,7 @@ Deno.test("torch checkpoint: big-endian, legacy format, missing storage and non-
   await assertRejects(() => open_nanogpt(missing), Error, `${missing}: storage "`);
 
   const no_pkl = tmp_path("nopkl.pt");
-  await Deno.writeFile(no_pkl, make_zip([["a/b", new Uint8Array(3)]]));
+  await Deno.writeFile(no_pkl, make_zip([{ name: "a/b", data: new Uint8Array(3) }]));
   await assertRejects(
     () => open_nanogpt(no_pkl),
     Error,
@@ -511,3 +365,49 @@ Deno.test(
     assertEquals(new TextDecoder().decode(out.stdout).trim(), "char 65");
   },
 );
+
+Deno.test("torch checkpoint: a storage entry declaring more bytes than its tensor needs is refused unread", async () => {
+  const path = await repack(fixture("nano_bias.pt"), () => {}, {
+    entries: { "archive/data/0": { method: 8, declare_bytes: 0xf0000000 } },
+  });
+  await assertRejects(() => open_nanogpt(path), Error, `storage "0" has 4026531840 bytes, expected`);
+});
+
+Deno.test("torch checkpoint: a storage that inflates past its declared size fails without inflating it all", async () => {
+  let declared = 0;
+  const bomb = new Uint8Array(64 << 20); // 64 MiB of zeros deflate to about 64 KiB
+  const path = await repack(fixture("nano_bias.pt"), (_, storages) => {
+    declared = storages.get("0")!.length;
+  }, { entries: { "archive/data/0": { method: 8, data: bomb } } });
+  // The entry declares 64 MiB; the pickle says the storage holds `declared` bytes.
+  await assertRejects(
+    () => open_nanogpt(path),
+    Error,
+    `storage "0" has ${64 << 20} bytes, expected ${declared}`,
+  );
+  const lying = await repack(fixture("nano_bias.pt"), () => {}, {
+    entries: { "archive/data/0": { method: 8, data: bomb, declare_bytes: declared } },
+  });
+  using src = await open_nanogpt(lying);
+  const name = [...src.tensors.keys()].find((n) => n === "wte")!;
+  const reads = await Promise.allSettled([...src.tensors.values()].map((t) => t.read()));
+  const failed = reads.filter((r) => r.status === "rejected").map((r) =>
+    (r as PromiseRejectedResult).reason.message
+  );
+  assert(failed.length > 0, `no tensor read failed (${name})`);
+  assert(
+    failed.every((m) => m.includes(`inflates to more than its declared ${declared} bytes`)),
+    failed.join("\n"),
+  );
+});
+
+Deno.test("torch checkpoint: a data.pkl declaring more than MAX_PICKLE_BYTES is refused unread", async () => {
+  const path = await repack(fixture("nano_bias.pt"), () => {}, {
+    entries: { "archive/data.pkl": { method: 8, declare_bytes: 100 << 20 } },
+  });
+  await assertRejects(
+    () => open_nanogpt(path),
+    Error,
+    `declares ${100 << 20} bytes, more than the ${64 << 20}`,
+  );
+});

@@ -9,7 +9,7 @@ import type { ModelSource, TokenizerSpec } from "../model/source.ts";
 import { unpickle } from "./pickle.ts";
 import { SafetensorsFile } from "./safetensors.ts";
 import { canonical_tensors, type StateDictFormat, type StoredTensor } from "./state_dict.ts";
-import { TorchCheckpoint, TorchTensor } from "./torch_checkpoint.ts";
+import { MAX_PICKLE_BYTES, TorchCheckpoint, TorchTensor } from "./torch_checkpoint.ts";
 
 /** Reads a required / optional field of a pickled dict. */
 function field(m: Map<unknown, unknown>, key: string, what: string): unknown {
@@ -62,6 +62,10 @@ export async function load_char_vocab(
   meta_path: string,
   vocab_size?: number,
 ): Promise<TokenizerSpec & { kind: "char" }> {
+  const bytes = (await Deno.stat(meta_path)).size;
+  if (bytes > MAX_PICKLE_BYTES) {
+    throw new Error(`${meta_path}: ${bytes} bytes is more than the ${MAX_PICKLE_BYTES} a meta.pkl may hold`);
+  }
   const meta = unpickle(await Deno.readFile(meta_path), { what: meta_path });
   if (!(meta instanceof Map)) throw new Error(`${meta_path}: expected a pickled dict`);
   const stoi = field(meta, "stoi", meta_path);

@@ -222,13 +222,26 @@ export class ZipReader implements Disposable {
       return data;
     }
     if (e.method === 8) {
+      // Deflate packs at most 1032:1; more compressed bytes than that can only be garbage.
+      if (e.compressed_bytes > 1032 * e.uncompressed_bytes + 64) {
+        throw new Error(
+          `${this.path}: corrupt zip: entry "${e.name}" has ${e.compressed_bytes} compressed bytes for ` +
+            `${e.uncompressed_bytes} uncompressed`,
+        );
+      }
       const raw = await this.#file.read_at(start, e.compressed_bytes, `zip entry "${e.name}"`);
       let data: Uint8Array;
       try {
-        data = new Uint8Array(inflateRawSync(raw));
+        // Capped at the declared size: an entry that inflates to more fails before taking the memory.
+        const out = inflateRawSync(raw, { maxOutputLength: Math.max(1, e.uncompressed_bytes) });
+        data = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
       } catch (err) {
+        const too_big = (err as { code?: string }).code === "ERR_BUFFER_TOO_LARGE";
         throw new Error(
-          `${this.path}: corrupt deflate data in zip entry "${e.name}": ${(err as Error).message}`,
+          too_big
+            ? `${this.path}: zip entry "${e.name}" inflates to more than its declared ${e.uncompressed_bytes} bytes`
+            : `${this.path}: corrupt deflate data in zip entry "${e.name}": ${(err as Error).message}`,
+          { cause: err },
         );
       }
       if (data.length !== e.uncompressed_bytes) {
