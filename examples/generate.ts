@@ -89,6 +89,7 @@ async function main(argv: string[]): Promise<number> {
     prompt = await new Response(Deno.stdin.readable).text();
   }
   const log = values.quiet ? undefined : (m: string) => console.error(m);
+  const quiet = () => {};
   const opts = {
     max_new_tokens: num("max-new-tokens", values["max-new-tokens"], true),
     temperature: num("temperature", values.temperature, false),
@@ -109,7 +110,7 @@ async function main(argv: string[]): Promise<number> {
     revision: values.revision,
     context_overflow: values.context as "slide" | "error",
     steps_per_launch: num("steps-per-launch", values["steps-per-launch"], true),
-    log,
+    log: log ?? quiet,
   });
   log?.(`loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s`);
   const out = new TextEncoder();

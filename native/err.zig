@@ -1,17 +1,14 @@
-//! The library's last error: a message naming the API that failed and why.
-//! One process-wide slot guarded by a mutex, so that a call made on another thread
-//! (a Deno `nonblocking` call) still reports to the thread that asks next.
+//! The library's last error: a message naming the API that failed and why. One process-wide
+//! slot: every exported function is called from the JavaScript thread (no symbol is bound
+//! `nonblocking`), and the CPU pool's workers never set errors.
 const std = @import("std");
 
-var mutex: std.Thread.Mutex = .{};
 var buf: [1024]u8 = undefined;
 var len: usize = 0;
 
 /// Records a formatted message and returns `status` (nonzero), for `return err.set(...)`.
 pub fn set(status: i32, comptime fmt: []const u8, args: anytype) i32 {
     std.debug.assert(status != 0);
-    mutex.lock();
-    defer mutex.unlock();
     const s = std.fmt.bufPrint(&buf, fmt, args) catch blk: {
         break :blk buf[0..buf.len];
     };
@@ -21,8 +18,6 @@ pub fn set(status: i32, comptime fmt: []const u8, args: anytype) i32 {
 
 /// Copies the last error message into `out` (at most `cap` bytes); returns its full length.
 export fn ng_last_error(out: [*]u8, cap: usize) usize {
-    mutex.lock();
-    defer mutex.unlock();
     const n = @min(cap, len);
     @memcpy(out[0..n], buf[0..n]);
     return len;

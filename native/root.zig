@@ -17,6 +17,8 @@ comptime {
     _ = @import("cpu/matmul.zig");
     _ = @import("cpu/attention.zig");
     _ = @import("cpu/gather.zig");
+    _ = @import("cpu/scatter.zig");
+    _ = @import("cpu/logprobs.zig");
     _ = @import("cpu/sample.zig");
     _ = @import("cpu/advance.zig");
     _ = @import("cpu/philox.zig");
@@ -24,9 +26,10 @@ comptime {
     _ = @import("cuda/cuda.zig");
 }
 
-/// Bumped whenever an exported signature changes; src/native/lib.ts checks it.
+/// The ABI version: a hash of every exported signature (native/abi.zig, generated with
+/// src/native/symbols.ts); src/native/lib.ts refuses a library whose version differs.
 export fn ng_version() u32 {
-    return 1;
+    return @import("abi.zig").version;
 }
 
 test {

@@ -7,13 +7,14 @@ import type { Backend, DType } from "./backend/backend.ts";
 import { create_cpu_backend } from "./backend/cpu.ts";
 import { create_cuda_backend, cuda_status } from "./backend/cuda.ts";
 import {
-  type ContextOverflow,
   Engine,
+  ENGINE_OPTION_KEYS,
+  type EngineOptions,
   type GenerateRequest,
   type GenerateResult,
   type TextEvent,
 } from "./engine/engine.ts";
-import type { SamplingOptions } from "./engine/sampling.ts";
+import type { RequestOptions } from "./engine/request.ts";
 import { open_model } from "./loaders/open_model.ts";
 import { create_tokenizer, type Tokenizer } from "./tokenizer/tokenizer.ts";
 import type { GPTConfig } from "./model/config.ts";
@@ -24,8 +25,8 @@ import { check_choice, check_keys } from "./util/check.ts";
 /** Where to run: "auto" picks CUDA when a device works, else the CPU. */
 export type DeviceKind = "auto" | "cpu" | "cuda";
 
-/** Options of load_model. */
-export interface LoadOptions {
+/** Options of load_model: where and how to load, and the engine's options (EngineOptions). */
+export interface LoadOptions extends EngineOptions {
   /** Default "auto". */
   device?: DeviceKind;
   /** Storage type on CUDA (default "bf16"); the CPU backend computes in "f32" only. */
@@ -38,12 +39,8 @@ export interface LoadOptions {
   cuda_device?: number;
   /** Hub revision for hub names (default "main"). */
   revision?: string;
-  /** Cache directory for downloads and compiled kernels. */
+  /** Cache directory for downloads, compiled kernels and native builds. */
   cache_dir?: string;
-  /** Past the context: "slide" like nanoGPT's sample.py (default) or "error". */
-  context_overflow?: ContextOverflow;
-  /** Decode steps per launch (one CUDA graph) in steady state (default 8; see EngineOptions). */
-  steps_per_launch?: number;
   /** Path of libngpt (default: NGPT_LIB, then the checkout's zig-out, built when missing or stale). */
   lib_path?: string;
   /**
@@ -51,10 +48,12 @@ export interface LoadOptions {
    * takes about 20 s the first time, always says so on stderr unless `log` is given).
    */
   log?: (msg: string) => void;
+  /** A backend to share between models (then not disposed with the model). */
+  backend?: Backend;
 }
 
 /** The keys of LoadOptions (for unknown-key checks). */
-export const LOAD_OPTION_KEYS: readonly (keyof LoadOptions | "backend")[] = [
+export const LOAD_OPTION_KEYS: readonly (keyof LoadOptions)[] = [
   "device",
   "dtype",
   "graphs",
@@ -62,11 +61,10 @@ export const LOAD_OPTION_KEYS: readonly (keyof LoadOptions | "backend")[] = [
   "cuda_device",
   "revision",
   "cache_dir",
-  "context_overflow",
-  "steps_per_launch",
   "lib_path",
   "log",
   "backend",
+  ...ENGINE_OPTION_KEYS,
 ];
 
 /**
@@ -102,55 +100,104 @@ export function create_backend(opts: LoadOptions = {}): Backend {
 
 /** A loaded model: weights on a backend, its tokenizer, and an engine to generate with. */
 export class Model implements Disposable {
+  /** Its hyperparameters. */
   readonly config: GPTConfig;
+  /** Text <-> token ids. */
   readonly tokenizer: Tokenizer;
+  /** Where it runs. */
   readonly backend: Backend;
+  /** The model on the backend. */
   readonly gpt: GPT;
+  /** The continuous-batching engine every call goes through. */
   readonly engine: Engine;
   /** Where the weights came from. */
   readonly origin: string;
+  /** What the checkpoint says about itself (nanoGPT's iter_num, best_val_loss), when it does. */
+  readonly info: Readonly<Record<string, number>>;
   #own_backend: boolean;
 
-  constructor(gpt: GPT, tokenizer: Tokenizer, origin: string, engine: Engine, own_backend: boolean) {
+  /** Use load_model. */
+  constructor(
+    gpt: GPT,
+    tokenizer: Tokenizer,
+    origin: string,
+    engine: Engine,
+    own_backend: boolean,
+    info = {},
+  ) {
     this.gpt = gpt;
     this.config = gpt.config;
     this.backend = gpt.backend;
     this.tokenizer = tokenizer;
     this.origin = origin;
     this.engine = engine;
+    this.info = info;
     this.#own_backend = own_backend;
   }
 
-  /** Generates a continuation of one prompt. */
-  async generate(prompt: string | number[], opts: SamplingOptions = {}): Promise<GenerateResult> {
+  /**
+   * Generates a continuation of one prompt.
+   *
+   * @example Greedy, then sampled with a seed
+   * ```ts
+   * import { load_model } from "./mod.ts";
+   * using model = await load_model(undefined, { device: "cpu" });
+   * const greedy = await model.generate("ROMEO:", { max_new_tokens: 30, temperature: 0 });
+   * const sampled = await model.generate("ROMEO:", { max_new_tokens: 30, seed: 1, top_p: 0.9 });
+   * console.log(greedy.text, sampled.tokens.length, sampled.finish_reason);
+   * ```
+   */
+  async generate(prompt: string | number[], opts: RequestOptions = {}): Promise<GenerateResult> {
     return (await this.engine.generate([{ ...opts, prompt }]))[0];
   }
 
   /**
-   * Generates for a batch of prompts in one batch on the device. Each item is a prompt, or a
-   * request with its own sampling options; `opts` gives the defaults.
+   * Generates for several prompts at once; they share the device batch. Each item is a prompt,
+   * or a request with its own options; `opts` gives the defaults.
+   *
+   * @example Two prompts, one with its own stop string
+   * ```ts
+   * import { load_model } from "./mod.ts";
+   * using model = await load_model(undefined, { device: "cpu" });
+   * const [a, b] = await model.generate_batch(
+   *   ["ROMEO:", { prompt: "JULIET:", stop: ["\n"] }],
+   *   { max_new_tokens: 20, temperature: 0 },
+   * );
+   * console.log(a.text, b.finish_reason);
+   * ```
    */
   generate_batch(
     prompts: (string | number[] | GenerateRequest)[],
-    opts: SamplingOptions = {},
+    opts: RequestOptions = {},
   ): Promise<GenerateResult[]> {
     return this.engine.generate(this.#requests(prompts, opts));
   }
 
-  /** Streams the continuation of one prompt as text pieces. */
-  async *stream(prompt: string | number[], opts: SamplingOptions = {}): AsyncGenerator<string> {
+  /**
+   * Streams the continuation of one prompt as text pieces; breaking out of the loop cancels it.
+   *
+   * @example Print as it comes
+   * ```ts
+   * import { load_model } from "./mod.ts";
+   * using model = await load_model(undefined, { device: "cpu" });
+   * for await (const piece of model.stream("ROMEO:", { max_new_tokens: 40, seed: 1 })) {
+   *   Deno.stdout.writeSync(new TextEncoder().encode(piece));
+   * }
+   * ```
+   */
+  async *stream(prompt: string | number[], opts: RequestOptions = {}): AsyncGenerator<string> {
     for await (const ev of this.engine.run([{ ...opts, prompt }])) if (ev.text) yield ev.text;
   }
 
-  /** Streams a batch: events carry the index of their request. */
+  /** Streams several prompts: events carry the index of their request. */
   stream_batch(
     prompts: (string | number[] | GenerateRequest)[],
-    opts: SamplingOptions = {},
+    opts: RequestOptions = {},
   ): AsyncGenerator<TextEvent> {
     return this.engine.run(this.#requests(prompts, opts));
   }
 
-  #requests(prompts: (string | number[] | GenerateRequest)[], opts: SamplingOptions): GenerateRequest[] {
+  #requests(prompts: (string | number[] | GenerateRequest)[], opts: RequestOptions): GenerateRequest[] {
     return prompts.map((p) =>
       typeof p === "string" || Array.isArray(p) ? { ...opts, prompt: p } : { ...opts, ...p }
     );
@@ -185,10 +232,7 @@ export class Model implements Disposable {
  * console.log(out.text, out.finish_reason);
  * ```
  */
-export async function load_model(
-  spec: string = DEFAULT_MODEL,
-  opts: LoadOptions & { backend?: Backend } = {},
-): Promise<Model> {
+export async function load_model(spec: string = DEFAULT_MODEL, opts: LoadOptions = {}): Promise<Model> {
   check_keys(opts, LOAD_OPTION_KEYS, "load options");
   if (!opts.backend) {
     await prepare_native({ lib_path: opts.lib_path, cache_dir: opts.cache_dir, log: opts.log });
@@ -199,17 +243,16 @@ export async function load_model(
     log: opts.log,
   });
   const tokenizer = await create_tokenizer(source.tokenizer);
-  const backend = opts.backend ?? create_backend(opts);
-  try {
-    opts.log?.(`loading ${source.origin} onto ${backend.device_name} (${backend.dtype})`);
-    const gpt = await GPT.load(backend, source);
-    const engine = new Engine(gpt, tokenizer, {
-      context_overflow: opts.context_overflow,
-      steps_per_launch: opts.steps_per_launch,
-    });
-    return new Model(gpt, tokenizer, source.origin, engine, !opts.backend);
-  } catch (e) {
-    if (!opts.backend) backend[Symbol.dispose]();
-    throw e;
-  }
+  // Everything made here is freed if a later step fails; on success the Model owns it.
+  using stack = new DisposableStack();
+  const backend = opts.backend ?? stack.use(create_backend(opts));
+  opts.log?.(`loading ${source.origin} onto ${backend.device_name} (${backend.dtype})`);
+  const gpt = stack.use(await GPT.load(backend, source));
+  const engine_opts = Object.fromEntries(
+    ENGINE_OPTION_KEYS.map((k) => [k, opts[k]]).filter(([, v]) => v !== undefined),
+  );
+  const engine = stack.use(new Engine(gpt, tokenizer, engine_opts as EngineOptions));
+  const model = new Model(gpt, tokenizer, source.origin, engine, !opts.backend, source.info);
+  stack.move();
+  return model;
 }

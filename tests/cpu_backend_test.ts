@@ -1,16 +1,18 @@
 /**
  * Tests of the CPU backend: memory bookkeeping, dtype conversion, and every op against a naive
  * TypeScript reference on random data; sampling by exact replay of the algorithm and a chi-square
- * test. Random inputs come from a seeded generator whose seed is fresh each run (printed on
- * failure; set NGPT_TEST_SEED to replay one).
+ * test. Random inputs come from a seeded generator with a fixed seed (printed on failure; set
+ * NGPT_TEST_SEED to try another).
  */
 import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
 import type { Buf } from "../src/backend/backend.ts";
 import { create_cpu_backend } from "../src/backend/cpu.ts";
 import { native } from "../src/native/lib.ts";
-import { rng } from "./helpers/rng.ts";
+import { rng, test_seed } from "./helpers/rng.ts";
+import { rel_l2 } from "./helpers/compare.ts";
+import { attention_reference, make_paged_case, type PagedSpec } from "./helpers/attention_ref.ts";
 
-const run_seed = Number(Deno.env.get("NGPT_TEST_SEED") ?? Math.floor(Math.random() * 2 ** 31));
+const run_seed = test_seed();
 const be = create_cpu_backend({ threads: 2 });
 
 function randn_array(r: () => number, n: number, scale = 1): Float32Array {
@@ -35,17 +37,6 @@ function download_i32(b: Buf, n: number): Int32Array {
   const out = new Int32Array(n);
   be.read(b, out);
   return out;
-}
-
-function rel_l2(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  assertEquals(got.length, want.length);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < got.length; i++) {
-    num += (got[i] - want[i]) ** 2;
-    den += want[i] ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
 }
 
 function assert_close(got: ArrayLike<number>, want: ArrayLike<number>, what: string, tol = 1e-5): void {
@@ -175,31 +166,30 @@ Deno.test("cpu: convert f32 <-> f16 <-> bf16 round trips and transpose", () => {
 
 Deno.test("cpu: embed adds token and clamped position rows", () => {
   const r = rng(run_seed ^ 0x2222);
-  const [B, T, C, V, max_pos] = [3, 5, 40, 17, 9];
-  const lengths = new Int32Array([0, 4, 6]);
-  const tokens = new Int32Array(B * T).map(() => Math.floor(r() * V));
+  const [rows, C, V, max_pos] = [15, 40, 17, 9];
+  const positions = Int32Array.from({ length: rows }, () => Math.floor(r() * 12));
+  const tokens = new Int32Array(rows).map(() => Math.floor(r() * V));
   const wte = randn_array(r, V * C);
   const wpe = randn_array(r, max_pos * C);
   const bufs = {
-    out: be.alloc(B * T * C * 4, "embed out"),
+    out: be.alloc(rows * C * 4, "embed out"),
     tokens: upload(tokens, "tokens"),
-    lengths: upload(lengths, "lengths"),
+    positions: upload(positions, "positions"),
     wte: upload(wte, "wte"),
     wpe: upload(wpe, "wpe"),
   };
-  be.embed({ ...bufs, B, T, C, max_pos });
-  const got = download_f32(bufs.out, B * T * C);
-  const want = new Float32Array(B * T * C);
-  for (let b = 0; b < B; b++) {
-    for (let t = 0; t < T; t++) {
-      const row = b * T + t;
-      const pos = Math.min(lengths[b] + t, max_pos - 1);
-      for (let c = 0; c < C; c++) want[row * C + c] = wte[tokens[row] * C + c] + wpe[pos * C + c];
-    }
+  be.embed({ ...bufs, rows, C, max_pos });
+  const got = download_f32(bufs.out, rows * C);
+  const want = new Float32Array(rows * C);
+  for (let row = 0; row < rows; row++) {
+    const pos = Math.min(positions[row], max_pos - 1);
+    for (let c = 0; c < C; c++) want[row * C + c] = wte[tokens[row] * C + c] + wpe[pos * C + c];
   }
-  assertEquals([...got], [...want]);
+  assertEquals([...got], [...want], `seed ${run_seed}`);
   be.write(bufs.tokens, new Int32Array([-3]), 4);
-  assertThrows(() => be.embed({ ...bufs, B, T, C, max_pos }), Error, "negative id -3");
+  assertThrows(() => be.embed({ ...bufs, rows, C, max_pos }), Error, "row 1 has token id -3 outside 0..17");
+  be.write(bufs.tokens, new Int32Array([17]), 4);
+  assertThrows(() => be.embed({ ...bufs, rows, C, max_pos }), Error, "row 1 has token id 17");
   free_all(...Object.values(bufs));
 });
 
@@ -316,152 +306,201 @@ Deno.test("cpu: gelu_erf and gelu_tanh are accurate over a wide range", () => {
   free_all(xb, w, out);
 });
 
-interface AttnCase {
-  B: number;
-  T: number;
-  H: number;
-  D: number;
-  max_T: number;
-  lengths: number[];
-  n_new: number[];
-}
-
-function attention_case(c: AttnCase, r: () => number): void {
-  const { B, T, H, D, max_T } = c;
-  const C = H * D;
-  const qkv = randn_array(r, B * T * 3 * C);
-  const cache_n = B * H * max_T * D;
-  const k_init = randn_array(r, cache_n);
-  const v_init = randn_array(r, cache_n);
-  const lengths = new Int32Array(c.lengths);
-  const n_new = new Int32Array(c.n_new);
+/** Runs one paged attention call on the CPU backend and checks the pools and outputs against the reference. */
+function attention_case(spec: PagedSpec, r: () => number): void {
+  const c = make_paged_case(spec, r);
+  const want = attention_reference(c);
   const bufs = {
-    out: be.alloc(B * T * C * 4, "attn out"),
-    qkv: upload(qkv, "qkv"),
-    k_cache: upload(k_init, "k cache"),
-    v_cache: upload(v_init, "v cache"),
-    lengths: upload(lengths, "attn lengths"),
-    n_new: upload(n_new, "attn n_new"),
+    out: be.alloc(c.rows * c.C * 4, "attn out"),
+    qkv: upload(c.qkv, "qkv"),
+    k: upload(c.k, "k pool"),
+    v: upload(c.v, "v pool"),
+    table: upload(c.table, "block table"),
+    lengths: upload(Int32Array.from(c.lengths), "attn lengths"),
+    n_new: upload(Int32Array.from(c.counts), "attn n_new"),
+    seq_start: upload(c.seq_start, "seq_start"),
+    row_seq: upload(c.row_seq, "row_seq"),
+    positions: upload(c.positions, "positions"),
   };
-  be.attention({ ...bufs, B, T, n_head: H, head_dim: D, max_T });
-  const out = download_f32(bufs.out, B * T * C);
-  const kc = download_f32(bufs.k_cache, cache_n);
-  const vc = download_f32(bufs.v_cache, cache_n);
-
-  // Expected caches: the new k, v at positions lengths[b] + t for t < n_new[b]; the rest untouched.
-  const k_want = k_init.slice();
-  const v_want = v_init.slice();
-  for (let b = 0; b < B; b++) {
-    for (let t = 0; t < n_new[b]; t++) {
-      const row = (b * T + t) * 3 * C;
-      for (let h = 0; h < H; h++) {
-        const dst = ((b * H + h) * max_T + lengths[b] + t) * D;
-        for (let d = 0; d < D; d++) {
-          k_want[dst + d] = qkv[row + C + h * D + d];
-          v_want[dst + d] = qkv[row + 2 * C + h * D + d];
-        }
-      }
+  be.write(bufs.out, new Float32Array(c.rows * c.C).fill(7)); // rows not owned keep this
+  be.attention({
+    out: bufs.out,
+    qkv: bufs.qkv,
+    cache: { k: bufs.k, v: bufs.v },
+    layout: {
+      num_blocks: c.num_blocks,
+      block_size: c.block_size,
+      n_head: c.H,
+      head_dim: c.D,
+      max_blocks: c.max_blocks,
+    },
+    block_table: bufs.table,
+    lengths: bufs.lengths,
+    B: c.B,
+    ...(c.decode ? { n_new: bufs.n_new, max_len: c.max_len } : {
+      seq_start: bufs.seq_start,
+      row_seq: bufs.row_seq,
+      positions: bufs.positions,
+      rows: c.rows,
+      max_seq_rows: Math.max(1, ...c.counts),
+    }),
+  });
+  const name = `attention ${c.decode ? "decode" : "prefill"} H${c.H} D${c.D} bs${c.block_size} lengths ` +
+    `${c.lengths} counts ${c.counts} (seed ${run_seed})`;
+  assertEquals([...download_f32(bufs.k, c.k.length)], [...want.k], `${name}: k pool`);
+  assertEquals([...download_f32(bufs.v, c.v.length)], [...want.v], `${name}: v pool`);
+  const out = download_f32(bufs.out, c.rows * c.C);
+  const got: number[] = [], exp: number[] = [];
+  want.out.forEach((x, i) => {
+    if (Number.isNaN(x)) {
+      assertEquals(out[i], 7, `${name}: row ${Math.floor(i / c.C)} is not owned but was written`);
+    } else {
+      got.push(out[i]);
+      exp.push(x);
     }
-  }
-  const name = `attention B${B} T${T} H${H} D${D} lengths ${c.lengths} n_new ${c.n_new}`;
-  assertEquals([...kc], [...k_want], `${name}: k cache`);
-  assertEquals([...vc], [...v_want], `${name}: v cache`);
-
-  const got: number[] = [];
-  const want: number[] = [];
-  const scale = 1 / Math.sqrt(D);
-  for (let b = 0; b < B; b++) {
-    for (let t = 0; t < n_new[b]; t++) {
-      const row = b * T + t;
-      for (let h = 0; h < H; h++) {
-        const base = (b * H + h) * max_T * D;
-        const n_keys = lengths[b] + t + 1;
-        const s = new Float64Array(n_keys);
-        for (let j = 0; j < n_keys; j++) {
-          let dot = 0;
-          for (let d = 0; d < D; d++) dot += qkv[row * 3 * C + h * D + d] * k_want[base + j * D + d];
-          s[j] = dot * scale;
-        }
-        const m = Math.max(...s);
-        let z = 0;
-        for (let j = 0; j < n_keys; j++) z += s[j] = Math.exp(s[j] - m);
-        for (let d = 0; d < D; d++) {
-          let acc = 0;
-          for (let j = 0; j < n_keys; j++) acc += s[j] * v_want[base + j * D + d];
-          want.push(acc / z);
-          got.push(out[row * C + h * D + d]);
-        }
-      }
-    }
-  }
-  assert_close(got, want, name);
+  });
+  assert_close(got, exp, name);
   free_all(...Object.values(bufs));
 }
 
-Deno.test("cpu: attention appends to the cache and attends causally (ragged, padded)", () => {
+Deno.test("cpu: paged attention appends to the pools and attends causally (decode and packed prefill)", () => {
   const r = rng(run_seed ^ 0x5555);
-  attention_case({ B: 3, T: 5, H: 3, D: 16, max_T: 24, lengths: [0, 7, 3], n_new: [5, 2, 0] }, r);
-  attention_case({ B: 2, T: 4, H: 2, D: 24, max_T: 160, lengths: [150, 0], n_new: [1, 3] }, r);
-  attention_case({ B: 1, T: 1, H: 4, D: 64, max_T: 300, lengths: [299], n_new: [1] }, r);
-  attention_case({ B: 1, T: 70, H: 2, D: 24, max_T: 80, lengths: [0], n_new: [70] }, r);
-  attention_case({ B: 4, T: 3, H: 1, D: 5, max_T: 6, lengths: [3, 0, 5, 6], n_new: [3, 1, 1, 0] }, r);
-  attention_case({ B: 1, T: 10, H: 2, D: 128, max_T: 90, lengths: [75], n_new: [10] }, r);
-  attention_case({ B: 2, T: 9, H: 1, D: 200, max_T: 80, lengths: [70, 3], n_new: [9, 4] }, r);
+  const pre = (o: Omit<PagedSpec, "decode">) => attention_case({ ...o, decode: false }, r);
+  const dec = (o: Omit<PagedSpec, "decode">) => attention_case({ ...o, decode: true }, r);
+  pre({ H: 3, D: 16, block_size: 4, max_len: 24, lengths: [0, 7, 3], counts: [5, 2, 0], padding: 3 });
+  pre({ H: 2, D: 24, block_size: 16, max_len: 160, lengths: [150, 0], counts: [1, 3] });
+  pre({ H: 2, D: 24, block_size: 16, max_len: 80, lengths: [0], counts: [70] });
+  pre({ H: 2, D: 128, block_size: 8, max_len: 90, lengths: [75], counts: [10] });
+  pre({ H: 1, D: 200, block_size: 32, max_len: 80, lengths: [70, 3], counts: [9, 4], padding: 1 });
+  pre({ H: 1, D: 5, block_size: 1, max_len: 6, lengths: [3, 0, 5, 6], counts: [3, 1, 1, 0] });
+  dec({ H: 4, D: 64, block_size: 16, max_len: 300, lengths: [299], counts: [1] });
+  dec({ H: 3, D: 16, block_size: 4, max_len: 40, lengths: [0, 17, 9, 39], counts: [1, 0, 1, 1] });
 });
 
-Deno.test("cpu: attention rejects out-of-range lengths with a clear error", () => {
-  const [B, T, H, D, max_T] = [2, 4, 2, 16, 8];
-  const C = H * D;
+Deno.test("cpu: attention rejects bad lengths, counts and blocks with a clear error", () => {
+  const c = make_paged_case({
+    H: 2,
+    D: 16,
+    block_size: 4,
+    max_len: 8,
+    lengths: [2, 4],
+    counts: [4, 3],
+    decode: false,
+  }, rng(1));
   const bufs = {
-    out: be.alloc(B * T * C * 4, "out"),
-    qkv: be.alloc(B * T * 3 * C * 4, "qkv"),
-    k_cache: be.alloc(B * H * max_T * D * 4, "k"),
-    v_cache: be.alloc(B * H * max_T * D * 4, "v"),
-    lengths: upload(new Int32Array([2, 6]), "lengths"),
-    n_new: upload(new Int32Array([4, 3]), "n_new"),
+    out: be.alloc(c.rows * c.C * 4, "out"),
+    qkv: be.alloc(c.rows * 3 * c.C * 4, "qkv"),
+    k: be.alloc(c.k.length * 4, "k"),
+    v: be.alloc(c.v.length * 4, "v"),
+    table: upload(c.table, "table"),
+    lengths: upload(Int32Array.from(c.lengths), "lengths"),
+    seq_start: upload(c.seq_start, "seq_start"),
+    row_seq: upload(c.row_seq, "row_seq"),
+    positions: upload(c.positions, "positions"),
   };
-  const a = { ...bufs, B, T, n_head: H, head_dim: D, max_T };
-  assertThrows(() => be.attention(a), Error, "sequence 1 has lengths 6 + n_new 3 > max_T 8");
-  be.write(bufs.n_new, new Int32Array([5, 0]));
-  assertThrows(() => be.attention(a), Error, "n_new 5 outside 0..T 4");
-  be.write(bufs.n_new, new Int32Array([1, 1]));
+  const a = {
+    out: bufs.out,
+    qkv: bufs.qkv,
+    cache: { k: bufs.k, v: bufs.v },
+    layout: { num_blocks: c.num_blocks, block_size: 4, n_head: 2, head_dim: 16, max_blocks: c.max_blocks },
+    block_table: bufs.table,
+    lengths: bufs.lengths,
+    B: 2,
+    seq_start: bufs.seq_start,
+    row_seq: bufs.row_seq,
+    positions: bufs.positions,
+    rows: c.rows,
+    max_seq_rows: 4,
+  };
+  be.attention(a);
+  be.write(bufs.lengths, new Int32Array([2, 6]));
+  assertThrows(() => be.attention(a), Error, "sequence 1 reaches position 9, past its 8 cache positions");
   be.write(bufs.lengths, new Int32Array([-1, 0]));
   assertThrows(() => be.attention(a), Error, "negative length -1");
-  assertThrows(() => be.attention({ ...a, max_T: max_T + 1 }), Error, "'k'");
+  be.write(bufs.lengths, Int32Array.from(c.lengths));
+  be.write(bufs.table, new Int32Array([c.num_blocks]));
+  assertThrows(() => be.attention(a), Error, `sequence 0 block 0 is ${c.num_blocks}, outside the pool`);
+  assertThrows(
+    () => be.attention({ ...a, layout: { ...a.layout, num_blocks: c.num_blocks + 1 } }),
+    Error,
+    '"k"',
+  );
   free_all(...Object.values(bufs));
 });
 
-Deno.test("cpu: gather_last and advance", () => {
+Deno.test("cpu: gather_rows, scatter and advance", () => {
   const r = rng(run_seed ^ 0x6666);
-  const [B, T, C] = [4, 3, 10];
-  const x = randn_array(r, B * T * C);
-  const n_new = new Int32Array([3, 1, 0, 2]);
-  const lengths = new Int32Array([5, 0, 9, 1]);
+  const [rows, C] = [12, 10];
+  const x = randn_array(r, rows * C);
+  const idx = new Int32Array([2, 0, 11, 5]);
   const bufs = {
-    out: be.alloc(B * C * 4, "gather out"),
+    out: be.alloc(4 * C * 4, "gather out"),
     x: upload(x, "gather x"),
-    n_new: upload(n_new, "n_new"),
-    lengths: upload(lengths, "lengths"),
+    idx: upload(idx, "idx"),
+    n_new: upload(new Int32Array([3, 1, 0, 2]), "n_new"),
+    lengths: upload(new Int32Array([5, 0, 9, 1]), "lengths"),
+    dst: upload(new Int32Array([9, 9, 9, 9, 9]), "dst"),
+    src: upload(new Int32Array([1, 2, 3, 4]), "src"),
+    sidx: upload(new Int32Array([4, -1, 0, 2]), "scatter idx"),
   };
-  be.gather_last({ out: bufs.out, x: bufs.x, n_new: bufs.n_new, B, T, C });
-  const got = download_f32(bufs.out, B * C);
-  for (let b = 0; b < B; b++) {
-    const t = Math.max(n_new[b] - 1, 0);
-    assertEquals([...got.subarray(b * C, (b + 1) * C)], [
-      ...x.subarray((b * T + t) * C, (b * T + t + 1) * C),
-    ]);
-  }
-  be.advance({ lengths: bufs.lengths, n_new: bufs.n_new, B });
-  assertEquals([...download_i32(bufs.lengths, B)], [8, 1, 9, 3]);
-  be.write(bufs.n_new, new Int32Array([4]));
-  assertThrows(
-    () => be.gather_last({ out: bufs.out, x: bufs.x, n_new: bufs.n_new, B, T, C }),
-    Error,
-    "n_new 4",
+  be.gather_rows({ out: bufs.out, x: bufs.x, idx: bufs.idx, n: 4, C });
+  const got = download_f32(bufs.out, 4 * C);
+  idx.forEach((row, i) =>
+    assertEquals([...got.subarray(i * C, (i + 1) * C)], [...x.subarray(row * C, (row + 1) * C)])
   );
+  be.write(bufs.idx, new Int32Array([12]));
+  assertThrows(
+    () => be.gather_rows({ out: bufs.out, x: bufs.x, idx: bufs.idx, n: 4, C }),
+    Error,
+    "index 0 is 12, outside 0..12",
+  );
+  be.scatter({ dst: bufs.dst, src: bufs.src, idx: bufs.sidx, n: 4 });
+  assertEquals([...download_i32(bufs.dst, 5)], [3, 9, 4, 9, 1]);
+  be.write(bufs.sidx, new Int32Array([5]));
+  assertThrows(
+    () => be.scatter({ dst: bufs.dst, src: bufs.src, idx: bufs.sidx, n: 4 }),
+    Error,
+    "index 0 is 5, past 5",
+  );
+  be.advance({ lengths: bufs.lengths, n_new: bufs.n_new, B: 4 });
+  assertEquals([...download_i32(bufs.lengths, 4)], [8, 1, 9, 3]);
   be.write(bufs.n_new, new Int32Array([-1]));
-  assertThrows(() => be.advance({ lengths: bufs.lengths, n_new: bufs.n_new, B }), Error, "negative n_new");
-  assertEquals([...download_i32(bufs.lengths, B)], [8, 1, 9, 3]);
+  assertThrows(() => be.advance({ lengths: bufs.lengths, n_new: bufs.n_new, B: 4 }), Error, "negative n_new");
+  assertEquals([...download_i32(bufs.lengths, 4)], [8, 1, 9, 3]);
+  free_all(...Object.values(bufs));
+});
+
+Deno.test("cpu: logprobs are log_softmax of the logits, with the top tokens in order", () => {
+  const r = rng(run_seed ^ 0x7777);
+  const [rows, V, ld, top_n] = [5, 37, 40, 5];
+  const logits = randn_array(r, rows * ld, 4);
+  logits[2 * ld + 3] = logits[2 * ld + 9] = 10; // a tie: the lower id comes first
+  const targets = new Int32Array([0, 36, 3, -1, 17]);
+  const W = 1 + 2 * top_n;
+  const bufs = {
+    out: be.alloc(rows * W * 4, "lp out"),
+    logits: upload(logits, "logits"),
+    targets: upload(targets, "targets"),
+  };
+  be.logprobs({ out: bufs.out, logits: bufs.logits, targets: bufs.targets, rows, V, ld, top_n });
+  const got = download_f32(bufs.out, rows * W);
+  for (let i = 0; i < rows; i++) {
+    const row = Array.from(logits.subarray(i * ld, i * ld + V));
+    const m = Math.max(...row), lse = m + Math.log(row.reduce((a, x) => a + Math.exp(x - m), 0));
+    const t = targets[i];
+    if (t < 0) assert(Number.isNaN(got[i * W]), "a target < 0 gives NaN");
+    else assert(Math.abs(got[i * W] - (row[t] - lse)) < 1e-5, `row ${i}: ${got[i * W]} vs ${row[t] - lse}`);
+    const order = row.map((x, id) => [x, id]).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, top_n);
+    order.forEach(([x, id], k) => {
+      assertEquals(got[i * W + 1 + 2 * k], id, `row ${i} rank ${k} (seed ${run_seed})`);
+      assert(Math.abs(got[i * W + 2 + 2 * k] - (x - lse)) < 1e-5);
+    });
+  }
+  assertThrows(
+    () => be.logprobs({ out: bufs.out, logits: bufs.logits, targets: bufs.targets, rows, V, ld, top_n: 21 }),
+    Error,
+    "top_n 21",
+  );
   free_all(...Object.values(bufs));
 });
 

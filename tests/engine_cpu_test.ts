@@ -3,10 +3,15 @@
  * streaming, context overflow (nanoGPT's crop-and-recompute, or an error), bad input, no leaks.
  */
 import { assert, assertEquals, assertRejects, assertThrows } from "./helpers/assert.ts";
-import { create_cpu_backend, DEFAULT_MODEL, load_model } from "../mod.ts";
+import { create_cpu_backend, DEFAULT_MODEL, type GenerateResult, load_model } from "../mod.ts";
 import { argmax, fixture } from "./helpers/compare.ts";
 
 const CKPT = DEFAULT_MODEL;
+
+/** What a result says about the text (not its timings or cache use). */
+function essence(r: GenerateResult) {
+  return { text: r.text, tokens: r.tokens, finish_reason: r.finish_reason };
+}
 
 Deno.test("engine: a ragged greedy batch equals running each prompt alone", async () => {
   using model = await load_model(CKPT, { device: "cpu" });
@@ -59,7 +64,8 @@ Deno.test("engine: stop strings, max tokens, streaming pieces", async () => {
   }
   assertEquals(streamed, stopped.text);
   const none = await model.generate(P, { max_new_tokens: 0 });
-  assertEquals(none, { text: "", tokens: [], finish_reason: "length", prompt_tokens: 42 });
+  assertEquals(essence(none), { text: "", tokens: [], finish_reason: "length" });
+  assertEquals(none.prompt_tokens, 42);
 });
 
 Deno.test("engine: past block_size it crops to the last block_size tokens and recomputes, like sample.py", async () => {
@@ -146,10 +152,11 @@ Deno.test("engine: several decode steps per launch give the same results as one 
   }
   for (const r of runs) assert(r.every((x) => x.tokens.length > 0));
   assertEquals(runs[0][3].finish_reason, "stop");
-  assertEquals(runs[2], runs[0]);
-  assertEquals(runs[4], runs[0]);
-  assertEquals(runs[3], runs[1]);
-  assertEquals(runs[5], runs[1]);
+  const e = runs.map((r) => r.map(essence));
+  assertEquals(e[2], e[0]);
+  assertEquals(e[4], e[0]);
+  assertEquals(e[3], e[1]);
+  assertEquals(e[5], e[1]);
   assertEquals(runs[1][0].tokens.length, 20);
 });
 

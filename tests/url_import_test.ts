@@ -28,16 +28,22 @@ function clone_files(): Set<string> {
   return new Set(new TextDecoder().decode(out.stdout).split("\0").filter((f) => f && !f.startsWith("../")));
 }
 
-function serve(files: Set<string>, hide: Set<string> = new Set()): { url: string; close: () => Promise<void> } {
+function serve(
+  files: Set<string>,
+  hide: Set<string> = new Set(),
+): { url: string; close: () => Promise<void> } {
   const ac = new AbortController();
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen: () => {} }, (req) => {
-    const path = decodeURIComponent(new URL(req.url).pathname).slice(1);
-    if (!files.has(path) || hide.has(path)) return new Response("not found", { status: 404 });
-    const ext = path.slice(path.lastIndexOf(".") + 1);
-    return new Response(Deno.readFileSync(`${root}${path}`), {
-      headers: { "content-type": CONTENT_TYPES[ext] ?? "application/octet-stream" },
-    });
-  });
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen: () => {} },
+    (req) => {
+      const path = decodeURIComponent(new URL(req.url).pathname).slice(1);
+      if (!files.has(path) || hide.has(path)) return new Response("not found", { status: 404 });
+      const ext = path.slice(path.lastIndexOf(".") + 1);
+      return new Response(Deno.readFileSync(`${root}${path}`), {
+        headers: { "content-type": CONTENT_TYPES[ext] ?? "application/octet-stream" },
+      });
+    },
+  );
   const { port } = server.addr as Deno.NetAddr;
   return { url: `http://127.0.0.1:${port}/`, close: () => (ac.abort(), server.finished) };
 }
@@ -99,7 +105,12 @@ Deno.test("URL import: a fresh cache fetches and builds libngpt once, then gener
     ...(Deno.env.get("ZIG") ? { ZIG: Deno.env.get("ZIG")! } : {}),
   };
   try {
-    const first = await run_child(srv.url, GENERATE.replace("SPEC", "undefined"), minimal_perms(srv.url, cache), env);
+    const first = await run_child(
+      srv.url,
+      GENERATE.replace("SPEC", "undefined"),
+      minimal_perms(srv.url, cache),
+      env,
+    );
     assertEquals(first.code, 0, first.stderr);
     if (Deno.env.get("NGPT_TEST_VERBOSE")) console.error(first.stderr);
     assertEquals(JSON.parse(first.stdout).text, ref.greedy_text.slice(ref.prompt.length));
@@ -107,7 +118,12 @@ Deno.test("URL import: a fresh cache fetches and builds libngpt once, then gener
     assert(/built libngpt in [\d.]+ s/.test(first.stderr), first.stderr);
     assert(first.stderr.includes("fetching models/shakespeare-char/model.safetensors"), first.stderr);
 
-    const again = await run_child(srv.url, GENERATE.replace("SPEC", "undefined"), minimal_perms(srv.url, cache), env);
+    const again = await run_child(
+      srv.url,
+      GENERATE.replace("SPEC", "undefined"),
+      minimal_perms(srv.url, cache),
+      env,
+    );
     assertEquals(again.code, 0, again.stderr);
     assertEquals(again.stdout, first.stdout);
     assert(!again.stderr.includes("building libngpt") && !again.stderr.includes("fetching"), again.stderr);
@@ -128,7 +144,10 @@ Deno.test("URL import: a fresh cache fetches and builds libngpt once, then gener
     const no_ffi = minimal_perms(srv.url, cache).filter((p) => p !== "--allow-ffi");
     const denied = await run_child(srv.url, GENERATE.replace("SPEC", "undefined"), no_ffi, env);
     assert(denied.code !== 0);
-    assert(denied.stderr.includes("permission needed") && denied.stderr.includes("--allow-ffi"), denied.stderr);
+    assert(
+      denied.stderr.includes("permission needed") && denied.stderr.includes("--allow-ffi"),
+      denied.stderr,
+    );
   } finally {
     await srv.close();
     await Deno.remove(cache, { recursive: true });
@@ -144,7 +163,12 @@ Deno.test("URL import: no Zig, or a server without the sources, is an error sayi
   const env = { PATH: bin, HOME: cache, NGPT_CACHE: cache, DENO_DIR: deno_dir };
   const srv = serve(files);
   try {
-    const no_zig = await run_child(srv.url, GENERATE.replace("SPEC", "undefined"), minimal_perms(srv.url, cache), env);
+    const no_zig = await run_child(
+      srv.url,
+      GENERATE.replace("SPEC", "undefined"),
+      minimal_perms(srv.url, cache),
+      env,
+    );
     assert(no_zig.code !== 0);
     assert(no_zig.stderr.includes("Zig not found") && no_zig.stderr.includes("ziglang=="), no_zig.stderr);
   } finally {
@@ -160,7 +184,8 @@ Deno.test("URL import: no Zig, or a server without the sources, is an error sayi
     );
     assert(no_manifest.code !== 0);
     assert(
-      no_manifest.stderr.includes(`could not fetch ${bare.url}manifest.json`) && no_manifest.stderr.includes("404"),
+      no_manifest.stderr.includes(`could not fetch ${bare.url}manifest.json`) &&
+        no_manifest.stderr.includes("404"),
       no_manifest.stderr,
     );
   } finally {

@@ -1,22 +1,20 @@
-//! gather_last: out[b, :] = x[b*T + max(n_new[b]-1, 0), :], the last valid row of each sequence.
+//! gather_rows: out[i, :] = x[idx[i], :] for i < n (each sequence's last row after a packed prefill).
 const std = @import("std");
 const err = @import("../err.zig");
 
-/// Copies the last valid row of each of B sequences (see GatherLastArgs); fails when an n_new is
-/// outside 0..T.
-export fn ng_cpu_gather_last(out: u64, x: u64, n_new: u64, B: u32, T: u32, C: u32) i32 {
-    if (B == 0 or C == 0) return 0;
-    const nn: [*]const i32 = @ptrFromInt(n_new);
-    for (0..B) |b| {
-        if (nn[b] < 0 or nn[b] > T) return err.set(1, "ng_cpu_gather_last: sequence {d} has n_new {d} outside 0..T {d}", .{ b, nn[b], T });
+/// Copies rows idx[0..n] of x (rows of C floats; `x_rows` of them) into out; fails when an index is
+/// outside 0..x_rows.
+export fn ng_cpu_gather_rows(out: u64, x: u64, idx: u64, n: u32, C: u32, x_rows: u32) i32 {
+    if (n == 0 or C == 0) return 0;
+    const ix: [*]const i32 = @ptrFromInt(idx);
+    for (0..n) |i| {
+        if (ix[i] < 0 or ix[i] >= x_rows) return err.set(1, "ng_cpu_gather_rows: index {d} is {d}, outside 0..{d}", .{ i, ix[i], x_rows });
     }
-    if (T == 0) return err.set(1, "ng_cpu_gather_last: T is 0", .{});
     const o: [*]f32 = @ptrFromInt(out);
     const xs: [*]const f32 = @ptrFromInt(x);
-    for (0..B) |b| {
-        const t: usize = @intCast(@max(nn[b] - 1, 0));
-        const src = (b * T + t) * C;
-        @memcpy(o[b * C .. (b + 1) * C], xs[src .. src + C]);
+    for (0..n) |i| {
+        const src = @as(usize, @intCast(ix[i])) * C;
+        @memcpy(o[i * C .. (i + 1) * C], xs[src .. src + C]);
     }
     return 0;
 }

@@ -126,13 +126,6 @@ export fn ng_cublaslt_load(paths: [*]const u8, len: u64) i32 {
     return 0;
 }
 
-/// Writes cuBLASLt's version number (e.g. 130000) into out[0].
-export fn ng_cublaslt_version(out: *u64) i32 {
-    const a = api() orelse return not_loaded();
-    out.* = a.cublasLtGetVersion();
-    return 0;
-}
-
 /// Creates a cuBLASLt handle in context `ctx`; into out[0].
 export fn ng_cublaslt_create(ctx: u64, out: *u64) i32 {
     const a = api() orelse return not_loaded();

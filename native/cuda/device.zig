@@ -9,18 +9,6 @@ export fn ng_cuda_init() i32 {
     return drv.load();
 }
 
-/// Writes the driver's CUDA version (e.g. 13000) into out[0].
-export fn ng_cuda_driver_version(out: *i32) i32 {
-    const s = drv.load();
-    if (s != 0) return s;
-    const a = drv.api().?;
-    var v: c_int = 0;
-    const r = a.cuDriverGetVersion(&v);
-    if (r != 0) return drv.fail(r, "cuDriverGetVersion");
-    out.* = v;
-    return 0;
-}
-
 /// Writes the number of CUDA devices into out[0] (0 is not an error here).
 export fn ng_cuda_device_count(out: *i32) i32 {
     const s = drv.load();
@@ -124,11 +112,3 @@ export fn ng_cuda_profiler(ctx: u64, on: i32) i32 {
     return 0;
 }
 
-/// Waits for all work of the context.
-export fn ng_cuda_ctx_sync(ctx: u64) i32 {
-    const s = drv.bind(ctx);
-    if (s != 0) return s;
-    const r = drv.api().?.cuCtxSynchronize();
-    if (r != 0) return drv.fail(r, "cuCtxSynchronize");
-    return 0;
-}

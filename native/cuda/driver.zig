@@ -186,7 +186,7 @@ pub fn fail(r: CUresult, comptime api_name: []const u8) i32 {
     return err.set(r, "{s}: {s} ({s}) [code {d}]", .{ api_name, n, t, r });
 }
 
-/// Makes `ctx` current on the calling thread (Deno nonblocking calls run on other threads).
+/// Makes `ctx` current on the calling thread (see cuda.zig: calls never rely on the last one's).
 /// Returns 0, or a status with the error set.
 pub fn bind(ctx: u64) i32 {
     const a = api() orelse return err.set(status_no_driver, "CUDA driver not loaded: call ng_cuda_init first", .{});

@@ -76,15 +76,6 @@ export fn ng_cuda_memcpy_dtoh(ctx: u64, dst: u64, src: u64, bytes: u64, stream: 
     return 0;
 }
 
-/// Enqueues a device-to-device copy of `bytes` on `stream`.
-export fn ng_cuda_memcpy_dtod(ctx: u64, dst: u64, src: u64, bytes: u64, stream: u64) i32 {
-    const s = drv.bind(ctx);
-    if (s != 0) return s;
-    const r = drv.api().?.cuMemcpyDtoDAsync_v2(dst, src, @intCast(bytes), drv.h(stream));
-    if (r != 0) return drv.fail(r, "cuMemcpyDtoDAsync_v2");
-    return 0;
-}
-
 /// Enqueues setting `bytes` bytes at `dst` to `value` on `stream`.
 export fn ng_cuda_memset8(ctx: u64, dst: u64, value: u32, bytes: u64, stream: u64) i32 {
     const s = drv.bind(ctx);

@@ -1,9 +1,10 @@
-// attention_decode (T == 1): flash-decoding with the KV append fused in. Block (c, y, b) takes
-// sequence b, heads y*hpb .. y*hpb+hpb-1 (hpb = warps / wph, wph warps per head), and the keys of
-// chunk c: positions c*chunk .. c*chunk+chunk-1 clipped to the live length len = min(pos + 1,
-// max_T), where pos = lengths[b] is the new token's position. The new token's k and v are read from
-// qkv (not from the cache), and the block whose chunk holds pos writes them into the caches; blocks
-// past len, and sequences with n_new[b] == 0, read nothing.
+// attention_decode (one token per sequence): flash-decoding over the paged KV cache with the KV
+// append fused in. Block (c, y, b) takes sequence b, heads y*hpb .. y*hpb+hpb-1 (hpb = warps / wph,
+// wph warps per head), and the keys of chunk c: positions c*chunk .. c*chunk+chunk-1 clipped to the
+// live length len = min(pos + 1, max_T), where pos = lengths[b] is the new token's position.
+// Position p of head h lives in pool block table[b * mb + (p >> bs_log2)] (common.cuh kv_row). The
+// new token's k and v are read from qkv (not from the cache), and the block whose chunk holds pos
+// writes them into the pools; blocks past len, and sequences with n_new[b] == 0, read nothing.
 //
 // A warp reads K and V rows with vector loads of VB bytes (16 when the row allows): LPK lanes share
 // one key, lane i of a group holding vectors i, i + LPK, ... of the row (VPL of them), so a warp
@@ -74,13 +75,10 @@ __device__ __forceinline__ void unpack_word(unsigned int w, float* f) {
 #endif
 }
 
-// The W elements of a vector as f32.
+// The W elements of a vector as f32 (16-byte vectors: common.cuh's unpack_vec).
 __device__ __forceinline__ void unpack(const vec_t& v, float* f) {
 #if VB == 16
-  unpack_word(v.x, f);
-  unpack_word(v.y, f + W / 4);
-  unpack_word(v.z, f + W / 2);
-  unpack_word(v.w, f + 3 * W / 4);
+  unpack_vec(v, f);
 #elif VB == 8
   unpack_word(v.x, f);
   unpack_word(v.y, f + W / 2);
@@ -91,19 +89,29 @@ __device__ __forceinline__ void unpack(const vec_t& v, float* f) {
 #endif
 }
 
+// The pools, and where one head of one sequence finds its positions.
+struct KvHead {
+  const st_t* k;
+  const st_t* v;
+  const int* table;
+  int h, H, bs_log2;
+  __device__ __forceinline__ size_t row(int j) const { return kv_row(table, j, h, H, bs_log2, HD); }
+};
+
 // Loads the key group of this lane for keys jb + u * KPI + g (u < U) of [.., j1): K and V rows from
-// the caches, except key pos, which comes from k_new / v_new (the new token, in qkv) or, when those
+// the pools, except key pos, which comes from k_new / v_new (the new token, in qkv) or, when those
 // are null (before the PDL wait, while qkv may still be being written), is left zero for the caller to
 // fill in afterwards. Lanes past j1 or past the row get zeros.
-__device__ __forceinline__ void load_keys(vec_t (&kr)[U][VPL], vec_t (&vr)[U][VPL], const st_t* k_base,
-                                          const st_t* v_base, const vec_t* k_new, const vec_t* v_new, int jb,
-                                          int j1, int pos, int g, int i) {
+__device__ __forceinline__ void load_keys(vec_t (&kr)[U][VPL], vec_t (&vr)[U][VPL], const KvHead& kv,
+                                          const vec_t* k_new, const vec_t* v_new, int jb, int j1, int pos,
+                                          int g, int i) {
 #pragma unroll
   for (int u = 0; u < U; u++) {
     const int j = jb + u * KPI + g;
     const bool is_new = j == pos;
-    const vec_t* kp = is_new ? k_new : reinterpret_cast<const vec_t*>(k_base + (size_t)j * HD);
-    const vec_t* vp = is_new ? v_new : reinterpret_cast<const vec_t*>(v_base + (size_t)j * HD);
+    const size_t off = j < j1 && !is_new ? kv.row(j) : 0;
+    const vec_t* kp = is_new ? k_new : reinterpret_cast<const vec_t*>(kv.k + off);
+    const vec_t* vp = is_new ? v_new : reinterpret_cast<const vec_t*>(kv.v + off);
 #pragma unroll
     for (int v = 0; v < VPL; v++) {
       const int vi = i + v * LPK;
@@ -125,18 +133,19 @@ __device__ __forceinline__ float rescale(float m, float m_max) {
 
 extern "C" __global__ void __launch_bounds__(32 * MAXW)
 ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
-                    const st_t* __restrict__ qkv, st_t* __restrict__ k_cache, st_t* __restrict__ v_cache,
-                    const int* __restrict__ lengths, const int* __restrict__ n_new, int H, int max_T,
-                    int chunk, int wph, float scale_log2) {
+                    const st_t* __restrict__ qkv, st_t* __restrict__ k_pool, st_t* __restrict__ v_pool,
+                    const int* __restrict__ block_table, const int* __restrict__ lengths,
+                    const int* __restrict__ n_new, int H, int max_T, int chunk, int wph, float scale_log2,
+                    int bs_log2, int mb) {
   __shared__ float acc_s[MAXW][NV * W];
   __shared__ float m_s[MAXW], l_s[MAXW];
   const int c = blockIdx.x, b = blockIdx.z;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, warps = blockDim.x >> 5;
   const int hpb = warps / wph, h0 = blockIdx.y * hpb;  // heads of this block: h0 .. h0+hpb-1
   const int C = H * HD;
-  // Before the PDL wait: lengths, n_new and the cached keys (rows < pos) were written by earlier
-  // steps, not by the kernel still running (the qkv matmul), so this warp's first chunk of cached K
-  // and V goes out now, hiding its latency behind that kernel's tail.
+  // Before the PDL wait: lengths, n_new, the block table and the cached keys (rows < pos) were
+  // written by earlier steps or copies, not by the kernel still running (the qkv matmul), so this
+  // warp's first chunk of cached K and V goes out now, hiding its latency behind that kernel's tail.
   const int nn = n_new[b], pos = lengths[b];
   const int len = min(pos + 1, max_T);
   const int j0 = c * chunk, j1 = min(j0 + chunk, len);
@@ -144,13 +153,12 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
   const int ws = warp % wph, h = h0 + warp / wph;
   const int g = lane / LPK, i = lane - g * LPK;
   const bool active = h < H;  // warp-uniform
-  const size_t bh = (size_t)b * H + h;
-  const st_t* k_base = k_cache + bh * (size_t)max_T * HD;
-  const st_t* v_base = v_cache + bh * (size_t)max_T * HD;
+  const int* table = block_table + (size_t)b * mb;
+  const KvHead kv = {k_pool, v_pool, table, h, H, bs_log2};
   const int j_end = active && nn > 0 ? j1 : j0;
   const int jb0 = j0 + ws * (KPI * U);
   vec_t kr[U][VPL], vr[U][VPL];
-  if (jb0 < j_end) load_keys(kr, vr, k_base, v_base, nullptr, nullptr, jb0, j1, pos, g, i);
+  if (jb0 < j_end) load_keys(kr, vr, kv, nullptr, nullptr, jb0, j1, pos, g, i);
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   if (nn <= 0) {
@@ -168,9 +176,9 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
     for (int x = tid; x < hpb * NV; x += blockDim.x) {
       const int hh = h0 + x / NV, vi = x - (x / NV) * NV;
       if (hh >= H) continue;
-      const size_t row = (((size_t)b * H + hh) * max_T + pos) * HD;
-      reinterpret_cast<vec_t*>(k_cache + row)[vi] = reinterpret_cast<const vec_t*>(qkv_b + C + hh * HD)[vi];
-      reinterpret_cast<vec_t*>(v_cache + row)[vi] = reinterpret_cast<const vec_t*>(qkv_b + 2 * C + hh * HD)[vi];
+      const size_t row = kv_row(table, pos, hh, H, bs_log2, HD);
+      reinterpret_cast<vec_t*>(k_pool + row)[vi] = reinterpret_cast<const vec_t*>(qkv_b + C + hh * HD)[vi];
+      reinterpret_cast<vec_t*>(v_pool + row)[vi] = reinterpret_cast<const vec_t*>(qkv_b + 2 * C + hh * HD)[vi];
     }
   }
   const st_t* q_row = qkv_b + h * HD;
@@ -192,7 +200,7 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
   float m = NG_NEG_INF, l = 0.0f;
   for (int jb = jb0; jb < j_end; jb += wph * (KPI * U)) {  // warp-uniform
     if (jb != jb0) {
-      load_keys(kr, vr, k_base, v_base, k_new, v_new, jb, j1, pos, g, i);
+      load_keys(kr, vr, kv, k_new, v_new, jb, j1, pos, g, i);
     } else if (pos >= jb && pos < min(jb + KPI * U, j1)) {  // the first chunk holds the new key: fill it in
 #pragma unroll
       for (int u = 0; u < U; u++) {

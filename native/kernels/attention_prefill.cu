@@ -1,27 +1,33 @@
-// attention_prefill: causal attention of the new slots of each sequence over its KV cache, read
-// after kv_append wrote them: out[b*T+t, h*D:(h+1)*D] = softmax(q . K[0..L+t] * scale) V with
-// L = lengths[b], for t < n_new[b]; padding rows get zeros. Flash-style: a block takes BQ query
-// rows of one (b, h), walks the keys in tiles of BK staged in shared memory (f32) and keeps an
-// online softmax per row (each warp owns BQ / 4 rows; lane j scores key j of the tile; lane d
-// accumulates output dims d, d + 32, ...). Needs -DNG_HEAD_DIM=D (1..128).
-// Grid: (ceil(T / BQ), H, B); block: 128 threads.
+// attention_prefill: causal attention of a packed prefill's rows over the paged KV cache, read
+// after kv_append wrote them. Sequence b owns rows s_b = seq_start[b] .. seq_start[b+1] - 1; for row
+// s_b + t: out[s_b + t, h*D:(h+1)*D] = softmax(q . K[0..L+t] * scale) V with L = lengths[b]; key j
+// of head h lives in pool block table[b * mb + (j >> bs_log2)] (common.cuh kv_row). Rows outside
+// every sequence are not written. Flash-style: a block takes BQ query rows of one (b, h), walks the
+// keys in tiles of BK staged in shared memory (f32) and keeps an online softmax per row (each warp
+// owns BQ / 4 rows; lane j scores key j of the tile; lane d accumulates output dims d, d + 32, ...).
+// Needs -DNG_HEAD_DIM=D (1..128), -DNG_PREFILL_BQ and -DNG_PREFILL_THREADS (the kernel table's).
+// Grid: (ceil(max rows of a sequence / BQ), H, B); block: NG_PREFILL_THREADS threads.
 #ifndef NG_HEAD_DIM
 #error "attention_prefill needs -DNG_HEAD_DIM"
 #endif
 #if NG_HEAD_DIM < 1 || NG_HEAD_DIM > 128
 #error "attention_prefill supports head_dim 1..128"
 #endif
+#if !defined(NG_PREFILL_BQ) || !defined(NG_PREFILL_THREADS)
+#error "attention_prefill needs -DNG_PREFILL_BQ and -DNG_PREFILL_THREADS"
+#endif
 #define HD NG_HEAD_DIM
-#define BQ 16
+#define BQ NG_PREFILL_BQ
 #define BK 32
-#define NWARPS 4
+#define NWARPS (NG_PREFILL_THREADS / 32)
 #define RPW (BQ / NWARPS)
 #define DPL ((HD + 31) / 32)
 
-extern "C" __global__ void __launch_bounds__(128)
-ng_attention_prefill(st_t* __restrict__ out, const st_t* __restrict__ qkv, const st_t* __restrict__ k_cache,
-                     const st_t* __restrict__ v_cache, const int* __restrict__ lengths,
-                     const int* __restrict__ n_new, int T, int H, int max_T, float scale) {
+extern "C" __global__ void __launch_bounds__(NG_PREFILL_THREADS)
+ng_attention_prefill(st_t* __restrict__ out, const st_t* __restrict__ qkv, const st_t* __restrict__ k_pool,
+                     const st_t* __restrict__ v_pool, const int* __restrict__ block_table,
+                     const int* __restrict__ lengths, const int* __restrict__ seq_start, int H, float scale,
+                     int bs_log2, int mb) {
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   __shared__ float q_s[BQ][HD];
@@ -32,15 +38,13 @@ ng_attention_prefill(st_t* __restrict__ out, const st_t* __restrict__ qkv, const
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int C = H * HD;
   const int L = lengths[b];
-  const int nn = min(n_new[b], T);
+  const int s0 = seq_start[b], nn = seq_start[b + 1] - s0;
   const int rows = min(BQ, nn - t0);
-  if (rows <= 0) {
-    prefill_zero_rows(out, b, T, C, h * HD, HD, t0, BQ);
-    return;
-  }
+  if (rows <= 0) return;
+  const int* table = block_table + (size_t)b * mb;
   for (int i = tid; i < BQ * HD; i += blockDim.x) {
     const int r = i / HD, d = i - r * HD;
-    q_s[r][d] = r < rows ? to_f32(qkv[((size_t)b * T + t0 + r) * 3 * C + h * HD + d]) * scale : 0.0f;
+    q_s[r][d] = r < rows ? to_f32(qkv[((size_t)s0 + t0 + r) * 3 * C + h * HD + d]) * scale : 0.0f;
   }
   float m[RPW], l[RPW], acc[RPW][DPL];
 #pragma unroll
@@ -51,16 +55,14 @@ ng_attention_prefill(st_t* __restrict__ out, const st_t* __restrict__ qkv, const
     for (int k = 0; k < DPL; k++) acc[rr][k] = 0.0f;
   }
   const int kv_len = L + t0 + rows;
-  const size_t base = ((size_t)b * H + h) * (size_t)max_T * HD;
-  const st_t* kb = k_cache + base;
-  const st_t* vb = v_cache + base;
   for (int j0 = 0; j0 < kv_len; j0 += BK) {
     __syncthreads();
     for (int i = tid; i < BK * HD; i += blockDim.x) {
       const int j = i / HD, d = i - j * HD;
       const bool ok = j0 + j < kv_len;
-      k_s[j][d] = ok ? to_f32(kb[(size_t)(j0 + j) * HD + d]) : 0.0f;
-      v_s[j][d] = ok ? to_f32(vb[(size_t)(j0 + j) * HD + d]) : 0.0f;
+      const size_t off = ok ? kv_row(table, j0 + j, h, H, bs_log2, HD) + d : 0;
+      k_s[j][d] = ok ? to_f32(k_pool[off]) : 0.0f;
+      v_s[j][d] = ok ? to_f32(v_pool[off]) : 0.0f;
     }
     __syncthreads();
 #pragma unroll
@@ -99,13 +101,13 @@ ng_attention_prefill(st_t* __restrict__ out, const st_t* __restrict__ qkv, const
   }
 #pragma unroll
   for (int rr = 0; rr < RPW; rr++) {
-    const int r = warp * RPW + rr, t = t0 + r;
-    if (t >= T) continue;
-    const float inv = r < rows ? 1.0f / l[rr] : 0.0f;
+    const int r = warp * RPW + rr;
+    if (r >= rows) continue;
+    const float inv = 1.0f / l[rr];
 #pragma unroll
     for (int k = 0; k < DPL; k++) {
       const int d = lane + 32 * k;
-      if (d < HD) out[((size_t)b * T + t) * C + h * HD + d] = from_f32(r < rows ? acc[rr][k] * inv : 0.0f);
+      if (d < HD) out[((size_t)s0 + t0 + r) * C + h * HD + d] = from_f32(acc[rr][k] * inv);
     }
   }
 }

@@ -1,15 +1,17 @@
 // attention_prefill_mma: attention_prefill (same arguments, same result) on tensor cores, for
-// f16/bf16 and head sizes that are multiples of 16 (flash-attention 2 style). For each slot t <
-// n_new[b] of sequence b: out[b*T+t, h*D:(h+1)*D] = softmax(q . K[0..L+t] * scale) V, L =
-// lengths[b], over the KV cache read after kv_append wrote the new tokens; padding rows get zeros.
+// f16/bf16 and head sizes that are multiples of 16 (flash-attention 2 style). For row s_b + t of
+// sequence b (s_b = seq_start[b]): out[s_b + t, h*D:(h+1)*D] = softmax(q . K[0..L+t] * scale) V,
+// L = lengths[b], over the paged KV cache read after kv_append wrote the new tokens.
 // A block takes BQ = 64 query rows of one (b, h); each of its 4 warps owns 16 rows and keeps their
 // Q fragments in registers. The block walks the keys in tiles of BK = 64, staged in shared memory
 // with cp.async (double-buffered when two stages fit in 48 KiB); per tile a warp computes S = Q K^T
 // (16 x 64) with mma.sync m16n8k16 (f32 accumulate), updates its online softmax in f32 registers
 // (each thread holds 2 rows x 16 keys; a row's 4 threads reduce by shuffles), converts P to the
 // storage type in registers and accumulates O += P V with mma. Needs -DNG_HEAD_DIM=D (16..128,
-// multiple of 16) and -DNG_DTYPE 1 or 2.
-// Grid: (ceil(T / BQ), H, B), x reversed so the longest (last) query tiles start first; block: 128.
+// multiple of 16), -DNG_DTYPE 1 or 2, and -DNG_PREFILL_MMA_BQ (64: 4 warps x 16 rows) from the
+// kernel table.
+// Grid: (ceil(max rows of a sequence / BQ), H, B), x reversed so the longest (last) query tiles
+// start first; block: 128.
 #ifndef NG_HEAD_DIM
 #error "attention_prefill_mma needs -DNG_HEAD_DIM"
 #endif
@@ -19,8 +21,11 @@
 #if NG_DTYPE != 1 && NG_DTYPE != 2
 #error "attention_prefill_mma needs NG_DTYPE 1 (f16) or 2 (bf16)"
 #endif
+#if NG_PREFILL_MMA_BQ != 64
+#error "attention_prefill_mma needs -DNG_PREFILL_MMA_BQ=64 (4 warps of 16 rows)"
+#endif
 #define HD NG_HEAD_DIM
-#define BQ 64
+#define BQ NG_PREFILL_MMA_BQ
 #define BK 64
 #define NWARPS 4
 // Row pitch of the shared K/V tiles in elements: 16 bytes of padding keep ldmatrix conflict-free.
@@ -97,9 +102,9 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi) {
 
 extern "C" __global__ void __launch_bounds__(128)
 ng_attention_prefill_mma(st_t* __restrict__ out, const st_t* __restrict__ qkv,
-                         const st_t* __restrict__ k_cache, const st_t* __restrict__ v_cache,
-                         const int* __restrict__ lengths, const int* __restrict__ n_new, int T, int H,
-                         int max_T, float scale) {
+                         const st_t* __restrict__ k_pool, const st_t* __restrict__ v_pool,
+                         const int* __restrict__ block_table, const int* __restrict__ lengths,
+                         const int* __restrict__ seq_start, int H, float scale, int bs_log2, int mb) {
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   __shared__ __align__(16) st_t k_s[NSTAGE][BK][PITCH];
@@ -109,18 +114,17 @@ ng_attention_prefill_mma(st_t* __restrict__ out, const st_t* __restrict__ qkv,
   const int g = lane >> 2, tq = lane & 3;  // mma fragment row group and column pair
   const int C = H * HD;
   const int L = lengths[b];
-  const int nn = min(n_new[b], T);
+  const int s0 = seq_start[b], nn = seq_start[b + 1] - s0;
   const int rows = min(BQ, nn - t0);
-  if (rows <= 0) {
-    prefill_zero_rows(out, b, T, C, h * HD, HD, t0, BQ);
-    return;
-  }
+  if (rows <= 0) return;
+  const int* table = block_table + (size_t)b * mb;
   // Q fragments (A operand, 16 x HD per warp): rows g and g + 8, columns 2tq.. and 2tq + 8..
   const int r0 = warp * 16 + g, r1 = r0 + 8;  // this thread's two rows within the block
   unsigned qa[KSTEPS][4];
   {
-    const unsigned* q0 = reinterpret_cast<const unsigned*>(qkv + ((size_t)b * T + t0 + r0) * 3 * C + h * HD);
-    const unsigned* q1 = reinterpret_cast<const unsigned*>(qkv + ((size_t)b * T + t0 + r1) * 3 * C + h * HD);
+    // Rows past the sequence read row s0 instead (their values are discarded).
+    const unsigned* q0 = reinterpret_cast<const unsigned*>(qkv + ((size_t)s0 + (r0 < rows ? t0 + r0 : 0)) * 3 * C + h * HD);
+    const unsigned* q1 = reinterpret_cast<const unsigned*>(qkv + ((size_t)s0 + (r1 < rows ? t0 + r1 : 0)) * 3 * C + h * HD);
 #pragma unroll
     for (int kk = 0; kk < KSTEPS; kk++) {
       const int c = kk * 8 + tq;  // in pairs of elements
@@ -137,9 +141,6 @@ ng_attention_prefill_mma(st_t* __restrict__ out, const st_t* __restrict__ qkv,
   const float scale_log2 = scale * 1.4426950408889634f;
   const int kv_len = L + t0 + rows;
   const int qpos0 = L + t0 + r0, qpos1 = L + t0 + r1;  // the last key each row sees
-  const size_t base = ((size_t)b * H + h) * (size_t)max_T * HD;
-  const st_t* kb = k_cache + base;
-  const st_t* vb = v_cache + base;
   const int n_tiles = (kv_len + BK - 1) / BK;
 
   // Stages key tile `it` into stage `st`: each thread copies 16-byte chunks of K and V rows;
@@ -150,9 +151,9 @@ ng_attention_prefill_mma(st_t* __restrict__ out, const st_t* __restrict__ qkv,
     for (int k = 0; k < BK * CHUNKS / 128; k++) {
       const int i = tid + k * 128, j = i / CHUNKS, c = i - j * CHUNKS;
       const bool ok = j0 + j < kv_len;
-      const size_t off = ok ? (size_t)(j0 + j) * HD + c * 8 : 0;
-      cp_async16(smem_addr(&k_s[st][j][c * 8]), kb + off, ok ? 16 : 0);
-      cp_async16(smem_addr(&v_s[st][j][c * 8]), vb + off, ok ? 16 : 0);
+      const size_t off = ok ? kv_row(table, j0 + j, h, H, bs_log2, HD) + c * 8 : 0;
+      cp_async16(smem_addr(&k_s[st][j][c * 8]), k_pool + off, ok ? 16 : 0);
+      cp_async16(smem_addr(&v_s[st][j][c * 8]), v_pool + off, ok ? 16 : 0);
     }
     cp_async_commit();
   };
@@ -252,12 +253,11 @@ ng_attention_prefill_mma(st_t* __restrict__ out, const st_t* __restrict__ qkv,
   l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
   const float inv0 = r0 < rows ? 1.0f / l0 : 0.0f, inv1 = r1 < rows ? 1.0f / l1 : 0.0f;
-  const int ta = t0 + r0, tb = t0 + r1;
-  unsigned* oa = reinterpret_cast<unsigned*>(out + ((size_t)b * T + ta) * C + h * HD);
-  unsigned* ob = reinterpret_cast<unsigned*>(out + ((size_t)b * T + tb) * C + h * HD);
+  unsigned* oa = reinterpret_cast<unsigned*>(out + ((size_t)s0 + t0 + r0) * C + h * HD);
+  unsigned* ob = reinterpret_cast<unsigned*>(out + ((size_t)s0 + t0 + r1) * C + h * HD);
 #pragma unroll
   for (int n = 0; n < NT_O; n++) {
-    if (ta < T) oa[n * 4 + tq] = pack2(o[n][0] * inv0, o[n][1] * inv0);
-    if (tb < T) ob[n * 4 + tq] = pack2(o[n][2] * inv1, o[n][3] * inv1);
+    if (r0 < rows) oa[n * 4 + tq] = pack2(o[n][0] * inv0, o[n][1] * inv0);
+    if (r1 < rows) ob[n * 4 + tq] = pack2(o[n][2] * inv1, o[n][3] * inv1);
   }
 }

@@ -39,16 +39,15 @@ __device__ __forceinline__ st_t from_f32(float f) {
 
 #define NG_NEG_INF (__int_as_float(0xff800000))
 
-// Loads NG_VEC consecutive elements (16-byte aligned) as f32.
-__device__ __forceinline__ void load_vec(const st_t* p, float* out) {
-  uint4 u = *reinterpret_cast<const uint4*>(p);
+// The NG_VEC elements of a 16-byte vector as f32.
+__device__ __forceinline__ void unpack_vec(uint4 u, float* out) {
 #if NG_DTYPE == 0
   out[0] = __uint_as_float(u.x);
   out[1] = __uint_as_float(u.y);
   out[2] = __uint_as_float(u.z);
   out[3] = __uint_as_float(u.w);
 #else
-  unsigned int w[4] = {u.x, u.y, u.z, u.w};
+  const unsigned int w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int i = 0; i < 4; i++) {
     out[2 * i] = to_f32((st_t)(w[i] & 0xffffu));
@@ -57,49 +56,93 @@ __device__ __forceinline__ void load_vec(const st_t* p, float* out) {
 #endif
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+// Loads NG_VEC consecutive elements (16-byte aligned) as f32.
+__device__ __forceinline__ void load_vec(const st_t* p, float* out) { unpack_vec(*reinterpret_cast<const uint4*>(p), out); }
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Block-wide sum for blockDim.x a multiple of 32 (<= 1024); every thread gets the result.
-// `scratch` holds 32 floats; the leading barrier lets callers reuse it back to back.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  v = warp_sum(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < nwarps ? scratch[lane] : 0.0f;
-  return warp_sum(v);
-}
-
-// Block-wide max, as block_sum.
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < nwarps ? scratch[lane] : NG_NEG_INF;
-  return warp_max(v);
-}
-
-// A prefill attention block whose query rows are all padding (t >= n_new): zeros for rows t0 ..
-// t0+rows-1 below T of sequence b, in columns col .. col+width-1 of out (B*T rows of C).
-__device__ __forceinline__ void prefill_zero_rows(st_t* out, int b, int T, int C, int col, int width, int t0,
-                                                  int rows) {
-  for (int i = threadIdx.x; i < rows * width; i += blockDim.x) {
-    const int r = i / width, d = i - r * width, t = t0 + r;
-    if (t < T) out[((size_t)b * T + t) * C + col + d] = from_f32(0.0f);
+// GELU by activation code (src/backend/backend.ts ACTIVATION_CODE): 1 exact erf (nanoGPT's
+// nn.GELU()), 2 tanh approximation (HF gelu_new); anything else is the identity.
+__device__ __forceinline__ float ng_gelu(float v, int act) {
+  if (act == 1) return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+  if (act == 2) {
+    const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+    return 0.5f * v * (1.0f + tanhf(u));
   }
+  return v;
+}
+
+// Reduction operators for block_reduce.
+struct OpSum {
+  template <typename T>
+  static __device__ __forceinline__ T op(T a, T b) { return a + b; }
+};
+struct OpMax {
+  static __device__ __forceinline__ float op(float a, float b) { return fmaxf(a, b); }
+  static __device__ __forceinline__ int op(int a, int b) { return max(a, b); }
+};
+struct OpMin {
+  static __device__ __forceinline__ float op(float a, float b) { return fminf(a, b); }
+  static __device__ __forceinline__ int op(int a, int b) { return min(a, b); }
+};
+
+template <typename Op, typename T>
+__device__ __forceinline__ T warp_reduce(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = Op::op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// The one block-wide reduction of every kernel, for blockDim.x a multiple of 32 (<= 1024); every
+// thread gets the result. `scratch` holds 32 values; the leading barrier lets callers reuse it
+// back to back.
+template <typename Op, typename T>
+__device__ __forceinline__ T block_reduce(T v, T identity, T* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  v = warp_reduce<Op>(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? scratch[lane] : identity;
+  return warp_reduce<Op>(v);
+}
+
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce<OpSum>(v); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce<OpMax>(v); }
+__device__ __forceinline__ float block_sum(float v, float* scratch) { return block_reduce<OpSum>(v, 0.0f, scratch); }
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  return block_reduce<OpMax>(v, NG_NEG_INF, scratch);
+}
+
+// Argmax with the lowest index on ties, over a warp then a block; every thread gets (value, index).
+__device__ __forceinline__ void warp_argmax(float& bv, int& bi) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > bv || (ov == bv && oi < bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+}
+__device__ __forceinline__ void block_argmax(float& bv, int& bi, float* fs, int* is) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  warp_argmax(bv, bi);
+  __syncthreads();
+  if (lane == 0) {
+    fs[warp] = bv;
+    is[warp] = bi;
+  }
+  __syncthreads();
+  bv = lane < nwarps ? fs[lane] : NG_NEG_INF;
+  bi = lane < nwarps ? is[lane] : 0x7fffffff;
+  warp_argmax(bv, bi);
+}
+
+// Position p of a sequence in a paged KV pool (num_blocks, H, 2^bs_log2, D): the offset (in
+// elements) of head h's row, through the sequence's block-table row `table`.
+__device__ __forceinline__ size_t kv_row(const int* table, int p, int h, int H, int bs_log2, int D) {
+  const int blk = table[p >> bs_log2];
+  return ((((size_t)blk * H + h) << bs_log2) + (p & ((1 << bs_log2) - 1))) * D;
 }
 
 // Programmatic dependent launch (sm_90+): every kernel is launched allowed to start while the

@@ -20,11 +20,10 @@
 // shared memory, blockDim.x = 32 * ks * (row groups per tile) <= 256 (the host checks and sizes).
 // flags: bits 0-1 activation (0 none, 1 GELU erf, 2 GELU tanh), bit 2 accumulate, bit 3 f32 out.
 
-#ifndef NG_GEMV_MT
-#define NG_GEMV_MT 1
+// Rows per group, warps per block and rows of x: -D options from the kernel table (kernels.ts).
+#if !defined(NG_GEMV_MT) || !defined(NG_GEMV_ROWS) || !defined(NG_GEMV_MAX_WARPS)
+#error "gemv needs -DNG_GEMV_MT, -DNG_GEMV_ROWS and -DNG_GEMV_MAX_WARPS"
 #endif
-#define NG_GEMV_ROWS 4
-#define NG_GEMV_MAX_WARPS 8
 // The kernel's launch bounds. M > 2: two blocks of NG_GEMV_MAX_WARPS warps must fit an SM, which
 // caps registers at 128 per thread (no spills at M <= 4, a few bytes at 8 and 16), as the host's
 // persistent grid (gemv_launch in matmul.ts) counts on. M <= 2 needs no cap (about 110 and 126
@@ -44,23 +43,6 @@ __device__ __forceinline__ uint4 gemv_load_stream(const st_t* p) {
       : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
       : "l"(p));
   return r;
-}
-
-// The NG_VEC elements of a 16-byte vector as f32.
-__device__ __forceinline__ void gemv_unpack(uint4 u, float* out) {
-#if NG_DTYPE == 0
-  out[0] = __uint_as_float(u.x);
-  out[1] = __uint_as_float(u.y);
-  out[2] = __uint_as_float(u.z);
-  out[3] = __uint_as_float(u.w);
-#else
-  const unsigned int w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    out[2 * i] = to_f32((st_t)(w[i] & 0xffffu));
-    out[2 * i + 1] = to_f32((st_t)(w[i] >> 16));
-  }
-#endif
 }
 
 // NG_VEC f32 values rounded to st_t, as one 16-byte vector.
@@ -105,12 +87,6 @@ struct GemvReduce {
   }
 };
 
-__device__ __forceinline__ float gemv_gelu(float v, int act) {
-  if (act == 1) return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-  const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-  return 0.5f * v * (1.0f + tanhf(u));
-}
-
 // Loads a chunk: vectors v0 + i * step (i < U) of the R weight rows from n0 (rows past N repeat
 // row N - 1; vectors past the row are zeros).
 template <int U>
@@ -146,7 +122,7 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* __restrict__ 
     float s = 0.0f;
     for (int v = lane; v < nvec; v += 32) {
       float f[NG_VEC];
-      gemv_unpack(row[v], f);
+      unpack_vec(row[v], f);
 #pragma unroll
       for (int e = 0; e < NG_VEC; e++) s += f[e];
     }
@@ -154,7 +130,7 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* __restrict__ 
     float q = 0.0f;
     for (int v = lane; v < nvec; v += 32) {
       float f[NG_VEC];
-      gemv_unpack(row[v], f);
+      unpack_vec(row[v], f);
 #pragma unroll
       for (int e = 0; e < NG_VEC; e++) q += (f[e] - mean) * (f[e] - mean);
     }
@@ -168,7 +144,7 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* __restrict__ 
   for (int i = threadIdx.x; i < total; i += blockDim.x) {
     const int m = i / nvec, v = i - m * nvec;
     float f[NG_VEC], g[NG_VEC], b[NG_VEC];
-    gemv_unpack(xs4[i], f);
+    unpack_vec(xs4[i], f);
     load_vec(ln_w + (size_t)v * NG_VEC, g);
     if (ln_b) {
       load_vec(ln_b + (size_t)v * NG_VEC, b);
@@ -228,11 +204,11 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restr
           if (v >= nvec) break;
           float wf[R][NG_VEC];
 #pragma unroll
-          for (int r = 0; r < R; r++) gemv_unpack(raw[u][r], wf[r]);
+          for (int r = 0; r < R; r++) unpack_vec(raw[u][r], wf[r]);
 #pragma unroll
           for (int m = 0; m < MT; m++) {
             float xv[NG_VEC];
-            gemv_unpack(*reinterpret_cast<const uint4*>(xs + xoff[m] + v * NG_VEC), xv);
+            unpack_vec(*reinterpret_cast<const uint4*>(xs + xoff[m] + v * NG_VEC), xv);
 #pragma unroll
             for (int r = 0; r < R; r++) {
 #pragma unroll
@@ -276,7 +252,7 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restr
           if (flags & NG_GEMV_ACCUMULATE) {
             y += to_f32(*op);
           } else if (flags & 3) {
-            y = gemv_gelu(y, flags & 3);
+            y = ng_gelu(y, flags & 3);
           }
           *op = from_f32(y);
         }

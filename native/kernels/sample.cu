@@ -9,8 +9,11 @@
 //   accept j if #{p_i > p_j} < k and sum{p_i > p_j} < P * Z, else pivot = p_j.
 // The running sum is hierarchical: each thread owns a contiguous chunk; a block scan of chunk sums
 // gives each chunk's starting sum; every thread walks its chunk; the lowest hit wins.
-// Grid: B blocks; block: NT = 1024 threads.
-#define NT 1024
+// Grid: B blocks; block: NT threads (-DNG_SAMPLE_THREADS, from the kernel table in kernels.ts).
+#ifndef NG_SAMPLE_THREADS
+#error "sample needs -DNG_SAMPLE_THREADS"
+#endif
+#define NT NG_SAMPLE_THREADS
 #define NWARPS (NT / 32)
 #define INT_BIG 0x7fffffff
 
@@ -33,61 +36,6 @@ __device__ __forceinline__ void philox4x32_10(unsigned int c[4], unsigned int k0
 // the comparisons between passes see identical values.
 __device__ __forceinline__ float prob(const float* row, int i, float m, float temp) {
   return expf((row[i] - m) / temp);
-}
-
-// Block-wide reductions of an int (sum, min, max): every thread gets the result.
-struct IntSum {
-  static __device__ __forceinline__ int op(int a, int b) { return a + b; }
-};
-struct IntMin {
-  static __device__ __forceinline__ int op(int a, int b) { return min(a, b); }
-};
-struct IntMax {
-  static __device__ __forceinline__ int op(int a, int b) { return max(a, b); }
-};
-template <typename Op>
-__device__ __forceinline__ int block_reduce_int(int v, int identity, int* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = Op::op(v, __shfl_xor_sync(0xffffffffu, v, o));
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < NWARPS ? scratch[lane] : identity;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = Op::op(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Argmax with the lowest index on ties; every thread gets (value, index).
-__device__ __forceinline__ void block_argmax(float& bv, int& bi, float* fs, int* is) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > bv || (ov == bv && oi < bi)) {
-      bv = ov;
-      bi = oi;
-    }
-  }
-  __syncthreads();
-  if (lane == 0) {
-    fs[warp] = bv;
-    is[warp] = bi;
-  }
-  __syncthreads();
-  bv = lane < NWARPS ? fs[lane] : NG_NEG_INF;
-  bi = lane < NWARPS ? is[lane] : INT_BIG;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > bv || (ov == bv && oi < bi)) {
-      bv = ov;
-      bi = oi;
-    }
-  }
 }
 
 extern "C" __global__ void __launch_bounds__(NT)
@@ -184,8 +132,8 @@ ng_sample(int* __restrict__ tokens_out, const float* __restrict__ logits, const 
         }
       }
     }
-    int j = block_reduce_int<IntMin>(found, INT_BIG, is);
-    if (j == INT_BIG) j = block_reduce_int<IntMax>(last_el, -1, is);
+    int j = block_reduce<OpMin>(found, INT_BIG, is);
+    if (j == INT_BIG) j = block_reduce<OpMax>(last_el, -1, is);
     if (j < 0) {  // nothing eligible (NaN logits): fall back to the argmax
       if (tid == 0) tokens_out[b] = bi;
       return;
@@ -200,7 +148,7 @@ ng_sample(int* __restrict__ tokens_out, const float* __restrict__ logits, const 
         mass += p;
       }
     }
-    if (use_k) cnt = block_reduce_int<IntSum>(cnt, 0, is);
+    if (use_k) cnt = block_reduce<OpSum>(cnt, 0, is);
     if (use_p) mass = block_sum(mass, fs);
     if ((!use_k || cnt < k) && (!use_p || mass < P * Z)) {
       if (tid == 0) tokens_out[b] = j;

@@ -4,15 +4,22 @@
  *
  * Every op is *enqueued*: on CUDA it is launched on the backend's stream (and so can be captured
  * into a CUDA graph); on the CPU it runs before the call returns. Shapes are plain numbers passed
- * with each call; all tensors are row-major and dense. Integer tensors (tokens, lengths, n_new,
- * top_k) are int32; sampling parameters temperature/top_p are f32; seeds are u32 pairs (lo, hi).
- * Float tensors (weights, activations, KV cache, logits) are in `backend.dtype`, except `logits`,
- * which are always f32.
+ * with each call; all tensors are row-major and dense. Integer tensors (tokens, positions,
+ * lengths, n_new, block tables, row indices, top_k) are int32; sampling parameters temperature /
+ * top_p are f32; seeds are u32 pairs (lo, hi). Float tensors (weights, activations, the KV cache)
+ * are in `backend.dtype`, except logits and logprobs, which are always f32.
  *
- * Ragged batches: a step processes B sequences with T token slots each. Sequence b already holds
- * `lengths[b]` tokens in its KV cache and brings `n_new[b]` <= T new tokens in slots 0..n_new[b]-1;
- * slots past n_new[b] are padding: their outputs are garbage and they never write the KV cache.
- * A new token in slot t sits at position lengths[b] + t.
+ * Rows and sequences. A step computes `rows` token rows. In a decode step row b is sequence b's
+ * one new token (sequences with n_new[b] == 0 sit the step out). In a packed prefill sequence b
+ * owns rows seq_start[b] .. seq_start[b+1]-1; rows past seq_start[B] are padding whose outputs
+ * are garbage that nothing reads. A new token in row t of sequence b sits at position
+ * lengths[b] + t.
+ *
+ * The paged KV cache. Each layer has a K pool and a V pool of `num_blocks` blocks, each block
+ * (n_head, block_size, head_dim); sequence b keeps position p in block
+ * block_table[b * max_blocks + floor(p / block_size)], row p % block_size. Blocks are handed out
+ * by the engine (src/engine/kv_cache.ts); several sequences may share a full block (a cached
+ * prompt prefix), which is then only read.
  * @module
  */
 
@@ -24,8 +31,17 @@ export function dtype_bytes(d: DType): number {
   return d === "f32" ? 4 : 2;
 }
 
+/** The element type codes of the native side (native/cpu/convert.zig) and the kernels' NG_DTYPE. */
+export const DTYPE_CODE: Readonly<Record<DType, number>> = { f32: 0, f16: 1, bf16: 2 };
+
 /** The activation applied by a matmul epilogue. */
 export type Activation = "none" | "gelu_erf" | "gelu_tanh";
+
+/**
+ * The activation codes every kernel takes (native/cpu/matmul.zig, gemv.cu's flags bits 0-1,
+ * bias_gelu.cu): one numbering for every backend.
+ */
+export const ACTIVATION_CODE: Readonly<Record<Activation, number>> = { none: 0, gelu_erf: 1, gelu_tanh: 2 };
 
 /** A region of backend memory: device memory on CUDA, 64-byte aligned host memory on the CPU. */
 export interface Buf {
@@ -35,19 +51,25 @@ export interface Buf {
   readonly bytes: number;
   /** What it holds, for error messages and leak reports ("wte", "kv cache layer 3 k", ...). */
   readonly label: string;
+  /** For a view (src/backend/buf.ts sub_buf): the allocation it lies in. */
+  readonly base?: Buf;
 }
 
-/** out[b*T+t, :] = wte[tokens[b*T+t], :] + wpe[lengths[b] + t, :] for every slot (padding too). */
+/** out[r, :] = wte[tokens[r], :] + wpe[min(positions[r], max_pos - 1), :] for r < rows. */
 export interface EmbedArgs {
+  /** (rows, C) activations. */
   out: Buf;
+  /** (rows) token ids, each in [0, vocab). */
   tokens: Buf;
-  lengths: Buf;
+  /** (rows) positions, each >= 0 (clamped to max_pos - 1). */
+  positions: Buf;
+  /** Token embedding (vocab, C); its size gives vocab. */
   wte: Buf;
+  /** Position embedding (max_pos, C). */
   wpe: Buf;
-  B: number;
-  T: number;
+  rows: number;
   C: number;
-  /** Rows in wpe (block_size): positions are clamped to it for padding slots. */
+  /** Rows in wpe (block_size). */
   max_pos: number;
 }
 
@@ -90,36 +112,74 @@ export interface MatmulArgs {
   ln?: RowNorm;
 }
 
+/** One layer's paged KV cache: K and V pools of (num_blocks, n_head, block_size, head_dim) each. */
+export interface KvLayer {
+  k: Buf;
+  v: Buf;
+}
+
+/** The shape of the paged KV cache, shared by every layer and every attention call. */
+export interface KvLayout {
+  num_blocks: number;
+  /** Positions per block. */
+  block_size: number;
+  n_head: number;
+  head_dim: number;
+  /** Entries per row of a block table: the most blocks one sequence holds. */
+  max_blocks: number;
+}
+
 /**
- * Causal self-attention over a KV cache, with the cache append.
- * qkv is (B*T, 3C) laid out [q | k | v], each C = n_head * head_dim split into heads.
- * For every valid slot (t < n_new[b]) k and v are written to the caches at position lengths[b]+t;
- * then out[b*T+t, h*D:(h+1)*D] = softmax(q . K[0..lengths[b]+t] / sqrt(D)) V, reading only live
- * positions. Caches are (B, n_head, max_T, head_dim) for one layer. Padding rows of out are
- * written (zeros or garbage) but never read by the model.
+ * Causal self-attention over the paged KV cache, with the cache append. qkv has one row per token
+ * row, laid out [q | k | v], each C = n_head * head_dim split into heads. For every row a sequence
+ * owns, k and v are written at its position (through the block table); then
+ * out[row, h*D:(h+1)*D] = softmax(q . K[0..pos] / sqrt(D)) V, reading only live positions.
+ *
+ * Decode (`seq_start` null): row b belongs to sequence b when n_new[b] is 1 (0: the sequence sits
+ * out, its out row is zeros and nothing is written). Prefill (`seq_start` given): sequence b owns
+ * rows seq_start[b] .. seq_start[b+1] - 1 and `row_seq` / `positions` give each row's sequence
+ * and position (-1 for padding rows); `max_seq_rows` bounds any sequence's row count.
  */
 export interface AttentionArgs {
   out: Buf;
   qkv: Buf;
-  k_cache: Buf;
-  v_cache: Buf;
+  cache: KvLayer;
+  layout: KvLayout;
+  /** (B, max_blocks) int32. */
+  block_table: Buf;
+  /** (B): positions already cached. */
   lengths: Buf;
-  n_new: Buf;
   B: number;
-  T: number;
-  n_head: number;
-  head_dim: number;
-  max_T: number;
+  /**
+   * Decode: (B) 0 or 1; and `max_len`, a bound on lengths[b] + 1 over the step (it picks how the
+   * keys are split; the kernels never read past a sequence's own length).
+   */
+  n_new?: Buf;
+  max_len?: number;
+  /** Prefill: (B + 1) row offsets; (rows) row -> sequence and row -> position; rows in the step. */
+  seq_start?: Buf;
+  row_seq?: Buf;
+  positions?: Buf;
+  rows?: number;
+  max_seq_rows?: number;
 }
 
-/** out[b, :] = x[b*T + max(n_new[b]-1, 0), :]: the last valid row of each sequence. */
-export interface GatherLastArgs {
+/** out[i, :] = x[idx[i], :] for i < n: each sequence's last row after a packed prefill. */
+export interface GatherRowsArgs {
   out: Buf;
   x: Buf;
-  n_new: Buf;
-  B: number;
-  T: number;
+  /** (n) int32 row indices into x. */
+  idx: Buf;
+  n: number;
   C: number;
+}
+
+/** dst[idx[i]] = src[i] (int32) for i < n where idx[i] >= 0. */
+export interface ScatterArgs {
+  dst: Buf;
+  src: Buf;
+  idx: Buf;
+  n: number;
 }
 
 /**
@@ -144,6 +204,28 @@ export interface SampleArgs {
   ld?: number;
 }
 
+/**
+ * Log-probabilities under the model's own distribution (log_softmax of the logits, no
+ * temperature), as OpenAI's API reports them: for row r, with w = 1 + 2 * top_n floats of output,
+ * out[r*w] = logprob of targets[r] (NaN when targets[r] < 0), then top_n (id, logprob) pairs, the
+ * most likely first (lowest id first on ties).
+ */
+export interface LogprobsArgs {
+  out: Buf;
+  logits: Buf;
+  /** (rows) int32 token ids. */
+  targets: Buf;
+  rows: number;
+  V: number;
+  /** Floats between consecutive rows of logits. */
+  ld: number;
+  /** Alternatives per row, 0..MAX_TOP_LOGPROBS. */
+  top_n: number;
+}
+
+/** The most alternatives LogprobsArgs.top_n asks for (OpenAI's chat API allows 20). */
+export const MAX_TOP_LOGPROBS = 20;
+
 /** lengths[b] += n_new[b]. */
 export interface AdvanceArgs {
   lengths: Buf;
@@ -151,31 +233,40 @@ export interface AdvanceArgs {
   B: number;
 }
 
-/** Where run_loop logs each iteration's tokens: `B` int32 from `src` into row `first_row + i` of `dst`. */
-export interface LoopLog {
+/** One copy run_loop makes after each iteration: `words` 4-byte words from `src` into row first_row + i of `dst`. */
+export interface LoopCopy {
   src: Buf;
   dst: Buf;
-  first_row: number;
-  /** int32 per row of `dst`. */
+  words: number;
+  /** Words per row of `dst`. */
   stride: number;
-  B: number;
+}
+
+/** Where run_loop logs each iteration's outputs (the sampled tokens; logprobs when asked). */
+export interface LoopLog {
+  first_row: number;
+  copies: LoopCopy[];
 }
 
 /** Throws unless a loop of `n` iterations can log into `log` (every row in bounds). */
 export function check_loop(n: number, log: LoopLog): void {
   if (!Number.isInteger(n) || n < 1) throw new RangeError(`run_loop: n must be a positive integer, got ${n}`);
-  const { B, stride, first_row } = log;
-  if (!(Number.isInteger(B) && B >= 1 && B <= stride && Number.isInteger(first_row) && first_row >= 0)) {
-    throw new RangeError(`run_loop: log of B ${B}, stride ${stride}, first row ${first_row} is not valid`);
+  if (!(Number.isInteger(log.first_row) && log.first_row >= 0) || log.copies.length === 0) {
+    throw new RangeError(`run_loop: a log needs a first row >= 0 and at least one copy`);
   }
-  if (log.src.bytes < B * 4) {
-    throw new RangeError(`run_loop: src "${log.src.label}" holds fewer than ${B} int32`);
-  }
-  const end = ((first_row + n - 1) * stride + B) * 4;
-  if (end > log.dst.bytes) {
-    throw new RangeError(
-      `run_loop: ${n} rows from row ${first_row} do not fit "${log.dst.label}" (${log.dst.bytes} bytes)`,
-    );
+  for (const { src, dst, words, stride } of log.copies) {
+    if (!(Number.isInteger(words) && words >= 1 && words <= stride)) {
+      throw new RangeError(`run_loop: a copy of ${words} words into rows of ${stride} is not valid`);
+    }
+    if (src.bytes < words * 4) {
+      throw new RangeError(`run_loop: src "${src.label}" holds fewer than ${words} words`);
+    }
+    const end = ((log.first_row + n - 1) * stride + words) * 4;
+    if (end > dst.bytes) {
+      throw new RangeError(
+        `run_loop: ${n} rows from row ${log.first_row} do not fit "${dst.label}" (${dst.bytes} bytes)`,
+      );
+    }
   }
 }
 
@@ -189,6 +280,7 @@ export interface PendingRead {
 
 /** A backend: memory, the ops of the GPT-2 forward pass, and step execution. */
 export interface Backend extends Disposable {
+  /** Which implementation. */
   readonly kind: "cpu" | "cuda";
   /** Storage type of weights, activations and the KV cache (logits are always f32). */
   readonly dtype: DType;
@@ -201,6 +293,8 @@ export interface Backend extends Disposable {
   free(buf: Buf): void;
   /** Bytes currently allocated through alloc (for leak checks and reports). */
   allocated_bytes(): number;
+  /** Bytes of memory free for new allocations (the device's; null where unknown, the CPU). */
+  free_bytes(): number | null;
   /** Copies host bytes into `dst` at `dst_offset` bytes. The host array may be reused on return. */
   write(dst: Buf, src: ArrayBufferView, dst_offset?: number): void;
   /** Copies bytes from `src` at `src_offset` into the host array; waits for pending work. */
@@ -212,32 +306,44 @@ export interface Backend extends Disposable {
    */
   write_weight(dst: Buf, src: Uint8Array, src_dtype: DType, n: number, transpose?: [number, number]): void;
 
+  /** Token and position embeddings (EmbedArgs). */
   embed(a: EmbedArgs): void;
+  /** Row layernorm (LayerNormArgs). */
   layernorm(a: LayerNormArgs): void;
+  /** Linear layer with fused layernorm, bias, GELU or residual add (MatmulArgs). */
   matmul(a: MatmulArgs): void;
+  /** Paged causal attention with the KV append (AttentionArgs). */
   attention(a: AttentionArgs): void;
-  gather_last(a: GatherLastArgs): void;
+  /** Row gather (GatherRowsArgs). */
+  gather_rows(a: GatherRowsArgs): void;
+  /** int32 scatter (ScatterArgs). */
+  scatter(a: ScatterArgs): void;
+  /** Next-token sampling (SampleArgs). */
   sample(a: SampleArgs): void;
+  /** Log-probabilities of chosen and top tokens (LogprobsArgs). */
+  logprobs(a: LogprobsArgs): void;
+  /** lengths += n_new (AdvanceArgs). */
   advance(a: AdvanceArgs): void;
 
   /**
    * Runs one step: the ops that `record` enqueues. The CPU runs them at once. CUDA captures them
    * into a graph the first time it sees `key` and replays that graph afterwards (or launches them
    * one by one when graphs are off); `key` must name everything that changes the recorded launches
-   * (phase, B, T). Buffers used inside must not be reallocated between steps.
+   * (phase, shapes). Buffers used inside must not be reallocated between steps.
    */
   run_step(key: string, record: () => void): void;
   /**
-   * Runs the step that `record` enqueues `n` times in one launch, copying its tokens into the log
-   * after each iteration. CUDA records it once per `key` as a graph whose WHILE node loops on the
-   * device (so the host launches once for n steps); the CPU runs it n times.
+   * Runs the step that `record` enqueues `n` times in one launch, making the log's copies after
+   * each iteration. CUDA records it once per `key` as a graph whose WHILE node loops on the device
+   * (so the host launches once for n steps); the CPU runs it n times.
    */
   run_loop(key: string, n: number, record: () => void, log: LoopLog): void;
   /** Waits until all enqueued work is done. */
   synchronize(): void;
   /**
-   * Starts copying `bytes` from `src` (at `src_offset`, default 0) to the host behind the work already enqueued, without waiting
-   * (the CPU backend copies at once). Optional: the engine falls back to read().
+   * Starts copying `bytes` from `src` (at `src_offset`, default 0) to the host behind the work
+   * already enqueued, without waiting (the CPU backend copies at once). Optional: the engine falls
+   * back to read().
    */
   read_async?(src: Buf, bytes: number, src_offset?: number): PendingRead;
   /** Forgets every recorded step (destroys CUDA graphs), e.g. before buffers they use are freed. */

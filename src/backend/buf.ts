@@ -5,9 +5,41 @@
 import type { Buf } from "./backend.ts";
 
 /** A view of `bytes` bytes of `buf` starting at `offset` (not owned: never free it). */
-export function sub_buf(buf: Buf, offset: number, bytes: number): Buf {
-  if (offset < 0 || bytes < 0 || offset + bytes > buf.bytes) {
+export function sub_buf(buf: Buf, offset: number, bytes: number, label?: string): Buf {
+  if (
+    !Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0 ||
+    offset + bytes > buf.bytes
+  ) {
     throw new RangeError(`view [${offset}, ${offset + bytes}) is outside ${buf.label} (${buf.bytes} bytes)`);
   }
-  return { ptr: buf.ptr + BigInt(offset), bytes, label: `${buf.label}[${offset}..${offset + bytes})` };
+  return {
+    ptr: buf.ptr + BigInt(offset),
+    bytes,
+    label: label ?? `${buf.label}[${offset}..${offset + bytes})`,
+    base: buf.base ?? buf,
+  };
+}
+
+/** Splits `buf` into consecutive views of the given byte sizes (each aligned to `align` bytes). */
+export function split_buf<K extends string>(buf: Buf, sizes: Record<K, number>, align = 16): Record<K, Buf> {
+  const out = {} as Record<K, Buf>;
+  let off = 0;
+  for (const k of Object.keys(sizes) as K[]) {
+    off = Math.ceil(off / align) * align;
+    out[k] = sub_buf(buf, off, sizes[k], `${buf.label}.${k}`);
+    off += sizes[k];
+  }
+  return out;
+}
+
+/** Bytes split_buf needs for `sizes` at `align`. */
+export function split_bytes(sizes: Record<string, number>, align = 16): number {
+  let off = 0;
+  for (const v of Object.values(sizes)) off = Math.ceil(off / align) * align + v;
+  return off;
+}
+
+/** The bytes of any typed array or DataView (no copy). */
+export function as_bytes(v: ArrayBufferView): Uint8Array {
+  return v instanceof Uint8Array ? v : new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
 }

@@ -4,49 +4,38 @@
  * synchronize has nothing to wait for. It is the reference the CUDA backend is tested against.
  * @module
  */
-import type {
-  Activation,
-  AdvanceArgs,
-  AttentionArgs,
-  Backend,
-  Buf,
-  DType,
-  EmbedArgs,
-  GatherLastArgs,
-  LayerNormArgs,
-  LoopLog,
-  MatmulArgs,
-  SampleArgs,
+import {
+  ACTIVATION_CODE,
+  type AdvanceArgs,
+  type AttentionArgs,
+  type Backend,
+  type Buf,
+  check_loop,
+  type DType,
+  dtype_bytes,
+  DTYPE_CODE,
+  type EmbedArgs,
+  type GatherRowsArgs,
+  type LayerNormArgs,
+  type LogprobsArgs,
+  type LoopLog,
+  type MatmulArgs,
+  MAX_TOP_LOGPROBS,
+  type SampleArgs,
+  type ScatterArgs,
 } from "./backend.ts";
-import { check_loop, dtype_bytes } from "./backend.ts";
+import { as_bytes } from "./buf.ts";
+import { check_attention, check_dims, need } from "./checks.ts";
 import { native, type NativeLib } from "../native/lib.ts";
-
-/** Native dtype codes of native/cpu/convert.zig. */
-const DTYPE_CODE: Record<DType, number> = { f32: 0, f16: 1, bf16: 2 };
-/** Native activation codes of native/cpu/matmul.zig. */
-const ACT_CODE: Record<Activation, number> = { none: 0, gelu_erf: 1, gelu_tanh: 2 };
-
-function bytes_view(v: ArrayBufferView): Uint8Array {
-  return v instanceof Uint8Array ? v : new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-}
-
-function check_dim(op: string, name: string, v: number): void {
-  if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) {
-    throw new Error(`${op}: ${name} = ${v} is not an integer in 0..2^32-1`);
-  }
-}
-
-/** Throws unless `buf` holds at least `bytes` bytes; `what` describes the expected contents. */
-function need(op: string, name: string, buf: Buf, bytes: number, what: string): void {
-  if (buf.bytes < bytes) {
-    throw new Error(`${op}: ${name} buffer '${buf.label}' has ${buf.bytes} bytes, needs ${bytes} (${what})`);
-  }
-}
+import { check_keys } from "../util/check.ts";
 
 /** The CPU backend (fp32). Create it with create_cpu_backend. */
 export class CpuBackend implements Backend {
+  /** Which implementation. */
   readonly kind = "cpu" as const;
+  /** Always f32. */
   readonly dtype: DType = "f32";
+  /** "CPU (N threads)". */
   readonly device_name: string;
   /** Threads the kernels run on, the calling thread included. */
   readonly threads: number;
@@ -64,7 +53,7 @@ export class CpuBackend implements Backend {
    * process-wide: a later backend with another thread count resizes it for all.
    */
   constructor(lib: NativeLib, threads = 0) {
-    check_dim("create_cpu_backend", "threads", threads);
+    check_dims("create_cpu_backend", { threads }, 0);
     this.#lib = lib;
     this.#sym = lib.symbols;
     lib.check(this.#sym.ng_cpu_init(threads), "ng_cpu_init");
@@ -74,7 +63,7 @@ export class CpuBackend implements Backend {
 
   alloc(bytes: number, label: string): Buf {
     if (!Number.isSafeInteger(bytes) || bytes < 0) {
-      throw new Error(`alloc '${label}': size ${bytes} is not a non-negative integer number of bytes`);
+      throw new RangeError(`alloc '${label}': size ${bytes} is not a non-negative integer number of bytes`);
     }
     const status = this.#sym.ng_host_alloc(BigInt(bytes), this.#out_ptr);
     if (status !== 0) {
@@ -93,7 +82,7 @@ export class CpuBackend implements Backend {
     const live = this.#live.get(buf.ptr);
     if (live !== buf) {
       throw new Error(
-        `free: buffer '${buf.label}' (${buf.bytes} bytes) is not allocated here (double free?)`,
+        `free: buffer '${buf.label}' (${buf.bytes} bytes) is not allocated here (double free, or a view?)`,
       );
     }
     this.#live.delete(buf.ptr);
@@ -105,12 +94,17 @@ export class CpuBackend implements Backend {
     return this.#allocated_bytes;
   }
 
+  free_bytes(): number | null {
+    return null;
+  }
+
   #check_range(op: string, buf: Buf, offset: number, bytes: number): void {
-    if (this.#live.get(buf.ptr) !== buf) {
+    const base = buf.base ?? buf;
+    if (this.#live.get(base.ptr) !== base) {
       throw new Error(`${op}: buffer '${buf.label}' is not allocated (freed?)`);
     }
     if (!Number.isSafeInteger(offset) || offset < 0 || offset + bytes > buf.bytes) {
-      throw new Error(
+      throw new RangeError(
         `${op}: ${bytes} bytes at offset ${offset} do not fit buffer '${buf.label}' of ${buf.bytes} bytes`,
       );
     }
@@ -119,31 +113,33 @@ export class CpuBackend implements Backend {
   write(dst: Buf, src: ArrayBufferView, dst_offset = 0): void {
     this.#check_range("write", dst, dst_offset, src.byteLength);
     if (src.byteLength === 0) return;
-    this.#sym.ng_host_write(dst.ptr + BigInt(dst_offset), bytes_view(src), BigInt(src.byteLength));
+    this.#sym.ng_host_write(dst.ptr + BigInt(dst_offset), as_bytes(src), BigInt(src.byteLength));
   }
 
   read(src: Buf, dst: ArrayBufferView, src_offset = 0): void {
     this.#check_range("read", src, src_offset, dst.byteLength);
     if (dst.byteLength === 0) return;
-    this.#sym.ng_host_read(src.ptr + BigInt(src_offset), bytes_view(dst), BigInt(dst.byteLength));
+    this.#sym.ng_host_read(src.ptr + BigInt(src_offset), as_bytes(dst), BigInt(dst.byteLength));
   }
 
   write_weight(dst: Buf, src: Uint8Array, src_dtype: DType, n: number, transpose?: [number, number]): void {
     const op = `write_weight '${dst.label}'`;
-    if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${op}: element count ${n} is not a valid count`);
+    if (!Number.isSafeInteger(n) || n < 0) {
+      throw new RangeError(`${op}: element count ${n} is not a valid count`);
+    }
     const src_bytes = n * dtype_bytes(src_dtype);
     if (src.byteLength < src_bytes) {
-      throw new Error(
+      throw new RangeError(
         `${op}: source has ${src.byteLength} bytes, needs ${src_bytes} for ${n} ${src_dtype} elements`,
       );
     }
     this.#check_range(op, dst, 0, n * 4);
     const [rows, cols] = transpose ?? [0, 0];
     if (transpose && (rows * cols !== n || rows <= 0 || cols <= 0)) {
-      throw new Error(`${op}: transpose shape [${rows}, ${cols}] does not hold ${n} elements`);
+      throw new RangeError(`${op}: transpose shape [${rows}, ${cols}] does not hold ${n} elements`);
     }
     if (n === 0) return;
-    const status = this.#sym.ng_convert_buf(
+    const s = this.#sym.ng_convert_buf(
       dst.ptr,
       DTYPE_CODE.f32,
       src,
@@ -152,37 +148,34 @@ export class CpuBackend implements Backend {
       BigInt(rows),
       BigInt(cols),
     );
-    this.#lib.check(status, "ng_convert_buf");
+    this.#lib.check(s, "ng_convert_buf");
   }
 
   embed(a: EmbedArgs): void {
     const op = "embed";
-    for (const [k, v] of [["B", a.B], ["T", a.T], ["C", a.C], ["max_pos", a.max_pos]] as const) {
-      check_dim(op, k, v);
-    }
-    const rows = a.B * a.T;
-    need(op, "out", a.out, rows * a.C * 4, `${rows} x ${a.C} f32`);
-    need(op, "tokens", a.tokens, rows * 4, `${rows} int32`);
-    need(op, "lengths", a.lengths, a.B * 4, `${a.B} int32`);
+    check_dims(op, { rows: a.rows, C: a.C, max_pos: a.max_pos });
+    need(op, "out", a.out, a.rows * a.C * 4, `${a.rows} x ${a.C} f32`);
+    need(op, "tokens", a.tokens, a.rows * 4, `${a.rows} int32`);
+    need(op, "positions", a.positions, a.rows * 4, `${a.rows} int32`);
     need(op, "wpe", a.wpe, a.max_pos * a.C * 4, `${a.max_pos} x ${a.C} f32`);
+    const vocab = Math.floor(a.wte.bytes / (a.C * 4));
     const s = this.#sym.ng_cpu_embed(
       a.out.ptr,
       a.tokens.ptr,
-      a.lengths.ptr,
+      a.positions.ptr,
       a.wte.ptr,
       a.wpe.ptr,
-      a.B,
-      a.T,
+      a.rows,
       a.C,
       a.max_pos,
+      vocab,
     );
     this.#lib.check(s, "ng_cpu_embed");
   }
 
   layernorm(a: LayerNormArgs): void {
     const op = "layernorm";
-    check_dim(op, "rows", a.rows);
-    check_dim(op, "C", a.C);
+    check_dims(op, { rows: a.rows, C: a.C });
     need(op, "out", a.out, a.rows * a.C * 4, `${a.rows} x ${a.C} f32`);
     need(op, "x", a.x, a.rows * a.C * 4, `${a.rows} x ${a.C} f32`);
     need(op, "weight", a.weight, a.C * 4, `${a.C} f32`);
@@ -222,17 +215,15 @@ export class CpuBackend implements Backend {
   }
 
   matmul(a: MatmulArgs): void {
-    if (a.ln) a = { ...a, x: this.#normed_input(a), ln: undefined };
     const op = "matmul";
-    check_dim(op, "M", a.M);
-    check_dim(op, "N", a.N);
-    check_dim(op, "K", a.K);
+    check_dims(op, { M: a.M, N: a.N, K: a.K });
+    const act = ACTIVATION_CODE[a.act];
+    if (act === undefined) throw new RangeError(`matmul: unknown activation '${a.act}'`);
+    if (a.ln) a = { ...a, x: this.#normed_input(a), ln: undefined };
     need(op, "out", a.out, a.M * a.N * 4, `${a.M} x ${a.N} f32`);
     need(op, "x", a.x, a.M * a.K * 4, `${a.M} x ${a.K} f32`);
     need(op, "w", a.w, a.N * a.K * 4, `${a.N} x ${a.K} f32`);
     if (a.bias) need(op, "bias", a.bias, a.N * 4, `${a.N} f32`);
-    const act = ACT_CODE[a.act];
-    if (act === undefined) throw new Error(`matmul: unknown activation '${a.act}'`);
     const s = this.#sym.ng_cpu_matmul(
       a.out.ptr,
       a.x.ptr,
@@ -249,62 +240,58 @@ export class CpuBackend implements Backend {
 
   attention(a: AttentionArgs): void {
     const op = "attention";
-    for (
-      const [k, v] of [["B", a.B], ["T", a.T], ["n_head", a.n_head], ["head_dim", a.head_dim], [
-        "max_T",
-        a.max_T,
-      ]] as const
-    ) check_dim(op, k, v);
-    const C = a.n_head * a.head_dim;
-    const rows = a.B * a.T;
-    const cache = a.B * a.n_head * a.max_T * a.head_dim * 4;
-    need(op, "out", a.out, rows * C * 4, `${rows} x ${C} f32`);
-    need(op, "qkv", a.qkv, rows * 3 * C * 4, `${rows} x ${3 * C} f32`);
-    need(op, "k_cache", a.k_cache, cache, `${a.B} x ${a.n_head} x ${a.max_T} x ${a.head_dim} f32`);
-    need(op, "v_cache", a.v_cache, cache, `${a.B} x ${a.n_head} x ${a.max_T} x ${a.head_dim} f32`);
-    need(op, "lengths", a.lengths, a.B * 4, `${a.B} int32`);
-    need(op, "n_new", a.n_new, a.B * 4, `${a.B} int32`);
+    check_attention(op, a, 4);
+    const L = a.layout;
     const s = this.#sym.ng_cpu_attention(
       a.out.ptr,
       a.qkv.ptr,
-      a.k_cache.ptr,
-      a.v_cache.ptr,
+      a.cache.k.ptr,
+      a.cache.v.ptr,
+      a.block_table.ptr,
       a.lengths.ptr,
-      a.n_new.ptr,
+      a.seq_start ? 0n : a.n_new!.ptr,
+      a.seq_start?.ptr ?? 0n,
       a.B,
-      a.T,
-      a.n_head,
-      a.head_dim,
-      a.max_T,
+      L.n_head,
+      L.head_dim,
+      L.block_size,
+      L.max_blocks,
+      L.num_blocks,
     );
     this.#lib.check(s, "ng_cpu_attention");
   }
 
-  gather_last(a: GatherLastArgs): void {
-    const op = "gather_last";
-    for (const [k, v] of [["B", a.B], ["T", a.T], ["C", a.C]] as const) check_dim(op, k, v);
-    need(op, "out", a.out, a.B * a.C * 4, `${a.B} x ${a.C} f32`);
-    need(op, "x", a.x, a.B * a.T * a.C * 4, `${a.B * a.T} x ${a.C} f32`);
-    need(op, "n_new", a.n_new, a.B * 4, `${a.B} int32`);
-    const s = this.#sym.ng_cpu_gather_last(a.out.ptr, a.x.ptr, a.n_new.ptr, a.B, a.T, a.C);
-    this.#lib.check(s, "ng_cpu_gather_last");
+  gather_rows(a: GatherRowsArgs): void {
+    const op = "gather_rows";
+    check_dims(op, { n: a.n, C: a.C });
+    need(op, "out", a.out, a.n * a.C * 4, `${a.n} x ${a.C} f32`);
+    need(op, "idx", a.idx, a.n * 4, `${a.n} int32`);
+    const x_rows = Math.floor(a.x.bytes / (a.C * 4));
+    const s = this.#sym.ng_cpu_gather_rows(a.out.ptr, a.x.ptr, a.idx.ptr, a.n, a.C, x_rows);
+    this.#lib.check(s, "ng_cpu_gather_rows");
+  }
+
+  scatter(a: ScatterArgs): void {
+    const op = "scatter";
+    check_dims(op, { n: a.n });
+    need(op, "src", a.src, a.n * 4, `${a.n} int32`);
+    need(op, "idx", a.idx, a.n * 4, `${a.n} int32`);
+    const s = this.#sym.ng_cpu_scatter(a.dst.ptr, a.src.ptr, a.idx.ptr, a.n, Math.floor(a.dst.bytes / 4));
+    this.#lib.check(s, "ng_cpu_scatter");
   }
 
   sample(a: SampleArgs): void {
     const op = "sample";
-    check_dim(op, "B", a.B);
-    check_dim(op, "V", a.V);
+    check_dims(op, { B: a.B, V: a.V });
     need(op, "tokens_out", a.tokens_out, a.B * 4, `${a.B} int32`);
     const ld = a.ld ?? a.V;
     if (!Number.isInteger(ld) || ld < a.V) {
       throw new RangeError(`${op}: ld must be an integer >= V (${a.V}), got ${ld}`);
     }
     need(op, "logits", a.logits, ((a.B - 1) * ld + a.V) * 4, `${a.B} rows of ${a.V} f32, ${ld} apart`);
-    need(op, "lengths", a.lengths, a.B * 4, `${a.B} int32`);
-    need(op, "n_new", a.n_new, a.B * 4, `${a.B} int32`);
-    need(op, "temperature", a.temperature, a.B * 4, `${a.B} f32`);
-    need(op, "top_k", a.top_k, a.B * 4, `${a.B} int32`);
-    need(op, "top_p", a.top_p, a.B * 4, `${a.B} f32`);
+    for (const k of ["lengths", "n_new", "temperature", "top_k", "top_p"] as const) {
+      need(op, k, a[k], a.B * 4, `${a.B} x 4 bytes`);
+    }
     need(op, "seed", a.seed, a.B * 8, `${a.B} x 2 u32`);
     const s = this.#sym.ng_cpu_sample(
       a.tokens_out.ptr,
@@ -322,8 +309,22 @@ export class CpuBackend implements Backend {
     this.#lib.check(s, "ng_cpu_sample");
   }
 
+  logprobs(a: LogprobsArgs): void {
+    const op = "logprobs";
+    check_dims(op, { rows: a.rows, V: a.V, ld: a.ld });
+    check_dims(op, { top_n: a.top_n }, 0);
+    if (a.top_n > MAX_TOP_LOGPROBS || a.ld < a.V) {
+      throw new RangeError(`${op}: top_n ${a.top_n} (max ${MAX_TOP_LOGPROBS}) or ld ${a.ld} < V ${a.V}`);
+    }
+    need(op, "out", a.out, a.rows * (1 + 2 * a.top_n) * 4, `${a.rows} x ${1 + 2 * a.top_n} f32`);
+    need(op, "logits", a.logits, ((a.rows - 1) * a.ld + a.V) * 4, `${a.rows} rows of ${a.V} f32`);
+    need(op, "targets", a.targets, a.rows * 4, `${a.rows} int32`);
+    const s = this.#sym.ng_cpu_logprobs(a.out.ptr, a.logits.ptr, a.targets.ptr, a.rows, a.V, a.ld, a.top_n);
+    this.#lib.check(s, "ng_cpu_logprobs");
+  }
+
   advance(a: AdvanceArgs): void {
-    check_dim("advance", "B", a.B);
+    check_dims("advance", { B: a.B });
     need("advance", "lengths", a.lengths, a.B * 4, `${a.B} int32`);
     need("advance", "n_new", a.n_new, a.B * 4, `${a.B} int32`);
     this.#lib.check(this.#sym.ng_cpu_advance(a.lengths.ptr, a.n_new.ptr, a.B), "ng_cpu_advance");
@@ -335,15 +336,17 @@ export class CpuBackend implements Backend {
 
   run_loop(_key: string, n: number, record: () => void, log: LoopLog): void {
     check_loop(n, log);
-    const row = new Uint8Array(log.B * 4);
     for (let i = 0; i < n; i++) {
       record();
-      this.#sym.ng_host_read(log.src.ptr, row, BigInt(row.length));
-      this.#sym.ng_host_write(
-        log.dst.ptr + BigInt((log.first_row + i) * log.stride * 4),
-        row,
-        BigInt(row.length),
-      );
+      for (const c of log.copies) {
+        const row = new Uint8Array(c.words * 4);
+        this.#sym.ng_host_read(c.src.ptr, row, BigInt(row.length));
+        this.#sym.ng_host_write(
+          c.dst.ptr + BigInt((log.first_row + i) * c.stride * 4),
+          row,
+          BigInt(row.length),
+        );
+      }
     }
   }
 
@@ -357,10 +360,16 @@ export class CpuBackend implements Backend {
   }
 }
 
-/**
- * Creates a CPU backend. `threads`: kernel threads, the caller included (default 0 = one per core);
- * `lib_path`: the libngpt to load (default: see src/native/lib.ts resolve_lib_path).
- */
-export function create_cpu_backend(opts: { threads?: number; lib_path?: string } = {}): CpuBackend {
+/** Options of create_cpu_backend. */
+export interface CpuBackendOptions {
+  /** Kernel threads, the caller included (default 0 = one per core). */
+  threads?: number;
+  /** The libngpt to load (default: see src/native/lib.ts resolve_lib_path). */
+  lib_path?: string;
+}
+
+/** Creates a CPU backend (the native library must be built: see prepare_native). */
+export function create_cpu_backend(opts: CpuBackendOptions = {}): CpuBackend {
+  check_keys(opts, ["threads", "lib_path"], "create_cpu_backend options");
   return new CpuBackend(native(opts.lib_path), opts.threads ?? 0);
 }

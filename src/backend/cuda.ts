@@ -21,15 +21,19 @@ import {
   check_loop,
   type DType,
   dtype_bytes,
+  DTYPE_CODE,
   type EmbedArgs,
-  type GatherLastArgs,
+  type GatherRowsArgs,
   type LayerNormArgs,
+  type LogprobsArgs,
   type LoopLog,
   type MatmulArgs,
   type PendingRead,
   type SampleArgs,
+  type ScatterArgs,
 } from "./backend.ts";
 import { native, type NativeLib } from "../native/lib.ts";
+import { as_bytes } from "./buf.ts";
 import { CudaContext, type MemInfo } from "./cuda/driver.ts";
 import { DeviceMemory } from "./cuda/memory.ts";
 import { PinnedStaging, SMALL_WRITE_BYTES } from "./cuda/staging.ts";
@@ -39,7 +43,6 @@ import { KernelOps } from "./cuda/ops.ts";
 import { default_gemv_policy, gemv_fits, gemv_preferred, type GemvPolicy, Matmuls } from "./cuda/matmul.ts";
 import { type StepGraph, StepGraphs } from "./cuda/graphs.ts";
 import { cache_root, env } from "../util/env.ts";
-import { dtype_code } from "./cuda/kernels.ts";
 
 export { cuda_status, type CudaStatus } from "./cuda/driver.ts";
 export { compile_variant, kernel_sources, kernel_variants } from "./cuda/kernels.ts";
@@ -62,10 +65,6 @@ export interface CudaBackendOptions {
 function env_flag(name: string, fallback: boolean): boolean {
   const v = env(name);
   return v === undefined ? fallback : v !== "0";
-}
-
-function view_bytes(v: ArrayBufferView): Uint8Array {
-  return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
 }
 
 /** The CUDA implementation of Backend. */
@@ -181,6 +180,10 @@ export class CudaBackend implements Backend {
     return this.#ctx.mem_info();
   }
 
+  free_bytes(): number {
+    return this.mem_info().free_bytes;
+  }
+
   /** Number of captured step graphs. */
   graph_count(): number {
     return this.#steps.count();
@@ -188,7 +191,7 @@ export class CudaBackend implements Backend {
 
   write(dst: Buf, src: ArrayBufferView, dst_offset = 0): void {
     this.#host_op(`write to "${dst.label}"`);
-    const bytes = view_bytes(src);
+    const bytes = as_bytes(src);
     this.#range(`write to "${dst.label}"`, dst, dst_offset, bytes.length);
     const s = this.#lib.symbols;
     const fill = (pinned: bigint, off: number, n: number) => {
@@ -201,7 +204,7 @@ export class CudaBackend implements Backend {
 
   read(src: Buf, dst: ArrayBufferView, src_offset = 0): void {
     this.#host_op(`read from "${src.label}"`);
-    const bytes = view_bytes(dst);
+    const bytes = as_bytes(dst);
     this.#range(`read from "${src.label}"`, src, src_offset, bytes.length);
     const s = this.#lib.symbols;
     this.#staging.download(src.ptr + BigInt(src_offset), bytes.length, (pinned, off, n) => {
@@ -230,7 +233,7 @@ export class CudaBackend implements Backend {
     if (transpose && transpose[0] * transpose[1] !== n) {
       throw new RangeError(`${what}: transpose [${transpose}] does not hold n = ${n} elements`);
     }
-    const s = this.#lib.symbols, sd = dtype_code(src_dtype), dd = dtype_code(this.dtype);
+    const s = this.#lib.symbols, sd = DTYPE_CODE[src_dtype], dd = DTYPE_CODE[this.dtype];
     if (!transpose) {
       this.#staging.upload(dst.ptr, n * es, (pinned, off, bytes) => {
         const i0 = off / es, count = bytes / es;
@@ -276,7 +279,7 @@ export class CudaBackend implements Backend {
     if (a.ln) a = { ...a, x: this.#normed_input(a), ln: undefined };
     const p = this.#mm.plan(a, this.#ops.mode !== "capture", this.#stream, this.autotune);
     if (this.#ops.mode !== "prepare") this.#mm.run(a, p, this.#stream);
-    if (p.post_gelu !== null) this.#ops.bias_gelu(a.out, null, a.M * a.N, a.N, p.post_gelu);
+    if (p.post_gelu !== "none") this.#ops.bias_gelu(a.out, null, a.M * a.N, a.N, p.post_gelu);
   }
 
   /** The cuBLASLt path's input: layernorm(a.x) into the matmul scratch (grown outside capture). */
@@ -292,9 +295,19 @@ export class CudaBackend implements Backend {
     this.#ops.attention(a);
   }
 
-  gather_last(a: GatherLastArgs): void {
-    this.#open("gather_last");
-    this.#ops.gather_last(a);
+  gather_rows(a: GatherRowsArgs): void {
+    this.#open("gather_rows");
+    this.#ops.gather_rows(a);
+  }
+
+  scatter(a: ScatterArgs): void {
+    this.#open("scatter");
+    this.#ops.scatter(a);
+  }
+
+  logprobs(a: LogprobsArgs): void {
+    this.#open("logprobs");
+    this.#ops.logprobs(a);
   }
 
   sample(a: SampleArgs): void {

@@ -1,72 +1,107 @@
 /**
- * The engine: runs batches of requests through a model on its backend. It owns the device batch
- * (KV cache, lengths, sampling parameters), turns prompts into a ragged prefill step, then runs
- * one decode step per token — each a recorded step (a CUDA graph keyed by phase and shape) — and
- * reads sampled tokens back one step behind, so the host never stalls the device in steady state.
+ * The engine: a continuous-batching scheduler over one model. Requests arrive at any time
+ * (`submit`) and join the running batch at the next launch; finished or cancelled ones leave at
+ * once and free their KV blocks. Each iteration of the loop reads as its steps:
+ *
+ *   admit     waiting requests take a decode slot and KV blocks (cached prompt prefixes reused)
+ *   schedule  the prompt chunks to prefill (a token budget) and the decoding slots, k steps each
+ *   launch    the prefill step, then the decode loop; their outputs are copied back asynchronously
+ *   collect   the previous launch's tokens become events (one launch behind, so the host never
+ *             stalls the device); a synchronous backend collects its own launch instead
+ *   retire    finished sequences free their slot and blocks
+ *
+ * `generate`, `run` and the Model façade all go through `submit`; there is no second loop.
  * @module
  */
-import type { Backend, Buf, PendingRead } from "../backend/backend.ts";
+import type { Buf, PendingRead } from "../backend/backend.ts";
 import type { GPT } from "../model/gpt.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
-import { DeviceBatch } from "./batch.ts";
+import { check_choice, check_int, check_keys } from "../util/check.ts";
+import { batch_bucket, length_bucket, rows_bucket, seqs_bucket } from "./buckets.ts";
+import { DeviceState, LOGPROB_WORDS } from "./device_state.ts";
+import { BlockPool } from "./kv_cache.ts";
+import { EngineMetrics } from "./metrics.ts";
 import {
-  check_request_keys,
-  type ContextOverflow,
-  resolve_sampling,
-  type ResolvedSampling,
-  type SamplingOptions,
-  seed_words,
-} from "./sampling.ts";
-import { TextStream } from "./text_stream.ts";
+  type FinishReason,
+  type GenerateRequest,
+  type GenerateResult,
+  MAX_LOGPROBS,
+  REQUEST_KEYS,
+  type RequestEvent,
+  type RequestHandle,
+  resolve_reporting,
+  Sequence,
+  type TokenLogprob,
+} from "./request.ts";
+import { check_request_keys, type ContextOverflow, resolve_sampling, seed_words } from "./sampling.ts";
+import { type NeedsDrain, type Plan, type PrefillChunk, Scheduler } from "./scheduler.ts";
+import { Steps } from "./step.ts";
 
-/** One generation request: a prompt (text or token ids) and its sampling options. */
-export interface GenerateRequest extends SamplingOptions {
-  prompt: string | number[];
+export type {
+  ContextOverflow,
+  FinishReason,
+  GenerateRequest,
+  GenerateResult,
+  RequestEvent,
+  RequestHandle,
+  TokenLogprob,
+};
+
+/** Engine options (all optional; defaults depend on the backend). */
+export interface EngineOptions {
+  /** Default of the requests' `context_overflow` ("slide", as nanoGPT's sample.py). */
+  context_overflow?: ContextOverflow;
+  /** Decode steps per launch in steady state (default 8; 1 turns the device-side loop off). */
+  steps_per_launch?: number;
+  /** Sequences decoding at once: the decode slots (default 256 on CUDA, 64 on the CPU). */
+  max_running?: number;
+  /** Requests queued at most before submit refuses more (default 0: unbounded). */
+  max_waiting?: number;
+  /** Prompt tokens one prefill launch computes at most: a long prompt is chunked (default 2048 on CUDA, 512 on the CPU). */
+  prefill_tokens?: number;
+  /** Prompts one prefill launch takes at most (default 32). */
+  prefill_seqs?: number;
+  /** Positions per KV block (default 16). */
+  block_size?: number;
+  /** Bytes of the KV pool (default: kv_memory_fraction of free device memory; on the CPU what the slots can use, at most 1 GiB). */
+  kv_memory?: number;
+  /** The share of free device memory the KV pool takes when kv_memory is not given (default 0.5). */
+  kv_memory_fraction?: number;
+  /** Reuse the KV of prompt prefixes other requests computed (default true). */
+  prefix_caching?: boolean;
+  /**
+   * Milliseconds of work between yields to the event loop's I/O (default 0: only promise jobs run
+   * between launches, for the least overhead). A server sets a few ms so sockets are served while
+   * the engine works.
+   */
+  io_yield_ms?: number;
 }
 
-/** Why a sequence ended. */
-export type FinishReason = "length" | "eot" | "stop";
+/** The keys of EngineOptions. */
+export const ENGINE_OPTION_KEYS: readonly (keyof EngineOptions)[] = [
+  "context_overflow",
+  "steps_per_launch",
+  "max_running",
+  "max_waiting",
+  "prefill_tokens",
+  "prefill_seqs",
+  "block_size",
+  "kv_memory",
+  "kv_memory_fraction",
+  "prefix_caching",
+  "io_yield_ms",
+];
 
-/** The outcome of one request. */
-export interface GenerateResult {
-  /** Generated text (without the prompt, the end-of-text token or the stop string). */
-  text: string;
-  /** Generated token ids (the end-of-text token included when it ended the sequence). */
-  tokens: number[];
-  finish_reason: FinishReason;
-  /** Prompt length in tokens (before any cropping to the context). */
-  prompt_tokens: number;
-}
-
-export type { ContextOverflow };
-
-/** A piece of text from sequence `index`; `done` is set on its last piece. */
+/** A piece of text from request `index` of a batch; `done` is set on its last piece. */
 export interface TextEvent {
   index: number;
   text: string;
   done?: FinishReason;
 }
 
-/** Engine options. */
-export interface EngineOptions {
-  /**
-   * "slide" (default) follows nanoGPT's sample.py: keep the last block_size tokens and recompute;
-   * "error" refuses prompts + max_new_tokens longer than the context.
-   */
-  context_overflow?: ContextOverflow;
-  /** Most token slots one step processes; larger prefills are split by sequence (default 16384). */
-  max_prefill_rows?: number;
-  /**
-   * Decode steps recorded into one launch (one CUDA graph) in steady state (default 8; 1 turns
-   * this off). Tokens come back once per launch, so a sequence that ends mid-launch costs up to
-   * steps_per_launch - 1 wasted steps, and streamed text arrives in pieces of that many tokens.
-   */
-  steps_per_launch?: number;
-}
-
-/** Timings of the last run, in milliseconds from its start. */
+/** Timings of the last busy period (from idle to idle), in milliseconds from its start. */
 export interface RunStats {
-  /** Time to the first token of every sequence on the host. */
+  /** Time to the first generated token. */
   ttft_ms: number;
   /** Decode steps launched. */
   decode_steps: number;
@@ -79,34 +114,33 @@ export interface RunStats {
    * waits for the host.
    */
   host_us_per_step: number;
-  /** Of host_us_per_step: time in the launch calls (run_step / run_loop) and in read_async. */
+  /** Of host_us_per_step: time in the launch calls and in read_async. */
   launch_us_per_step: number;
-  /**
-   * The median over steady-state steps of their launch's host time per step (what
-   * host_us_per_step is without the occasional stall of the host: a page fault, another process).
-   */
+  /** The median over launches of their host time per step (without the occasional stall). */
   host_us_median: number;
 }
 
-interface Seq {
-  req: ResolvedSampling;
-  prompt: number[];
-  /** Prompt + generated tokens (for sliding past the context). */
-  history: number[];
-  generated: number[];
-  /** Streaming detokenizer; null when the text is decoded once at the end. */
-  text: TextStream | null;
-  done: FinishReason | null;
-  /** Tokens in this sequence's KV cache on the device, as the host mirrors it. */
-  len: number;
-  /** Whether the device treats the sequence as active (n_new = 1). */
-  active: boolean;
+/** The engine refuses a request: the waiting queue is full. */
+export class QueueFullError extends Error {
+  constructor(limit: number) {
+    super(`the engine's waiting queue is full (${limit} requests): try again later`);
+    this.name = "QueueFullError";
+  }
 }
 
-/** KV cache lengths are multiples of this (a few percent of memory at most, for 100+ token runs). */
-const CACHE_T_ALIGN = 8;
+/** The outputs of one launch, read back asynchronously, and which sequence each belongs to. */
+interface Launch {
+  prefill: {
+    chunks: PrefillChunk[];
+    tokens: PendingRead;
+    lp: PendingRead | null;
+    prompt_lp: PendingRead | null;
+  } | null;
+  decode: { by_slot: (Sequence | null)[]; k: number; tokens: PendingRead; lp: PendingRead | null } | null;
+  t_launch: number;
+  host_ms: number;
+}
 
-/** The median of values each counted `weight` times ([value, weight] pairs). */
 function weighted_median(xs: [number, number][]): number {
   const s = [...xs].sort((a, b) => a[0] - b[0]);
   const half = s.reduce((t, x) => t + x[1], 0) / 2;
@@ -118,20 +152,17 @@ function weighted_median(xs: [number, number][]): number {
   return 0;
 }
 
-function next_pow2(n: number): number {
-  let p = 1;
-  while (p < n) p *= 2;
-  return p;
-}
-
 /** Runs generation on one model. */
 export class Engine implements Disposable {
+  /** The model. */
   readonly model: GPT;
+  /** Its tokenizer. */
   readonly tokenizer: Tokenizer;
-  readonly context_overflow: ContextOverflow;
-  readonly max_prefill_rows: number;
-  readonly steps_per_launch: number;
-  /** Timings of the last run. */
+  /** Resolved options. */
+  readonly options: Readonly<Required<Omit<EngineOptions, "kv_memory">> & { kv_memory: number | null }>;
+  /** Counters and latency histograms since the engine was made (the server's /metrics). */
+  readonly metrics: EngineMetrics = new EngineMetrics();
+  /** Timings of the last busy period. */
   stats: RunStats = {
     ttft_ms: 0,
     decode_steps: 0,
@@ -141,45 +172,111 @@ export class Engine implements Disposable {
     launch_us_per_step: 0,
     host_us_median: 0,
   };
-  #batch: DeviceBatch | null = null;
-  #busy = false;
+  #state: DeviceState | null = null;
+  #sched: Scheduler | null = null;
+  #steps: Steps | null = null;
+  #next_id = 0;
+  #loop: Promise<void> | null = null;
+  #inflight: Launch[] = [];
+  #disposed = false;
+  #period = { t0: 0, t_first: 0, steps: 0, waited_ms: 0, launch_ms: 0, per_step: [] as [number, number][] };
 
   constructor(model: GPT, tokenizer: Tokenizer, opts: EngineOptions = {}) {
+    check_keys(opts, ENGINE_OPTION_KEYS, "engine options");
     this.model = model;
     this.tokenizer = tokenizer;
-    this.context_overflow = opts.context_overflow ?? "slide";
-    this.max_prefill_rows = opts.max_prefill_rows ?? 16384;
-    this.steps_per_launch = opts.steps_per_launch ?? 8;
-    if (
-      !(Number.isInteger(this.steps_per_launch) && this.steps_per_launch >= 1 && this.steps_per_launch <= 64)
-    ) {
-      throw new RangeError(`steps_per_launch must be an integer in [1, 64], got ${opts.steps_per_launch}`);
+    const cuda = model.backend.kind === "cuda";
+    const o = {
+      context_overflow: check_choice("context_overflow", opts.context_overflow ?? "slide", [
+        "slide",
+        "error",
+      ]),
+      steps_per_launch: check_int("steps_per_launch", opts.steps_per_launch ?? 8, 1, 64),
+      max_running: check_int("max_running", opts.max_running ?? (cuda ? 256 : 64), 1, 4096),
+      max_waiting: check_int("max_waiting", opts.max_waiting ?? 0, 0),
+      prefill_tokens: check_int("prefill_tokens", opts.prefill_tokens ?? (cuda ? 2048 : 512), 16, 65536),
+      prefill_seqs: check_int("prefill_seqs", opts.prefill_seqs ?? 32, 1, 1024),
+      block_size: check_int("block_size", opts.block_size ?? 16, 1, 1024),
+      kv_memory: opts.kv_memory === undefined ? null : check_int("kv_memory", opts.kv_memory, 1),
+      kv_memory_fraction: opts.kv_memory_fraction ?? 0.5,
+      prefix_caching: opts.prefix_caching ?? true,
+      io_yield_ms: opts.io_yield_ms ?? 0,
+    };
+    if (!(o.kv_memory_fraction > 0 && o.kv_memory_fraction <= 1)) {
+      throw new RangeError(`kv_memory_fraction must be in (0, 1], got ${o.kv_memory_fraction}`);
     }
-    if (this.context_overflow !== "slide" && this.context_overflow !== "error") {
-      throw new RangeError(`context_overflow must be "slide" or "error", got ${this.context_overflow}`);
-    }
+    if (typeof o.prefix_caching !== "boolean") throw new TypeError("prefix_caching must be a boolean");
+    this.options = Object.freeze(o);
   }
 
-  get #be(): Backend {
-    return this.model.backend;
-  }
-
-  /** Bytes of the KV cache currently allocated. */
+  /** Bytes of the KV pool (0 before the first request, or reserve()). */
   get kv_bytes(): number {
-    return this.#batch?.kv_bytes ?? 0;
+    return this.#state?.kv_bytes ?? 0;
   }
 
-  /**
-   * Allocates the device batch for `batch` sequences of up to `max_T` tokens now, so that later
-   * runs within it allocate nothing and reuse their recorded steps.
-   */
-  reserve(batch: number, max_T: number): void {
-    this.#ensure_batch(batch, this.#cache_T(Math.min(max_T, this.model.config.block_size)));
+  /** The KV blocks and the prefix cache (null before the first request). */
+  get pool(): BlockPool | null {
+    return this.#sched?.pool ?? null;
+  }
+
+  /** Requests admitted (computing their prompt or decoding) and waiting. */
+  get load(): { running: number; waiting: number } {
+    return { running: this.#sched?.running.length ?? 0, waiting: this.#sched?.waiting.length ?? 0 };
+  }
+
+  /** Allocates the device state now (the KV pool, the slots, the workspace) instead of at the first request. */
+  reserve(): void {
+    this.#ensure_state();
+  }
+
+  #ensure_state(): { state: DeviceState; sched: Scheduler; steps: Steps } {
+    if (this.#disposed) throw new Error("the engine has been disposed");
+    if (this.#state && this.#sched && this.#steps) {
+      return { state: this.#state, sched: this.#sched, steps: this.#steps };
+    }
+    const o = this.options, c = this.model.config, be = this.model.backend;
+    const max_blocks = Math.ceil(c.block_size / o.block_size);
+    const block_bytes = 2 * c.n_layer * o.block_size * c.n_embd * (be.dtype === "f32" ? 4 : 2);
+    const enough = o.max_running * max_blocks + 1;
+    const free = be.free_bytes();
+    const budget = o.kv_memory ?? (free === null ? 1 << 30 : Math.floor(free * o.kv_memory_fraction));
+    const num_blocks = Math.min(enough, Math.floor(budget / block_bytes));
+    if (num_blocks < max_blocks) {
+      throw new RangeError(
+        `the KV cache gets ${budget} bytes (${num_blocks} blocks of ${block_bytes} bytes): fewer than one ` +
+          `sequence of the model's context needs (${max_blocks} blocks); raise kv_memory or kv_memory_fraction`,
+      );
+    }
+    const state = new DeviceState(this.model, {
+      slots: o.max_running,
+      num_blocks,
+      block_size: o.block_size,
+      prefill_tokens: o.prefill_tokens,
+      prefill_seqs: o.prefill_seqs,
+      log_steps: o.steps_per_launch,
+    });
+    this.#state = state;
+    this.#steps = new Steps(this.model, state);
+    this.#sched = new Scheduler(
+      new BlockPool(num_blocks, o.block_size, { prefix_caching: o.prefix_caching }),
+      {
+        slots: o.max_running,
+        context: c.block_size,
+        prefill_tokens: o.prefill_tokens,
+        prefill_seqs: o.prefill_seqs,
+        steps_per_launch: o.steps_per_launch,
+        max_waiting: o.max_waiting,
+      },
+    );
+    return { state, sched: this.#sched, steps: this.#steps };
   }
 
   /** Tokenizes a prompt (or checks given ids); an empty prompt starts from end-of-text when there is one. */
   encode_prompt(prompt: string | number[]): number[] {
     const V = this.model.config.vocab_size;
+    if (typeof prompt !== "string" && !Array.isArray(prompt)) {
+      throw new TypeError(`prompt must be a string or an array of token ids, got ${typeof prompt}`);
+    }
     const ids = typeof prompt === "string" ? this.tokenizer.encode(prompt) : [...prompt];
     for (let i = 0; i < ids.length; i++) {
       if (!Number.isInteger(ids[i]) || ids[i] < 0 || ids[i] >= V) {
@@ -195,339 +292,487 @@ export class Engine implements Disposable {
     return ids;
   }
 
-  /** Makes sure the device batch holds `B` sequences of `max_T` tokens (reallocating if smaller). */
-  #ensure_batch(B: number, max_T: number): DeviceBatch {
-    const cur = this.#batch;
-    if (cur && cur.batch >= B && cur.max_T >= max_T) return cur;
-    const want_B = Math.max(B, cur?.batch ?? 0);
-    const want_T = Math.min(this.model.config.block_size, Math.max(max_T, cur?.max_T ?? 0));
-    if (cur) {
-      this.#be.synchronize();
-      this.#be.reset_steps?.();
-      cur[Symbol.dispose]();
-      this.#batch = null;
-    }
-    this.#batch = new DeviceBatch(this.model, want_B, want_T, this.max_prefill_rows, this.steps_per_launch);
-    return this.#batch;
-  }
-
-  /** Writes int32 values for sequences 0..n-1 into a per-sequence buffer. */
-  #write_i32(buf: Buf, values: number[]): void {
-    this.#be.write(buf, Int32Array.from(values));
-  }
-
   /**
-   * Runs one ragged step for sequences 0..B-1: `inputs[b]` are its new tokens (empty: inactive),
-   * `lengths[b]` what its cache already holds. Split into groups of sequences so that each group's
-   * B*T token slots fit the workspace. With T == 1 and inputs taken from next_token, use #decode.
+   * Queues a request: it joins the running batch at the next launch. Throws (naming the field) on a
+   * bad request, and QueueFullError when max_waiting requests are queued. With `signal`, aborting
+   * cancels it. `stream_text` false skips per-token text events unless stop strings need them.
    */
-  #ragged_step(batch: DeviceBatch, inputs: number[][], lengths: number[], sample = true): void {
-    const B = inputs.length, be = this.#be;
-    const longest = Math.max(1, ...inputs.map((x) => x.length));
-    const T = Math.min(batch.max_T, Math.max(16, next_pow2(longest)));
-    if (longest > batch.max_T) throw new Error(`internal: step of ${longest} tokens > cache ${batch.max_T}`);
-    const toks = new Int32Array(B * T);
-    inputs.forEach((x, b) => toks.set(x, b * T));
-    be.write(batch.tokens, toks);
-    this.#write_i32(batch.state.lengths, lengths);
-    this.#write_i32(batch.state.n_new, inputs.map((x) => x.length));
-    const group = Math.max(1, Math.min(B, Math.floor(batch.ws.rows / T)));
-    for (let b0 = 0; b0 < B; b0 += group) {
-      const nb = Math.min(group, B - b0);
-      const g = batch.group(b0, nb, T);
-      be.run_step(
-        `prefill:${b0}:${nb}:${T}:${sample ? "s" : "n"}`,
-        () => this.model.forward(batch.ws, g.state, g.cache, g.tokens, nb, T, batch.max_T, sample),
+  submit(
+    request: GenerateRequest,
+    opts: { signal?: AbortSignal; stream_text?: boolean } = {},
+  ): RequestHandle {
+    check_request_keys(request, "request", REQUEST_KEYS);
+    const req = {
+      ...resolve_sampling(request, { context_overflow: this.options.context_overflow }),
+      ...resolve_reporting(request),
+    };
+    const prompt = this.encode_prompt(request.prompt);
+    const bs = this.model.config.block_size;
+    if (req.context_overflow === "error" && prompt.length + req.max_new_tokens > bs) {
+      throw new RangeError(
+        `prompt (${prompt.length} tokens) + max_new_tokens (${req.max_new_tokens}) exceeds the model's context ` +
+          `of ${bs} tokens (context_overflow is "error")`,
       );
     }
-  }
-
-  /**
-   * `k` decode steps for sequences 0..B-1 in one launch, one slot each, each reading and sampling
-   * into next_token; with k > 1 step i's tokens are also logged into row log_steps - k + i of
-   * the token log (the last row is next_token itself).
-   */
-  #decode(batch: DeviceBatch, B: number, k = 1, sample = true): void {
-    const s = batch.state;
-    const step = () => this.model.forward(batch.ws, s, batch.cache, s.next_token, B, 1, batch.max_T, sample);
-    const key = `decode:${B}:${sample ? "s" : "n"}`;
-    if (k === 1) {
-      this.#be.run_step(key, step);
-      return;
-    }
-    const log = {
-      src: s.next_token,
-      dst: batch.token_log,
-      first_row: batch.log_steps - k,
-      stride: batch.batch,
-      B,
+    const { sched } = this.#ensure_state();
+    const seq = new Sequence(this.#next_id++, req, prompt, this.tokenizer, opts.stream_text ?? true);
+    let resolve!: (r: GenerateResult) => void, reject!: (e: unknown) => void;
+    const result = new Promise<GenerateResult>((res, rej) => [resolve, reject] = [res, rej]);
+    result.catch(() => {}); // a caller that only reads events need not await the result
+    seq.settle = () => seq.error ? reject(seq.error) : resolve(this.#result(seq));
+    const handle: RequestHandle = {
+      id: seq.id,
+      events: () => seq.queue.iterate(),
+      result,
+      cancel: (reason?: unknown) => this.#cancel(seq, reason),
     };
-    this.#be.run_loop(`${key}:x${k}`, k, step, log);
+    if (opts.signal?.aborted) {
+      this.#cancel(seq, opts.signal.reason);
+      return handle;
+    }
+    if (req.max_new_tokens === 0 && !req.prompt_logprobs) {
+      this.#finish(seq, "length");
+      return handle;
+    }
+    if (!sched.add(seq)) throw new QueueFullError(sched.opts.max_waiting);
+    this.metrics.on_submit();
+    opts.signal?.addEventListener("abort", () => this.#cancel(seq, opts.signal!.reason), { once: true });
+    this.#kick();
+    return handle;
   }
 
-  /** Reads back the tokens of the last `k` steps: row j of sequence b at int32 j * batch.batch + b. */
-  #read_tokens(batch: DeviceBatch, B: number, k = 1): PendingRead {
-    const be = this.#be;
-    const offset = (batch.log_steps - k) * batch.batch * 4, bytes = ((k - 1) * batch.batch + B) * 4;
-    if (be.read_async) return be.read_async(batch.token_log, bytes, offset);
+  /** Generates for every request and returns the results in order (all submitted at once). */
+  async generate(requests: GenerateRequest[]): Promise<GenerateResult[]> {
+    const handles: RequestHandle[] = [];
+    try {
+      for (const r of requests) handles.push(this.submit(r, { stream_text: false }));
+    } catch (e) {
+      for (const h of handles) h.cancel(e);
+      throw e;
+    }
+    return await Promise.all(handles.map((h) => h.result));
+  }
+
+  /** Streams a batch of requests: events carry the index of their request. */
+  async *run(requests: GenerateRequest[]): AsyncGenerator<TextEvent> {
+    const handles: RequestHandle[] = [];
+    try {
+      for (const r of requests) handles.push(this.submit(r));
+    } catch (e) {
+      for (const h of handles) h.cancel(e);
+      throw e;
+    }
+    const events: TextEvent[] = [];
+    let wake: (() => void) | null = null, open = handles.length, failure: unknown = null;
+    handles.forEach((h, index) => {
+      (async () => {
+        try {
+          for await (const ev of h.events()) {
+            events.push(ev.done ? { index, text: ev.text, done: ev.done } : { index, text: ev.text });
+            wake?.();
+          }
+        } catch (e) {
+          failure ??= e;
+        }
+        open--;
+        wake?.();
+      })();
+    });
+    try {
+      while (open > 0 || events.length) {
+        if (failure) throw failure;
+        if (events.length) yield events.shift()!;
+        else await new Promise<void>((r) => (wake = r));
+      }
+      if (failure) throw failure;
+    } finally {
+      for (const h of handles) h.cancel(new Error("the stream was closed"));
+    }
+  }
+
+  #cancel(seq: Sequence, reason: unknown): void {
+    if (seq.ended) return;
+    seq.error = reason ?? new DOMException("the request was cancelled", "AbortError");
+    seq.queue.close(seq.error);
+    this.#sched?.retire(seq);
+    this.metrics.on_end(seq, "cancelled");
+    seq.settle();
+  }
+
+  #finish(seq: Sequence, why: FinishReason): void {
+    if (seq.ended) return;
+    seq.done = why;
+    const piece = seq.text?.finish() ?? "";
+    seq.queue.push({ text: piece, tokens: [], done: why });
+    seq.queue.close();
+    if (seq.status !== "finished") this.#sched?.retire(seq);
+    this.metrics.on_end(seq, why);
+    seq.settle();
+  }
+
+  #result(seq: Sequence): GenerateResult {
+    const toks = seq.done === "eot" ? seq.generated.slice(0, -1) : seq.generated;
+    const t_end = performance.now();
+    const out: GenerateResult = {
+      text: seq.text ? seq.text.text : new TextDecoder().decode(this.tokenizer.decode_bytes(toks)),
+      tokens: seq.generated,
+      finish_reason: seq.done ?? "length",
+      prompt_tokens: seq.prompt.length,
+      prompt_ids: seq.prompt,
+      cached_tokens: seq.cached_tokens,
+      ttft_ms: seq.t_first ? seq.t_first - seq.t_submit : 0,
+      total_ms: t_end - seq.t_submit,
+    };
+    if (seq.req.logprobs >= 0) out.logprobs = seq.logprobs;
+    if (seq.req.prompt_logprobs) out.prompt_logprobs = seq.prompt_logprobs;
+    return out;
+  }
+
+  /** Starts the loop if it is not running. */
+  #kick(): void {
+    if (this.#loop) return;
+    this.#period = { t0: performance.now(), t_first: 0, steps: 0, waited_ms: 0, launch_ms: 0, per_step: [] };
+    this.#loop = this.#run_loop().finally(() => (this.#loop = null));
+  }
+
+  async #run_loop(): Promise<void> {
+    const sched = this.#sched!;
+    let last_io = performance.now();
+    try {
+      while (sched.busy || this.#inflight.length) {
+        this.#iteration();
+        if (this.options.io_yield_ms > 0 && performance.now() - last_io >= this.options.io_yield_ms) {
+          await new Promise((r) => setTimeout(r, 0));
+          last_io = performance.now();
+        } else await null;
+      }
+      this.#end_period();
+    } catch (e) {
+      this.#fail_all(e);
+    }
+  }
+
+  /** One iteration: admit, schedule, launch, collect (which retires what finished). */
+  #iteration(): void {
+    const sched = this.#sched!;
+    sched.admit();
+    let plan: Plan | NeedsDrain = sched.plan();
+    if ("needs_drain" in plan) {
+      // Sliding and preemption need every token in flight first.
+      this.#collect_all();
+      plan = sched.plan(true) as Plan;
+    }
+    if (plan.prefill.length || plan.decode) this.#inflight.push(this.#launch(plan));
+    // Overlap: collect the launch before this one while the device runs this one. A backend that
+    // runs steps as they are enqueued (the CPU) has nothing to overlap: collect everything now.
+    const keep = this.model.backend.read_async !== undefined ? 1 : 0;
+    while (this.#inflight.length > keep) this.#collect(this.#inflight.shift()!);
+  }
+
+  /** Collects every launch in flight. */
+  #collect_all(): void {
+    while (this.#inflight.length) this.#collect(this.#inflight.shift()!);
+  }
+
+  /** Enqueues the plan's prefill and decode steps and the reads of their outputs. */
+  #launch(plan: Plan): Launch {
+    const t0 = performance.now();
+    const launch: Launch = { prefill: null, decode: null, t_launch: t0, host_ms: 0 };
+    if (plan.prefill.length) launch.prefill = this.#launch_prefill(plan.prefill);
+    if (plan.decode) launch.decode = this.#launch_decode(plan.decode.by_slot, plan.decode.k);
+    launch.host_ms = performance.now() - t0;
+    if (this.#period.t_first) this.#period.launch_ms += launch.host_ms;
+    return launch;
+  }
+
+  #read(buf: Buf, bytes: number, offset = 0): PendingRead {
+    const be = this.model.backend;
+    if (be.read_async) return be.read_async(buf, bytes, offset);
     const out = new Uint8Array(bytes);
-    be.read(batch.token_log, out, offset);
+    be.read(buf, out, offset);
     return { done: () => true, wait: () => out };
   }
 
-  /**
-   * Generates for a batch of requests, yielding text pieces as tokens come back. One request per
-   * sequence; each has its own sampling parameters, seed and stop conditions.
-   */
-  run(requests: GenerateRequest[]): AsyncGenerator<TextEvent> {
-    return this.#exclusive(requests, true);
+  #launch_prefill(chunks: PrefillChunk[]): NonNullable<Launch["prefill"]> {
+    const st = this.#state!, sched = this.#sched!, h = st.pre_host;
+    const n_rows = chunks.reduce((a, c) => a + c.n, 0);
+    const P = seqs_bucket(chunks.length, st.opts.prefill_seqs),
+      N = rows_bucket(n_rows, st.opts.prefill_tokens);
+    const mb = st.layout.max_blocks;
+    const i32 = h.i32, f32 = h.f32, u32 = h.u32;
+    i32.tokens.fill(0, 0, N);
+    i32.positions.fill(0, 0, N);
+    i32.row_seq.fill(-1, 0, N);
+    i32.targets.fill(-1, 0, N);
+    let r = 0;
+    const prompt_lp = chunks.some((c) => c.seq.req.prompt_logprobs);
+    for (let b = 0; b < P; b++) {
+      const c = chunks[b];
+      i32.seq_start[b] = r;
+      if (!c) {
+        i32.last_row[b] = 0;
+        i32.lengths[b] = 0;
+        i32.n_new[b] = 0;
+        i32.scatter[b] = -1;
+        continue;
+      }
+      const s = c.seq;
+      for (let t = 0; t < c.n; t++, r++) {
+        i32.tokens[r] = s.target[c.start + t];
+        i32.positions[r] = c.start + t;
+        i32.row_seq[r] = b;
+        if (s.req.prompt_logprobs && c.start + t + 1 < s.target.length) {
+          i32.targets[r] = s.target[c.start + t + 1];
+        }
+      }
+      i32.last_row[b] = r - 1;
+      i32.lengths[b] = c.start;
+      i32.n_new[b] = c.final ? c.n : 0;
+      i32.scatter[b] = c.final ? s.slot : -1;
+      f32.temperature[b] = s.req.temperature;
+      i32.top_k[b] = s.req.top_k;
+      f32.top_p[b] = s.req.top_p;
+      [u32.seed[2 * b], u32.seed[2 * b + 1]] = seed_words(s.req.seed);
+      i32.block_table.fill(0, b * mb, (b + 1) * mb);
+      i32.block_table.set(s.blocks.slice(0, mb), b * mb);
+    }
+    i32.seq_start[P] = r;
+    st.write_prefill();
+    this.#steps!.prefill({ P, N, max_seq_rows: N, prompt_logprobs: prompt_lp });
+    for (const c of chunks) {
+      sched.computed(c);
+      if (c.final) c.seq.inflight++;
+    }
+    const want_lp = chunks.some((c) => c.final && c.seq.req.logprobs >= 0);
+    return {
+      chunks,
+      tokens: this.#read(st.pre_next, P * 4),
+      lp: want_lp ? this.#read(st.pre_lp, P * LOGPROB_WORDS * 4) : null,
+      prompt_lp: prompt_lp ? this.#read(st.prompt_lp, N * LOGPROB_WORDS * 4) : null,
+    };
   }
 
-  /** #run, refusing to start while another run of this engine is in progress. */
-  async *#exclusive(requests: GenerateRequest[], stream_text: boolean): AsyncGenerator<TextEvent> {
-    if (this.#busy) throw new Error("this engine is already generating: one run at a time");
-    this.#busy = true;
-    try {
-      yield* this.#run(requests, stream_text);
-    } finally {
-      this.#busy = false;
+  #launch_decode(by_slot: (Sequence | null)[], k: number): NonNullable<Launch["decode"]> {
+    const st = this.#state!, h = st.slot_host, mb = st.layout.max_blocks, S = st.opts.slots;
+    let top = 0, max_end = 0, lp = false;
+    by_slot.forEach((s, i) => {
+      if (!s) return;
+      top = i + 1;
+      max_end = Math.max(max_end, s.len + k);
+      lp ||= s.req.logprobs >= 0;
+    });
+    const B = batch_bucket(top, S);
+    for (let i = 0; i < B; i++) {
+      const s = by_slot[i];
+      h.i32.n_new[i] = s ? 1 : 0;
+      h.i32.lengths[i] = s ? s.len : 0;
+      if (!s) continue;
+      h.f32.temperature[i] = s.req.temperature;
+      h.i32.top_k[i] = s.req.top_k;
+      h.f32.top_p[i] = s.req.top_p;
+      [h.u32.seed[2 * i], h.u32.seed[2 * i + 1]] = seed_words(s.req.seed);
+      h.i32.block_table.set(s.blocks.slice(0, mb), i * mb);
+    }
+    st.write_slots();
+    const max_len = length_bucket(max_end, this.model.config.block_size);
+    this.#steps!.decode({ B, max_len, k, logprobs: lp });
+    for (const s of by_slot) {
+      if (!s) continue;
+      s.len += k;
+      s.inflight += k;
+    }
+    this.#period.steps += k;
+    const L = st.opts.log_steps, first = L - k;
+    return {
+      by_slot: by_slot.slice(0, B),
+      k,
+      tokens: this.#read(st.token_log, ((k - 1) * S + B) * 4, first * S * 4),
+      lp: lp
+        ? this.#read(st.lp_log, ((k - 1) * S + B) * LOGPROB_WORDS * 4, first * S * LOGPROB_WORDS * 4)
+        : null,
+    };
+  }
+
+  /** Waits for a launch's outputs and turns them into events. */
+  #collect(l: Launch): void {
+    const tw = performance.now();
+    const wait = (r: PendingRead | null) => r ? r.wait() : null;
+    const as_i32 = (b: Uint8Array) => new Int32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+    const as_f32 = (b: Uint8Array | null) =>
+      b ? new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4) : null;
+    const pre = l.prefill
+      ? {
+        t: as_i32(wait(l.prefill.tokens)!),
+        lp: as_f32(wait(l.prefill.lp)),
+        plp: as_f32(wait(l.prefill.prompt_lp)),
+      }
+      : null;
+    const dec = l.decode ? { t: as_i32(wait(l.decode.tokens)!), lp: as_f32(wait(l.decode.lp)) } : null;
+    const waited = performance.now() - tw;
+    const th = performance.now();
+    if (this.#period.t_first) this.#period.waited_ms += waited;
+    const now = performance.now();
+    if (l.prefill && pre) {
+      l.prefill.chunks.forEach((c, b) => {
+        if (pre.plp) {
+          this.#prompt_logprobs(
+            c,
+            pre.plp,
+            b === 0 ? 0 : l.prefill!.chunks.slice(0, b).reduce((a, x) => a + x.n, 0),
+          );
+        }
+        if (!c.final) return;
+        c.seq.inflight--;
+        if (c.seq.req.max_new_tokens === 0) this.#finish(c.seq, "length");
+        else {this.#accept(
+            c.seq,
+            [pre.t[b]],
+            pre.lp ? [this.#lp_entry(pre.lp, b * LOGPROB_WORDS, c.seq)] : null,
+            now,
+          );}
+      });
+    }
+    if (l.decode && dec) {
+      const S = this.#state!.opts.slots, k = l.decode.k;
+      l.decode.by_slot.forEach((s, i) => {
+        if (!s) return;
+        s.inflight -= k;
+        const toks: number[] = [], lps: TokenLogprob[] = [];
+        for (let j = 0; j < k; j++) {
+          toks.push(dec.t[j * S + i]);
+          if (dec.lp) lps.push(this.#lp_entry(dec.lp, (j * S + i) * LOGPROB_WORDS, s));
+        }
+        this.#accept(s, toks, dec.lp ? lps : null, now);
+      });
+    }
+    if (this.#period.t_first && l.decode) {
+      const host = l.host_ms + (performance.now() - th);
+      this.#period.per_step.push([host * 1000 / l.decode.k, l.decode.k]);
     }
   }
 
-  /**
-   * The generation loop. With `stream_text` false, sequences without stop strings skip per-token
-   * detokenization (their text is decoded once at the end) and no text events are yielded for them.
-   */
-  async *#run(requests: GenerateRequest[], stream_text: boolean): AsyncGenerator<TextEvent> {
-    const t0 = performance.now();
-    const cfg = this.model.config, bs = cfg.block_size, eot = this.tokenizer.eot_id;
-    const seqs: Seq[] = requests.map((r, i) => {
-      let req: ResolvedSampling;
-      try {
-        check_request_keys(r, "request", ["prompt"]);
-        req = resolve_sampling(r, { context_overflow: this.context_overflow });
-      } catch (e) {
-        if (e instanceof Error) e.message = `request ${i}: ${e.message}`;
-        throw e;
+  /** A logprob entry from `words` at `at` (the chosen token, then MAX_LOGPROBS pairs) for `seq`. */
+  #lp_entry(words: Float32Array, at: number, seq: Sequence): TokenLogprob {
+    const n = Math.max(0, seq.req.logprobs);
+    const top: { token: number; logprob: number }[] = [];
+    for (let j = 0; j < Math.min(n, MAX_LOGPROBS); j++) {
+      top.push({ token: words[at + 1 + 2 * j], logprob: words[at + 2 + 2 * j] });
+    }
+    return { token: -1, logprob: words[at], top };
+  }
+
+  /** Records prompt logprobs from a prefill chunk's rows (row_off: its first row in the launch). */
+  #prompt_logprobs(c: PrefillChunk, words: Float32Array, row_off: number): void {
+    const s = c.seq;
+    if (!s.req.prompt_logprobs || s.preemptions > 0 || s.generated.length > 0) return;
+    const shift = s.prompt.length - s.target.length; // a prompt cropped to the context
+    if (s.prompt_logprobs.length === 0) s.prompt_logprobs = new Array(s.prompt.length).fill(null);
+    for (let t = 0; t < c.n; t++) {
+      const j = c.start + t + 1; // the target token this row predicts
+      if (j >= s.target.length) break;
+      const e = this.#lp_entry(words, (row_off + t) * LOGPROB_WORDS, s);
+      s.prompt_logprobs[shift + j] = { ...e, token: s.target[j] };
+    }
+  }
+
+  /** Appends a sequence's new tokens, checking its stop conditions; emits one event. */
+  #accept(s: Sequence, toks: number[], lps: TokenLogprob[] | null, now: number): void {
+    if (s.ended) return;
+    const eot = this.tokenizer.eot_id;
+    const taken: number[] = [], taken_lp: TokenLogprob[] = [];
+    let piece = "";
+    for (let j = 0; j < toks.length && !s.done; j++) {
+      const t = toks[j];
+      s.generated.push(t);
+      taken.push(t);
+      if (lps) {
+        const e = { ...lps[j], token: t };
+        s.logprobs.push(e);
+        taken_lp.push(e);
       }
-      const prompt = this.encode_prompt(r.prompt);
-      if (req.context_overflow === "error" && prompt.length + req.max_new_tokens > bs) {
-        throw new RangeError(
-          `request ${i}: prompt (${prompt.length} tokens) + max_new_tokens (${req.max_new_tokens}) exceeds ` +
-            `the model's context of ${bs} tokens (context_overflow is "error")`,
-        );
+      if (s.req.stop_at_eot && eot !== null && t === eot) s.done = "eot";
+      else if (s.text) {
+        piece += s.text.push(t);
+        if (s.text.stopped) s.done = "stop";
       }
-      return {
-        req,
-        prompt,
-        history: [...prompt],
-        generated: [],
-        text: stream_text || req.stop.length > 0 ? new TextStream(this.tokenizer, req.stop) : null,
-        done: req.max_new_tokens === 0 ? "length" : null,
-        len: 0,
-        active: false,
-      };
-    });
-    const B = seqs.length;
-    this.#last_results = [];
-    const results = () =>
-      seqs.map((s) => ({
-        text: s.text
-          ? s.text.text
-          : this.#decode_all(s.done === "eot" ? s.generated.slice(0, -1) : s.generated),
-        tokens: s.generated,
-        finish_reason: s.done ?? "length",
-        prompt_tokens: s.prompt.length,
-      }));
-    for (let b = 0; b < B; b++) if (seqs[b].done) yield { index: b, text: "", done: seqs[b].done! };
-    if (seqs.every((s) => s.done)) {
-      this.#last_results = results();
+      if (!s.done && s.generated.length >= s.req.max_new_tokens) s.done = "length";
+    }
+    if (!s.t_first && taken.length) {
+      s.t_first = now;
+      if (!this.#period.t_first) this.#period.t_first = now;
+    }
+    this.metrics.on_tokens(s, taken.length, now);
+    const done = s.done;
+    if (done) {
+      s.done = null; // #finish sets it and emits the final event with the rest of the text
+      if (piece || taken.length) {
+        s.queue.push({ text: piece, tokens: taken, ...(lps ? { logprobs: taken_lp } : {}) });
+      }
+      this.#finish(s, done);
       return;
     }
-
-    const needed = Math.max(...seqs.map((s) => Math.min(bs, s.prompt.length + s.req.max_new_tokens)));
-    const batch = this.#ensure_batch(B, this.#cache_T(needed));
-    const be = this.#be;
-    // Per-sequence sampling parameters.
-    be.write(batch.state.temperature, Float32Array.from(seqs.map((s) => s.req.temperature)));
-    this.#write_i32(batch.state.top_k, seqs.map((s) => s.req.top_k));
-    be.write(batch.state.top_p, Float32Array.from(seqs.map((s) => s.req.top_p)));
-    be.write(batch.state.seed, Uint32Array.from(seqs.flatMap((s) => seed_words(s.req.seed))));
-
-    // Prefill: every prompt at once, cropped to the context as nanoGPT does.
-    const inputs = seqs.map((s) => s.done ? [] : s.prompt.slice(-Math.min(bs, batch.max_T)));
-    this.#ragged_step(batch, inputs, seqs.map(() => 0));
-    seqs.forEach((s, b) => {
-      s.len = inputs[b].length;
-      s.active = inputs[b].length > 0;
-    });
-    this.#write_i32(batch.state.n_new, seqs.map((s) => s.active ? 1 : 0));
-    /** The tokens of the last launch (k steps), not yet handled. */
-    let pending: { read: PendingRead; k: number } | null = { read: this.#read_tokens(batch, B), k: 1 };
-    let first = true;
-    let steps = 0;
-    let waited_ms = 0;
-    let launch_ms = 0;
-    /** Host time per step of each steady-state launch (its own wait excluded), and its steps. */
-    const host_per_step: [number, number][] = [];
-    let t_first = t0;
-
-    const K = this.steps_per_launch, stride = batch.batch;
-    /** Whether the device runs a launch while the host handles the previous one's tokens. */
-    const overlap = be.read_async !== undefined;
-    /** Handles the tokens of k steps (the first call marks the first token's time). */
-    const process = (bytes: Uint8Array, k: number): TextEvent[] => {
-      const toks = new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-      const events: TextEvent[] = [];
-      for (let j = 0; j < k; j++) events.push(...process_row(toks.subarray(j * stride, j * stride + B)));
-      if (first) {
-        t_first = performance.now();
-        first = false;
-      }
-      return events;
-    };
-    const process_row = (toks: Int32Array): TextEvent[] => {
-      const events: TextEvent[] = [];
-      for (let b = 0; b < B; b++) {
-        const s = seqs[b];
-        if (s.done) continue;
-        const t = toks[b];
-        s.generated.push(t);
-        s.history.push(t);
-        let piece = "";
-        if (s.req.stop_at_eot && eot !== null && t === eot) s.done = "eot";
-        else if (s.text) {
-          piece = s.text.push(t);
-          if (s.text.stopped) s.done = "stop";
-        }
-        if (!s.done && s.generated.length >= s.req.max_new_tokens) s.done = "length";
-        if (s.done && s.done !== "stop" && s.text) piece += s.text.finish();
-        if (piece || s.done) {
-          events.push(s.done ? { index: b, text: piece, done: s.done } : { index: b, text: piece });
-        }
-      }
-      return events;
-    };
-    const deactivate_finished = () => {
-      if (!seqs.some((s) => s.done && s.active)) return;
-      for (const s of seqs) if (s.done) s.active = false;
-      this.#write_i32(batch.state.n_new, seqs.map((s) => s.active ? 1 : 0));
-    };
-
-    while (true) {
-      if (seqs.every((s) => s.done)) break;
-      const slide = seqs.some((s) => !s.done && s.active && s.len + 1 > batch.max_T);
-      if (slide) {
-        // Past the context: wait for the latest tokens, then recompute the sliding sequences
-        // over their last max_T tokens (positions restart at 0) in one ragged step.
-        if (pending) {
-          const ev = process(pending.read.wait(), pending.k);
-          pending = null;
-          if (ev.length) yield* ev;
-          if (seqs.every((s) => s.done)) break;
-        }
-        const sliding = seqs.map((s) => !s.done && s.len + 1 > batch.max_T);
-        const ins = seqs.map((s, b) => {
-          if (s.done) return [];
-          return sliding[b] ? s.history.slice(-batch.max_T) : [s.history[s.history.length - 1]];
-        });
-        const lens = seqs.map((s, b) => sliding[b] ? 0 : s.len);
-        this.#ragged_step(batch, ins, lens);
-        seqs.forEach((s, b) => {
-          s.active = ins[b].length > 0;
-          s.len = lens[b] + ins[b].length;
-        });
-        this.#write_i32(batch.state.n_new, seqs.map((s) => s.active ? 1 : 0));
-        pending = { read: this.#read_tokens(batch, B), k: 1 };
-        steps++;
-        continue;
-      }
-      // Steady state: launch the next k steps, then handle the last launch's tokens while the
-      // device works. Nothing is launched once the launched steps give every sequence all the
-      // tokens it may want; k = K while some sequence wants K more and every one has room for them
-      // (a sequence that wants fewer drops the extra tokens).
-      if (!overlap && pending) {
-        // A backend that runs steps as they are enqueued (the CPU) cannot overlap: handle the
-        // tokens before the next launch, or the first token would wait for a whole launch.
-        const ev = process(pending.read.wait(), pending.k);
-        pending = null;
-        if (ev.length) yield* ev;
-        deactivate_finished();
-        continue;
-      }
-      const t_it = performance.now(), was_first = first;
-      let w = 0;
-      const unread: number = pending?.k ?? 0;
-      const want = Math.max(
-        0,
-        ...seqs.map((s) => s.active ? s.req.max_new_tokens - s.generated.length - unread : 0),
-      );
-      let next: { read: PendingRead; k: number } | null = null;
-      if (want > 0) {
-        const room = seqs.every((s) => !s.active || s.len + K <= batch.max_T);
-        const k = K > 1 && want >= K && room ? K : 1;
-        const tl = performance.now();
-        this.#decode(batch, B, k);
-        for (const s of seqs) if (s.active) s.len += k;
-        next = { read: this.#read_tokens(batch, B, k), k };
-        if (!first) launch_ms += performance.now() - tl;
-        steps += k;
-      }
-      if (pending) {
-        const tw = performance.now();
-        const bytes = pending.read.wait();
-        w = performance.now() - tw;
-        if (!first) waited_ms += w;
-        const ev = process(bytes, pending.k);
-        if (ev.length) yield* ev;
-        deactivate_finished();
-      }
-      if (!was_first && next) host_per_step.push([(performance.now() - t_it - w) * 1000 / next.k, next.k]);
-      if (!next && !pending) {
-        throw new Error("internal: a sequence is unfinished but nothing is launched or pending");
-      }
-      pending = next;
+    if (piece || taken.length) {
+      s.queue.push({ text: piece, tokens: taken, ...(lps ? { logprobs: taken_lp } : {}) });
     }
-    if (first) t_first = performance.now();
-    const ts = performance.now();
-    be.synchronize(); // steps launched past the last sequence's end-of-text or stop string
-    const t_end = performance.now();
-    waited_ms += t_end - ts;
+  }
+
+  #end_period(): void {
+    const p = this.#period, t_end = performance.now();
+    const t_first = p.t_first || t_end;
     this.stats = {
-      ttft_ms: t_first - t0,
-      decode_steps: steps,
+      ttft_ms: t_first - p.t0,
+      decode_steps: p.steps,
       decode_ms: t_end - t_first,
-      total_ms: t_end - t0,
-      host_us_per_step: steps > 1 ? (t_end - t_first - waited_ms) * 1000 / (steps - 1) : 0,
-      launch_us_per_step: steps > 1 ? launch_ms * 1000 / (steps - 1) : 0,
-      host_us_median: weighted_median(host_per_step),
+      total_ms: t_end - p.t0,
+      host_us_per_step: p.steps > 1 ? Math.max(0, t_end - t_first - p.waited_ms) * 1000 / (p.steps - 1) : 0,
+      launch_us_per_step: p.steps > 1 ? p.launch_ms * 1000 / (p.steps - 1) : 0,
+      host_us_median: weighted_median(p.per_step),
     };
-    this.#last_results = results();
   }
 
-  #last_results: GenerateResult[] = [];
-
-  /** Generates for every request and returns the results in order. */
-  async generate(requests: GenerateRequest[]): Promise<GenerateResult[]> {
-    for await (const _ of this.#exclusive(requests, false)) { /* the results are collected at the end */ }
-    return this.#last_results;
-  }
-
-  /** Text of a whole token sequence (the same bytes TextStream would have streamed). */
-  #decode_all(ids: number[]): string {
-    return new TextDecoder().decode(this.tokenizer.decode_bytes(ids));
+  /** A fatal error (the device failed): every request fails with it and the state is reset. */
+  #fail_all(e: unknown): void {
+    const err = e instanceof Error ? e : new Error(String(e));
+    const sched = this.#sched;
+    this.#inflight = [];
+    if (sched) {
+      for (const s of [...sched.waiting, ...sched.running]) {
+        if (!s.ended) {
+          s.error = err;
+          s.queue.close(err);
+          sched.retire(s);
+          s.settle();
+        }
+      }
+    }
+    try {
+      this.model.backend.synchronize();
+    } catch { /* the error above is the one to report */ }
   }
 
   /**
-   * Logits (f32, vocab_size each) at the last position of each prompt, from one prefill step.
-   * Starts from an empty cache; for tests and scoring.
+   * Logits (f32, vocab_size each) at the last position of each prompt, from one prefill launch on
+   * an idle engine; for tests and scoring. Every prompt must fit the context and, together, the
+   * prefill budget.
    */
   prefill_logits(prompts: number[][]): Float32Array[] {
-    const B = prompts.length, V = this.model.config.vocab_size;
+    const { state, sched } = this.#idle("prefill_logits");
     for (const p of prompts) this.#check_fits(p);
-    const batch = this.#ensure_batch(B, this.#cache_T(Math.max(...prompts.map((p) => p.length))));
-    this.#ragged_step(batch, prompts, prompts.map(() => 0), false);
-    return this.#read_logits(batch, B, V);
+    const rows = prompts.reduce((a, p) => a + p.length, 0);
+    if (rows > state.opts.prefill_tokens || prompts.length > state.opts.prefill_seqs) {
+      throw new RangeError(
+        `prefill_logits: ${prompts.length} prompts of ${rows} tokens exceed one prefill launch ` +
+          `(${state.opts.prefill_seqs} prompts, ${state.opts.prefill_tokens} tokens)`,
+      );
+    }
+    const seqs = prompts.map((p) => this.#probe_seq(p, sched));
+    try {
+      const chunks = seqs.map((s) => ({ seq: s, start: 0, n: s.target.length, final: false }));
+      this.#launch_prefill(chunks);
+      return this.#read_logits(prompts.length);
+    } finally {
+      for (const s of seqs) sched.pool.release_all(s.blocks);
+    }
   }
 
   /**
@@ -535,19 +780,48 @@ export class Engine implements Disposable {
    * `prefill` tokens, then one decode step per following token (teacher forcing through the KV cache).
    */
   teacher_forced_logits(ids: number[], prefill = 1): Float32Array[] {
+    const { state, sched } = this.#idle("teacher_forced_logits");
     this.#check_fits(ids);
-    const V = this.model.config.vocab_size;
-    const batch = this.#ensure_batch(1, this.#cache_T(ids.length));
-    const out: Float32Array[] = [];
-    this.#ragged_step(batch, [ids.slice(0, prefill)], [0], false);
-    out.push(...this.#read_logits(batch, 1, V));
-    for (let t = prefill; t < ids.length; t++) {
-      this.#be.write(batch.token_log, Int32Array.of(ids[t]), (batch.log_steps - 1) * batch.batch * 4);
-      this.#write_i32(batch.state.n_new, [1]);
-      this.#decode(batch, 1, 1, false);
-      out.push(...this.#read_logits(batch, 1, V));
+    const s = this.#probe_seq(ids, sched);
+    try {
+      s.target = ids.slice(0, prefill);
+      this.#launch_prefill([{ seq: s, start: 0, n: prefill, final: false }]);
+      const out = this.#read_logits(1);
+      s.len = prefill;
+      s.slot = 0;
+      for (let t = prefill; t < ids.length; t++) {
+        this.model.backend.write(state.next_token, Int32Array.of(ids[t]));
+        const by_slot = [s];
+        this.#launch_decode(by_slot, 1);
+        out.push(...this.#read_logits(1));
+      }
+      return out;
+    } finally {
+      sched.pool.release_all(s.blocks);
+      this.model.backend.write(state.next_token, new Int32Array(state.opts.slots));
     }
-    return out;
+  }
+
+  #idle(what: string) {
+    const st = this.#ensure_state();
+    if (this.#loop || st.sched.busy) throw new Error(`${what} needs an idle engine`);
+    return st;
+  }
+
+  /** A sequence outside the scheduler holding fresh blocks for `ids` (for the probes above). */
+  #probe_seq(ids: number[], sched: Scheduler): Sequence {
+    const s = new Sequence(
+      -1,
+      { ...resolve_sampling({ temperature: 0 }), logprobs: -1, prompt_logprobs: false },
+      ids,
+      this.tokenizer,
+      false,
+    );
+    s.target = [...ids];
+    const blocks = sched.pool.allocate_n(Math.ceil(ids.length / sched.pool.block_size));
+    if (!blocks) throw new Error("the KV pool has no room for this probe: wait for the engine to be idle");
+    s.blocks = blocks;
+    return s;
   }
 
   #check_fits(ids: number[]): void {
@@ -559,28 +833,29 @@ export class Engine implements Disposable {
     }
   }
 
-  /**
-   * Cache length for `n` tokens: rounded up to a multiple of CACHE_T_ALIGN (so nearby lengths share
-   * a batch and its recorded steps) but never past the context, and never much past what is needed.
-   */
-  #cache_T(n: number): number {
-    return Math.min(this.model.config.block_size, Math.ceil(n / CACHE_T_ALIGN) * CACHE_T_ALIGN);
-  }
-
-  #read_logits(batch: DeviceBatch, B: number, V: number): Float32Array[] {
-    const ld = this.model.vocab_padded;
+  #read_logits(B: number): Float32Array[] {
+    const ld = this.model.vocab_padded, V = this.model.config.vocab_size;
     const all = new Float32Array((B - 1) * ld + V);
-    this.#be.read(batch.ws.logits, all);
+    this.model.backend.read(this.#state!.ws.logits, all);
     return Array.from({ length: B }, (_, b) => all.slice(b * ld, b * ld + V));
   }
 
-  /** Frees the device batch (KV cache, workspace) and forgets recorded steps. */
+  /** Cancels every request, waits for the device, and frees the device state. */
   [Symbol.dispose](): void {
-    if (this.#batch) {
-      this.#be.synchronize();
-      this.#be.reset_steps?.();
-      this.#batch[Symbol.dispose]();
-      this.#batch = null;
+    if (this.#disposed) return;
+    const sched = this.#sched;
+    if (sched) {
+      for (const s of [...sched.waiting, ...sched.running]) {
+        this.#cancel(s, new Error("the engine was disposed"));
+      }
+    }
+    this.#disposed = true;
+    this.#inflight = [];
+    if (this.#state) {
+      this.model.backend.synchronize();
+      this.model.backend.reset_steps?.();
+      this.#state[Symbol.dispose]();
+      this.#state = null;
     }
   }
 }

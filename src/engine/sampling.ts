@@ -86,7 +86,8 @@ export function resolve_sampling(
   if (typeof r.top_p !== "number" || !(r.top_p > 0 && r.top_p <= 1)) {
     throw new RangeError(`top_p must be in (0, 1], got ${describe(r.top_p)}`);
   }
-  if (!Array.isArray(r.stop) || r.stop.some((s) => typeof s !== "string" || s.length === 0)) {
+  // findIndex, not some: some() skips the holes of a sparse array such as [, "x"].
+  if (!Array.isArray(r.stop) || r.stop.findIndex((s) => typeof s !== "string" || s.length === 0) >= 0) {
     throw new TypeError(`stop must be an array of non-empty strings, got ${describe(r.stop)}`);
   }
   if (typeof r.stop_at_eot !== "boolean") {

@@ -8,6 +8,7 @@ import { type GPTConfig, validate_config } from "../model/config.ts";
 import { SafetensorsFile } from "./safetensors.ts";
 import type { ModelSource } from "../model/source.ts";
 import { canonical_tensors } from "./state_dict.ts";
+import { describe } from "../util/check.ts";
 
 const ACTIVATIONS: Record<string, GPTConfig["activation"]> = {
   gelu_new: "gelu_tanh",
@@ -25,14 +26,14 @@ export function hf_config(json: unknown, what: string): GPTConfig {
   }
   const j = json as Record<string, unknown>;
   if (j.model_type !== undefined && j.model_type !== "gpt2") {
-    throw new Error(`${what}: model_type is ${JSON.stringify(j.model_type)}: only "gpt2" is supported`);
+    throw new Error(`${what}: model_type is ${describe(j.model_type)}: only "gpt2" is supported`);
   }
   const int = (k: string, fallback?: string) => {
     const key = j[k] === undefined && fallback !== undefined && j[fallback] !== undefined ? fallback : k;
     const v = j[key];
     if (v === undefined) throw new Error(`${what}: missing field "${k}"`);
     if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) {
-      throw new Error(`${what}: field "${key}" must be a positive integer, got ${JSON.stringify(v)}`);
+      throw new Error(`${what}: field "${key}" must be a positive integer, got ${describe(v)}`);
     }
     return v;
   };
@@ -40,14 +41,14 @@ export function hf_config(json: unknown, what: string): GPTConfig {
   const activation = typeof act_name === "string" ? ACTIVATIONS[act_name] : undefined;
   if (!activation) {
     throw new Error(
-      `${what}: activation_function ${JSON.stringify(act_name)} is unsupported: expected one of ` +
+      `${what}: activation_function ${describe(act_name)} is unsupported: expected one of ` +
         Object.keys(ACTIVATIONS).join(", "),
     );
   }
   const eps = j.layer_norm_epsilon ?? 1e-5;
   if (typeof eps !== "number" || !(eps > 0)) {
     throw new Error(
-      `${what}: field "layer_norm_epsilon" must be a positive number, got ${JSON.stringify(eps)}`,
+      `${what}: field "layer_norm_epsilon" must be a positive number, got ${describe(eps)}`,
     );
   }
   const config: GPTConfig = {
@@ -62,7 +63,9 @@ export function hf_config(json: unknown, what: string): GPTConfig {
   };
   if (j.n_inner != null && j.n_inner !== 4 * config.n_embd) {
     throw new Error(
-      `${what}: field "n_inner" is ${j.n_inner}: only 4 * n_embd (${4 * config.n_embd}) is supported`,
+      `${what}: field "n_inner" is ${describe(j.n_inner)}: only 4 * n_embd (${
+        4 * config.n_embd
+      }) is supported`,
     );
   }
   if (j.scale_attn_by_inverse_layer_idx === true) {

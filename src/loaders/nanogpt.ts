@@ -5,8 +5,10 @@
  */
 import { dirname, join, resolve } from "node:path";
 import { type GPTConfig, validate_config } from "../model/config.ts";
+import { describe } from "../util/check.ts";
 import type { ModelSource, TokenizerSpec } from "../model/source.ts";
 import { unpickle } from "./pickle.ts";
+import { CharTokenizer } from "../tokenizer/char.ts";
 import { SafetensorsFile } from "./safetensors.ts";
 import { canonical_tensors, type StateDictFormat, type StoredTensor } from "./state_dict.ts";
 import { MAX_PICKLE_BYTES, TorchCheckpoint, TorchTensor } from "./torch_checkpoint.ts";
@@ -23,12 +25,14 @@ export function nanogpt_config(model_args: unknown, what: string): GPTConfig {
   const int = (k: string) => {
     const v = field(model_args, k, `${what}: model_args`);
     if (typeof v !== "number" || !Number.isSafeInteger(v)) {
-      throw new Error(`${what}: model_args.${k} must be an integer, got ${JSON.stringify(v)}`);
+      throw new Error(`${what}: model_args.${k} must be an integer, got ${describe(v)}`);
     }
     return v;
   };
   const bias = model_args.has("bias") ? model_args.get("bias") : true; // nanoGPT's GPTConfig default
-  if (typeof bias !== "boolean") throw new Error(`${what}: model_args.bias must be a bool, got ${bias}`);
+  if (typeof bias !== "boolean") {
+    throw new Error(`${what}: model_args.bias must be a bool, got ${describe(bias)}`);
+  }
   const config: GPTConfig = {
     n_layer: int("n_layer"),
     n_head: int("n_head"),
@@ -75,18 +79,28 @@ export async function load_char_vocab(
   }
   for (const [s, i] of stoi) {
     if (typeof s !== "string" || typeof i !== "number") {
-      throw new Error(`${meta_path}: stoi must map str -> int, found ${JSON.stringify(s)} -> ${i}`);
+      throw new Error(`${meta_path}: stoi must map str -> int, found ${describe(s)} -> ${describe(i)}`);
     }
   }
   for (const [i, s] of itos) {
     if (typeof s !== "string" || typeof i !== "number") {
-      throw new Error(`${meta_path}: itos must map int -> str, found ${i} -> ${JSON.stringify(s)}`);
+      throw new Error(`${meta_path}: itos must map int -> str, found ${describe(i)} -> ${describe(s)}`);
     }
     if (vocab_size !== undefined && (!Number.isInteger(i) || i < 0 || i >= vocab_size)) {
       throw new Error(`${meta_path}: token id ${i} is outside the model's vocab_size ${vocab_size}`);
     }
   }
-  return { kind: "char", stoi: stoi as Map<string, number>, itos: itos as Map<number, string> };
+  const spec = {
+    kind: "char" as const,
+    stoi: stoi as Map<string, number>,
+    itos: itos as Map<number, string>,
+  };
+  try {
+    new CharTokenizer(spec.stoi, spec.itos); // single characters, stoi and itos inverse
+  } catch (e) {
+    throw new Error(`${meta_path}: ${(e as Error).message}`);
+  }
+  return spec;
 }
 
 async function is_file(path: string): Promise<boolean> {

@@ -147,7 +147,8 @@ export function unpickle(data: Uint8Array, opts: UnpickleOptions = {}): unknown 
   };
   const tuple = (items: unknown[]) => Object.freeze(items);
   const resolve_global = (module: string, name: string) => {
-    const full = `${PY2_MODULES[module] ?? module}.${name}`;
+    // Own keys only: a module named "constructor" or "toString" is itself, not Object.prototype's.
+    const full = `${Object.hasOwn(PY2_MODULES, module) ? PY2_MODULES[module] : module}.${name}`;
     const f = globals.get(full);
     if (!f) {
       const allowed = [...globals.keys()];

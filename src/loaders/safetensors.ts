@@ -5,7 +5,7 @@
  * @module
  */
 import type { DType } from "../backend/backend.ts";
-import { RandomAccessFile } from "./zip.ts";
+import { type ByteSource, RandomAccessFile } from "./zip.ts";
 
 /** Bytes per element of each safetensors dtype. */
 export const SAFETENSORS_DTYPE_BYTES: Record<string, number> = {
@@ -40,7 +40,7 @@ const MAX_HEADER_BYTES = 100_000_000;
 /** A safetensors file open for lazy tensor reads. */
 export class SafetensorsFile implements Disposable {
   private constructor(
-    readonly file: RandomAccessFile,
+    readonly file: ByteSource,
     /** Tensors by name, in header order. */
     readonly entries: Map<string, SafetensorsEntry>,
     /** The header's `__metadata__` (string -> string), or null. */
@@ -54,7 +54,12 @@ export class SafetensorsFile implements Disposable {
 
   /** Opens `path` and validates its header; errors name the file and what was wrong. */
   static async open(path: string): Promise<SafetensorsFile> {
-    const file = await RandomAccessFile.open(path);
+    return await SafetensorsFile.from_source(await RandomAccessFile.open(path));
+  }
+
+  /** Validates the header of `file`, which the result then owns (closed on error too). */
+  static async from_source(file: ByteSource): Promise<SafetensorsFile> {
+    const path = file.path;
     try {
       const size = file.size_bytes;
       if (size < 8) throw new Error(`${path}: truncated safetensors file: ${size} bytes, no header length`);
@@ -85,6 +90,11 @@ export class SafetensorsFile implements Disposable {
         if (name === "__metadata__") {
           if (v !== null && (typeof v !== "object" || Array.isArray(v))) {
             throw new Error(`${path}: safetensors __metadata__ is not an object`);
+          }
+          for (const [k, x] of Object.entries(v ?? {})) {
+            if (typeof x !== "string") {
+              throw new Error(`${path}: safetensors __metadata__.${k} is not a string: ${JSON.stringify(x)}`);
+            }
           }
           metadata = v as Record<string, string> | null;
           continue;

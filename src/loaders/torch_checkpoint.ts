@@ -6,7 +6,8 @@
  */
 import type { DType } from "../backend/backend.ts";
 import { PY_SETSTATE, type PyFactory, PyGlobal, unpickle } from "./pickle.ts";
-import { RandomAccessFile, type ZipEntry, ZipReader } from "./zip.ts";
+import { type ByteSource, RandomAccessFile, type ZipEntry, ZipReader } from "./zip.ts";
+import { describe } from "../util/check.ts";
 
 /** Element types of torch storages. */
 export type TorchDType = DType | "f64" | "i64" | "i32" | "i16" | "i8" | "u8" | "bool";
@@ -239,17 +240,25 @@ export class TorchCheckpoint implements Disposable {
    * no data.pkl, big-endian byte order, forbidden globals, storages missing or too small.
    */
   static async open(path: string): Promise<TorchCheckpoint> {
-    {
-      using f = await RandomAccessFile.open(path);
-      const head = await f.read_at(0, Math.min(f.size_bytes, LEGACY_MAGIC.length), "magic");
+    return await TorchCheckpoint.from_source(await RandomAccessFile.open(path));
+  }
+
+  /** Opens the checkpoint in `file`, which the result then owns (closed on error too). */
+  static async from_source(file: ByteSource): Promise<TorchCheckpoint> {
+    const path = file.path;
+    try {
+      const head = await file.read_at(0, Math.min(file.size_bytes, LEGACY_MAGIC.length), "magic");
       if (head.length === LEGACY_MAGIC.length && LEGACY_MAGIC.every((b, i) => head[i] === b)) {
         throw new Error(
           `${path}: legacy (pre-1.6, non-zip) torch.save format is unsupported: re-save it with a recent ` +
             `PyTorch (torch.save(torch.load(path), path))`,
         );
       }
+    } catch (e) {
+      file.close();
+      throw e;
     }
-    const zip = await ZipReader.open(path);
+    const zip = await ZipReader.from_source(file);
     try {
       const pkl = [...zip.entries.keys()].filter((n) => n === "data.pkl" || n.endsWith("/data.pkl"))
         .sort((a, b) => a.length - b.length)[0];
@@ -269,7 +278,7 @@ export class TorchCheckpoint implements Disposable {
       const what = `${path} (${pkl})`;
       const persistent_load = (pid: unknown): TorchStorage => {
         if (!Array.isArray(pid) || pid.length < 5 || pid[0] !== "storage") {
-          throw new Error(`${what}: unsupported persistent id ${JSON.stringify(pid)}`);
+          throw new Error(`${what}: unsupported persistent id ${describe(pid)}`);
         }
         const [, type, key, location, numel] = pid;
         const tname = type instanceof PyGlobal ? type.name : String(type);
@@ -309,7 +318,7 @@ export class TorchCheckpoint implements Disposable {
         if (!(storage instanceof TorchStorage)) throw new Error("tensor without a storage");
         const ints = (v: unknown, what: string) => {
           if (!Array.isArray(v) || !v.every((x) => Number.isSafeInteger(x) && x >= 0)) {
-            throw new Error(`tensor ${what} ${JSON.stringify(v)} is not a tuple of non-negative integers`);
+            throw new Error(`tensor ${what} ${describe(v)} is not a tuple of non-negative integers`);
           }
           return [...v] as number[];
         };
@@ -320,6 +329,14 @@ export class TorchCheckpoint implements Disposable {
           throw new Error(`tensor storage offset ${offset} is invalid`);
         }
         const t = new TorchTensor(storage, offset, shape, strides, read_bytes);
+        // A zero-stride (broadcast) view could claim any size over a one-element storage: a tensor
+        // is read into its own buffer, so it may not hold more elements than its storage does.
+        if (t.numel > storage.numel) {
+          throw new Error(
+            `tensor of shape [${shape}] (${t.numel} elements) is larger than its storage "${storage.key}" ` +
+              `(${storage.numel} elements): broadcast views are unsupported`,
+          );
+        }
         if (t.numel > 0) {
           let last = offset;
           for (let d = 0; d < shape.length; d++) last += (shape[d] - 1) * strides[d];

@@ -6,11 +6,70 @@
  */
 import { crc32, inflateRawSync } from "node:zlib";
 
+/** Bytes read at explicit offsets: a file on disk (RandomAccessFile) or a buffer (MemoryFile). */
+export interface ByteSource {
+  /** Names the bytes in error messages (a file path). */
+  readonly path: string;
+  /** Total size in bytes. */
+  readonly size_bytes: number;
+  /** Reads exactly `length` bytes at `offset` into a new buffer; out of range is an Error naming `path`. */
+  read_at(offset: number, length: number, what?: string): Promise<Uint8Array>;
+  /** Releases the source (idempotent). */
+  close(): void;
+}
+
+/** The error for a read of `what` outside a source's bytes, or null when the read is in range. */
+function bad_read(src: ByteSource, offset: number, length: number, what: string): Error | null {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    return new Error(`${src.path}: invalid read of ${what} at ${offset} (${length} bytes)`);
+  }
+  if (offset + length > src.size_bytes) {
+    return new Error(
+      `${src.path}: truncated file: ${what} spans bytes ${offset}..${offset + length} ` +
+        `but the file has ${src.size_bytes} bytes`,
+    );
+  }
+  return null;
+}
+
+/** A ByteSource over bytes in memory (tests, fuzzing): reads return copies, `path` names it in errors. */
+export class MemoryFile implements ByteSource, Disposable {
+  #bytes: Uint8Array;
+  #closed = false;
+
+  /** Wraps `bytes` (not copied), named `path` in error messages. */
+  constructor(readonly path: string, bytes: Uint8Array) {
+    this.#bytes = bytes;
+  }
+
+  /** Size of the bytes. */
+  get size_bytes(): number {
+    return this.#bytes.length;
+  }
+
+  /** Reads exactly `length` bytes at `offset`, as a new buffer; out of range is an Error naming the path. */
+  read_at(offset: number, length: number, what = "data"): Promise<Uint8Array> {
+    if (this.#closed) return Promise.reject(new Error(`${this.path}: read after close`));
+    const err = bad_read(this, offset, length, what);
+    return err ? Promise.reject(err) : Promise.resolve(this.#bytes.slice(offset, offset + length));
+  }
+
+  /** Marks the source closed (idempotent). */
+  close(): void {
+    this.#closed = true;
+  }
+
+  /** Closes the source. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
 /**
  * A file read at explicit offsets. Reads are serialised, so concurrent `read_at` calls never interleave
  * their seek and read.
  */
-export class RandomAccessFile implements Disposable {
+export class RandomAccessFile implements ByteSource, Disposable {
   #file: Deno.FsFile;
   #queue: Promise<unknown> = Promise.resolve();
   #closed = false;
@@ -40,19 +99,8 @@ export class RandomAccessFile implements Disposable {
   /** Reads exactly `length` bytes at `offset`; a read past the end of the file is an error naming it. */
   read_at(offset: number, length: number, what = "data"): Promise<Uint8Array> {
     if (this.#closed) return Promise.reject(new Error(`${this.path}: read after close`));
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-      return Promise.reject(
-        new Error(`${this.path}: invalid read of ${what} at ${offset} (${length} bytes)`),
-      );
-    }
-    if (offset + length > this.size_bytes) {
-      return Promise.reject(
-        new Error(
-          `${this.path}: truncated file: ${what} spans bytes ${offset}..${offset + length} ` +
-            `but the file has ${this.size_bytes} bytes`,
-        ),
-      );
-    }
+    const err = bad_read(this, offset, length, what);
+    if (err) return Promise.reject(err);
     const run = async () => {
       const out = new Uint8Array(length);
       await this.#file.seek(offset, Deno.SeekMode.Start);
@@ -120,10 +168,10 @@ const utf8 = new TextDecoder("utf-8");
 export class ZipReader implements Disposable {
   /** Every entry, by name, in central directory order. */
   readonly entries: Map<string, ZipEntry>;
-  #file: RandomAccessFile;
+  #file: ByteSource;
   #data_offsets = new Map<string, number>();
 
-  private constructor(file: RandomAccessFile, entries: Map<string, ZipEntry>) {
+  private constructor(file: ByteSource, entries: Map<string, ZipEntry>) {
     this.#file = file;
     this.entries = entries;
   }
@@ -140,7 +188,11 @@ export class ZipReader implements Disposable {
 
   /** Opens `path` and reads its central directory. Errors name the file and what was wrong. */
   static async open(path: string): Promise<ZipReader> {
-    const file = await RandomAccessFile.open(path);
+    return await ZipReader.from_source(await RandomAccessFile.open(path));
+  }
+
+  /** Reads the central directory of `file`, which the reader then owns (closed on error too). */
+  static async from_source(file: ByteSource): Promise<ZipReader> {
     try {
       const entries = await read_central_directory(file);
       return new ZipReader(file, entries);
@@ -177,6 +229,13 @@ export class ZipReader implements Disposable {
     }
     const name_len = dv.getUint16(26, true);
     const extra_len = dv.getUint16(28, true);
+    // Checked before reading the name: a lying length must not become a read past the end.
+    if (entry.local_header_offset + 30 + name_len + extra_len > this.size_bytes) {
+      throw new Error(
+        `${this.path}: corrupt zip: the ${where} at offset ${entry.local_header_offset} declares a ` +
+          `${name_len}-byte name and ${extra_len}-byte extra field, past the end of the file (${this.size_bytes} bytes)`,
+      );
+    }
     const name = await this.#file.read_at(entry.local_header_offset + 30, name_len, where);
     if (utf8.decode(name) !== entry.name) {
       throw new Error(
@@ -278,12 +337,13 @@ export class ZipReader implements Disposable {
   }
 }
 
-async function read_central_directory(file: RandomAccessFile): Promise<Map<string, ZipEntry>> {
+async function read_central_directory(file: ByteSource): Promise<Map<string, ZipEntry>> {
   const path = file.path;
   const size = file.size_bytes;
   if (size < 4) throw new Error(`${path}: not a zip file: only ${size} bytes`);
   const magic = new DataView((await file.read_at(0, 4, "magic")).buffer).getUint32(0, true);
-  if (magic !== SIG_LOCAL && magic !== SIG_EOCD) {
+  // An empty archive begins with its end record (a ZIP64 one when written as ZIP64).
+  if (magic !== SIG_LOCAL && magic !== SIG_EOCD && magic !== SIG_ZIP64_EOCD) {
     throw new Error(
       `${path}: not a zip file (wrong magic 0x${
         magic.toString(16).padStart(8, "0")

@@ -3,6 +3,7 @@
  * @module
  */
 import type { Activation } from "../backend/backend.ts";
+import { describe } from "../util/check.ts";
 
 /** Hyperparameters of a GPT-2 style model (nanoGPT's GPTConfig, HF's GPT2Config). */
 export interface GPTConfig {
@@ -47,13 +48,22 @@ export function gpt2_config(name: string): GPTConfig {
 export function validate_config(c: GPTConfig, what = "model config"): void {
   for (const k of ["n_layer", "n_head", "n_embd", "block_size", "vocab_size"] as const) {
     const v = c[k];
-    if (!Number.isInteger(v) || v <= 0) throw new Error(`${what}: ${k} must be a positive integer, got ${v}`);
+    if (!Number.isSafeInteger(v) || v <= 0) {
+      throw new Error(`${what}: ${k} must be a positive integer, got ${describe(v)}`);
+    }
   }
   if (c.n_embd % c.n_head !== 0) {
     throw new Error(`${what}: n_embd (${c.n_embd}) must be divisible by n_head (${c.n_head})`);
   }
-  if (!(c.layer_norm_eps > 0)) {
-    throw new Error(`${what}: layer_norm_eps must be > 0, got ${c.layer_norm_eps}`);
+  const eps: unknown = c.layer_norm_eps;
+  if (typeof eps !== "number" || !Number.isFinite(eps) || !(eps > 0)) {
+    throw new Error(`${what}: layer_norm_eps must be a finite number > 0, got ${describe(eps)}`);
+  }
+  if (typeof c.bias !== "boolean") {
+    throw new Error(`${what}: bias must be a boolean, got ${describe(c.bias)}`);
+  }
+  if (c.activation !== "gelu_erf" && c.activation !== "gelu_tanh") {
+    throw new Error(`${what}: activation must be "gelu_erf" or "gelu_tanh", got ${describe(c.activation)}`);
   }
 }
 

@@ -1,10 +1,12 @@
 /**
  * The GPT-2 / nanoGPT model, defined once over the Backend interface: weights on the backend and
- * the forward pass of one step (embed, n_layer blocks, final layernorm, LM head, sampling) as a
- * sequence of backend ops. The same code runs on the CPU and, captured into CUDA graphs, on the GPU.
+ * the forward pass of one step (embed, n_layer blocks, final layernorm, LM head) as a sequence of
+ * backend ops. The same code runs on the CPU and, captured into CUDA graphs, on the GPU. What a
+ * step does with the logits (sampling, log-probabilities) and how it attends (which sequences,
+ * which cache blocks) belong to the engine's step (src/engine/step.ts).
  * @module
  */
-import type { Backend, Buf } from "../backend/backend.ts";
+import type { Activation, Backend, Buf } from "../backend/backend.ts";
 import { dtype_bytes } from "../backend/backend.ts";
 import type { ModelSource } from "./source.ts";
 import { type GPTConfig, validate_config, weight_shapes } from "./config.ts";
@@ -17,26 +19,37 @@ export function padded_vocab(vocab_size: number): number {
   return Math.ceil(vocab_size / VOCAB_ALIGN) * VOCAB_ALIGN;
 }
 
-/** The device buffers of one transformer block. */
-interface BlockWeights {
-  ln_1_w: Buf;
-  ln_1_b: Buf | null;
-  attn_w: Buf;
-  attn_b: Buf | null;
-  proj_w: Buf;
-  proj_b: Buf | null;
-  ln_2_w: Buf;
-  ln_2_b: Buf | null;
-  fc_w: Buf;
-  fc_b: Buf | null;
-  fc2_w: Buf;
-  fc2_b: Buf | null;
+/** A linear layer: weight (out_features, in_features), optional bias, and its sizes. */
+export interface Linear {
+  w: Buf;
+  b: Buf | null;
+  /** out_features (N of the matmul). */
+  out: number;
+  /** in_features (K of the matmul). */
+  in: number;
 }
 
-/** Activation buffers a step writes, sized for `rows` = B*T token slots and `batch` sequences. */
+/** A layernorm's parameters. */
+export interface Norm {
+  weight: Buf;
+  bias: Buf | null;
+  eps: number;
+}
+
+/** One transformer block's weights, named as nanoGPT names them. */
+export interface Block {
+  ln_1: Norm;
+  attn: Linear;
+  proj: Linear;
+  ln_2: Norm;
+  fc: Linear;
+  fc2: Linear;
+}
+
+/** Activation buffers a step writes, sized for `rows` token rows and `logit_rows` rows of logits. */
 export interface Workspace {
   rows: number;
-  batch: number;
+  logit_rows: number;
   /** Residual stream (rows, C). */
   x: Buf;
   /** q|k|v (rows, 3C). */
@@ -45,37 +58,44 @@ export interface Workspace {
   att: Buf;
   /** MLP hidden (rows, 4C). */
   fc: Buf;
-  /** Last valid row of each sequence (batch, C). */
+  /** Gathered rows for the LM head (logit_rows, C). */
   last: Buf;
-  /** f32 logits (batch, vocab_padded): row b's first vocab_size values are its logits. */
+  /** f32 logits (logit_rows, vocab_padded): row r's first vocab_size values are its logits. */
   logits: Buf;
 }
 
-/** Per-sequence device state of a batch (all int32 unless said). */
-export interface StepState {
-  /** Tokens already in the KV cache, per sequence (B). */
-  lengths: Buf;
-  /** New tokens this step, per sequence (B). */
-  n_new: Buf;
-  /** Sampling parameters per sequence: temperature f32, top_k i32, top_p f32, seed u32 pairs. */
-  temperature: Buf;
-  top_k: Buf;
-  top_p: Buf;
-  seed: Buf;
-  /** The sampled token of each sequence (B): the decode step's input. */
-  next_token: Buf;
+/** One step's input to the forward pass: which token rows, where, and how they attend. */
+export interface StepInput {
+  /** Token rows computed. */
+  rows: number;
+  /** (rows) int32 token ids. */
+  tokens: Buf;
+  /** (rows) int32 positions. */
+  positions: Buf;
+  /** Enqueues layer `layer`'s attention: `out` (rows, C) from `qkv` (rows, 3C), with its KV append. */
+  attend(layer: number, out: Buf, qkv: Buf): void;
+  /** The rows whose logits are wanted (int32 indices; null: the first logit_rows rows as they are). */
+  logit_rows: { idx: Buf; n: number } | null;
 }
 
-/** The KV cache of one layer: (B, n_head, max_T, head_dim) each. */
-export interface LayerCache {
-  k: Buf;
-  v: Buf;
+/** How `linear` applies a layer. */
+export interface LinearOptions {
+  /** Layernorm the input rows first. */
+  ln?: Norm;
+  act?: Activation;
+  /** out += result (the residual add) instead of out = result. */
+  residual?: boolean;
+  /** Write f32 whatever the backend's dtype (the logits). */
+  out_f32?: boolean;
 }
 
 /** A GPT model whose weights live on a backend. */
 export class GPT implements Disposable {
+  /** Its hyperparameters. */
   readonly config: GPTConfig;
+  /** Where its weights live. */
   readonly backend: Backend;
+  /** Bytes of its weights on the backend. */
   readonly weight_bytes: number;
   /**
    * The vocabulary rounded up to a multiple of VOCAB_ALIGN: the rows of the LM head (wte or
@@ -86,10 +106,9 @@ export class GPT implements Disposable {
   readonly vocab_padded: number;
   #wte: Buf;
   #wpe: Buf;
-  #blocks: BlockWeights[];
-  #ln_f_w: Buf;
-  #ln_f_b: Buf | null;
-  #lm_head: Buf | null;
+  #blocks: Block[];
+  #ln_f: Norm;
+  #lm_head: Linear;
   #owned: Buf[];
 
   private constructor(backend: Backend, config: GPTConfig, bufs: Map<string, Buf>) {
@@ -103,30 +122,30 @@ export class GPT implements Disposable {
       if (!b) throw new Error(`internal: weight ${n} not loaded`);
       return b;
     };
-    const opt = (n: string) => bufs.get(n) ?? null;
+    const C = config.n_embd, eps = config.layer_norm_eps;
+    const norm = (p: string): Norm => ({
+      weight: get(`${p}.weight`),
+      bias: bufs.get(`${p}.bias`) ?? null,
+      eps,
+    });
+    const linear = (p: string, out: number, inp: number): Linear => ({
+      w: get(`${p}.weight`),
+      b: bufs.get(`${p}.bias`) ?? null,
+      out,
+      in: inp,
+    });
     this.#wte = get("wte");
     this.#wpe = get("wpe");
-    this.#blocks = [];
-    for (let i = 0; i < config.n_layer; i++) {
-      const p = `h.${i}.`;
-      this.#blocks.push({
-        ln_1_w: get(p + "ln_1.weight"),
-        ln_1_b: opt(p + "ln_1.bias"),
-        attn_w: get(p + "attn.c_attn.weight"),
-        attn_b: opt(p + "attn.c_attn.bias"),
-        proj_w: get(p + "attn.c_proj.weight"),
-        proj_b: opt(p + "attn.c_proj.bias"),
-        ln_2_w: get(p + "ln_2.weight"),
-        ln_2_b: opt(p + "ln_2.bias"),
-        fc_w: get(p + "mlp.c_fc.weight"),
-        fc_b: opt(p + "mlp.c_fc.bias"),
-        fc2_w: get(p + "mlp.c_proj.weight"),
-        fc2_b: opt(p + "mlp.c_proj.bias"),
-      });
-    }
-    this.#ln_f_w = get("ln_f.weight");
-    this.#ln_f_b = opt("ln_f.bias");
-    this.#lm_head = opt("lm_head");
+    this.#blocks = Array.from({ length: config.n_layer }, (_, i) => ({
+      ln_1: norm(`h.${i}.ln_1`),
+      attn: linear(`h.${i}.attn.c_attn`, 3 * C, C),
+      proj: linear(`h.${i}.attn.c_proj`, C, C),
+      ln_2: norm(`h.${i}.ln_2`),
+      fc: linear(`h.${i}.mlp.c_fc`, 4 * C, C),
+      fc2: linear(`h.${i}.mlp.c_proj`, C, 4 * C),
+    }));
+    this.#ln_f = norm("ln_f");
+    this.#lm_head = { w: bufs.get("lm_head") ?? this.#wte, b: null, out: this.vocab_padded, in: C };
   }
 
   /**
@@ -137,8 +156,7 @@ export class GPT implements Disposable {
     const config = source.config;
     validate_config(config, `config of ${source.origin}`);
     const shapes = weight_shapes(config);
-    const lm = source.tensors.get("lm_head");
-    if (lm) shapes.set("lm_head", [config.vocab_size, config.n_embd]);
+    if (source.tensors.get("lm_head")) shapes.set("lm_head", [config.vocab_size, config.n_embd]);
     const bufs = new Map<string, Buf>();
     try {
       for (const [name, shape] of shapes) {
@@ -173,32 +191,32 @@ export class GPT implements Disposable {
     }
   }
 
-  /** Bytes of activations a workspace for `rows` token slots and `batch` sequences needs. */
-  workspace_bytes(rows: number, batch: number): number {
-    const c = this.config, e = dtype_bytes(this.backend.dtype);
-    return rows * c.n_embd * e * 2 + rows * 3 * c.n_embd * e + rows * 4 * c.n_embd * e +
-      batch * c.n_embd * e + batch * this.vocab_padded * 4;
+  /** Bytes of activations a workspace for `rows` token rows and `logit_rows` logit rows needs. */
+  workspace_bytes(rows: number, logit_rows: number): number {
+    const C = this.config.n_embd, e = dtype_bytes(this.backend.dtype);
+    return rows * 9 * C * e + logit_rows * (C * e + this.vocab_padded * 4);
   }
 
-  /** Allocates the activation buffers for steps of up to `rows` token slots and `batch` sequences. */
-  alloc_workspace(rows: number, batch: number): Workspace {
-    const be = this.backend, c = this.config, e = dtype_bytes(be.dtype);
+  /** Allocates (zeroed) activation buffers for steps of up to `rows` token rows and `logit_rows` logit rows. */
+  alloc_workspace(rows: number, logit_rows: number): Workspace {
+    const be = this.backend, C = this.config.n_embd, e = dtype_bytes(be.dtype);
     const made: Buf[] = [];
     const a = (bytes: number, label: string) => {
       const b = be.alloc(bytes, label);
       made.push(b);
+      be.write(b, new Uint8Array(bytes));
       return b;
     };
     try {
       return {
         rows,
-        batch,
-        x: a(rows * c.n_embd * e, "activations x"),
-        qkv: a(rows * 3 * c.n_embd * e, "activations qkv"),
-        att: a(rows * c.n_embd * e, "activations att"),
-        fc: a(rows * 4 * c.n_embd * e, "activations fc"),
-        last: a(batch * c.n_embd * e, "activations last"),
-        logits: a(batch * this.vocab_padded * 4, "logits"),
+        logit_rows,
+        x: a(rows * C * e, "activations x"),
+        qkv: a(rows * 3 * C * e, "activations qkv"),
+        att: a(rows * C * e, "activations att"),
+        fc: a(rows * 4 * C * e, "activations fc"),
+        last: a(logit_rows * C * e, "activations last"),
+        logits: a(logit_rows * this.vocab_padded * 4, "logits"),
       };
     } catch (err) {
       for (const b of made) be.free(b);
@@ -211,145 +229,64 @@ export class GPT implements Disposable {
     for (const b of [ws.x, ws.qkv, ws.att, ws.fc, ws.last, ws.logits]) this.backend.free(b);
   }
 
-  /**
-   * Enqueues one step for B sequences of T token slots: the transformer over `tokens` (B*T int32)
-   * at positions lengths[b] + t, the KV cache append, logits of each sequence's last valid slot
-   * into ws.logits, sampling into state.next_token (unless `sample` is false), and
-   * lengths += n_new.
-   */
-  forward(
-    ws: Workspace,
-    st: StepState,
-    cache: LayerCache[],
-    tokens: Buf,
-    B: number,
-    T: number,
-    max_T: number,
-    sample = true,
-  ): void {
-    const be = this.backend, c = this.config;
-    const C = c.n_embd, rows = B * T, eps = c.layer_norm_eps;
-    if (rows > ws.rows || B > ws.batch) {
-      throw new Error(
-        `step of ${B}x${T} does not fit the workspace (${ws.batch} sequences, ${ws.rows} rows)`,
-      );
-    }
-    if (cache.length !== c.n_layer) {
-      throw new Error(`KV cache has ${cache.length} layers, model ${c.n_layer}`);
+  /** out = layer(x) over `rows` rows: N and K come from the layer's weights. */
+  linear(out: Buf, x: Buf, layer: Linear, rows: number, o: LinearOptions = {}): void {
+    this.backend.matmul({
+      out,
+      x,
+      w: layer.w,
+      bias: layer.b,
+      M: rows,
+      N: layer.out,
+      K: layer.in,
+      act: o.act ?? "none",
+      accumulate: o.residual ?? false,
+      out_f32: o.out_f32,
+      ln: o.ln,
+    });
+  }
+
+  /** Enqueues the transformer over the step's rows: ws.x holds the final hidden states after it. */
+  hidden(ws: Workspace, s: StepInput): void {
+    const be = this.backend, c = this.config, x = ws.x, rows = s.rows;
+    if (rows > ws.rows) {
+      throw new RangeError(`a step of ${rows} rows does not fit the workspace (${ws.rows} rows)`);
     }
     be.embed({
-      out: ws.x,
-      tokens,
-      lengths: st.lengths,
+      out: x,
+      tokens: s.tokens,
+      positions: s.positions,
       wte: this.#wte,
       wpe: this.#wpe,
-      B,
-      T,
-      C,
+      rows,
+      C: c.n_embd,
       max_pos: c.block_size,
     });
-    for (let l = 0; l < c.n_layer; l++) {
-      const w = this.#blocks[l];
-      const ln_1 = { weight: w.ln_1_w, bias: w.ln_1_b, eps };
-      const ln_2 = { weight: w.ln_2_w, bias: w.ln_2_b, eps };
-      // qkv = ln_1(x) @ W_attn^T + b
-      be.matmul({
-        out: ws.qkv,
-        x: ws.x,
-        ln: ln_1,
-        w: w.attn_w,
-        bias: w.attn_b,
-        M: rows,
-        N: 3 * C,
-        K: C,
-        act: "none",
-        accumulate: false,
-      });
-      be.attention({
-        out: ws.att,
-        qkv: ws.qkv,
-        k_cache: cache[l].k,
-        v_cache: cache[l].v,
-        lengths: st.lengths,
-        n_new: st.n_new,
-        B,
-        T,
-        n_head: c.n_head,
-        head_dim: C / c.n_head,
-        max_T,
-      });
-      // x += att @ W_proj^T + b
-      be.matmul({
-        out: ws.x,
-        x: ws.att,
-        w: w.proj_w,
-        bias: w.proj_b,
-        M: rows,
-        N: C,
-        K: C,
-        act: "none",
-        accumulate: true,
-      });
-      // x += gelu(ln_2(x) @ W_fc^T + b) @ W_fc2^T + b
-      be.matmul({
-        out: ws.fc,
-        x: ws.x,
-        ln: ln_2,
-        w: w.fc_w,
-        bias: w.fc_b,
-        M: rows,
-        N: 4 * C,
-        K: C,
-        act: c.activation,
-        accumulate: false,
-      });
-      be.matmul({
-        out: ws.x,
-        x: ws.fc,
-        w: w.fc2_w,
-        bias: w.fc2_b,
-        M: rows,
-        N: C,
-        K: 4 * C,
-        act: "none",
-        accumulate: true,
-      });
-    }
-    let last = ws.x;
-    if (T > 1) {
-      be.gather_last({ out: ws.last, x: ws.x, n_new: st.n_new, B, T, C });
-      last = ws.last;
-    }
-    // logits = ln_f(last) @ W_lm^T, in f32
-    be.matmul({
-      out: ws.logits,
-      x: last,
-      ln: { weight: this.#ln_f_w, bias: this.#ln_f_b, eps },
-      w: this.#lm_head ?? this.#wte,
-      bias: null,
-      M: B,
-      N: this.vocab_padded,
-      K: C,
-      act: "none",
-      accumulate: false,
-      out_f32: true,
+    this.#blocks.forEach((b, l) => {
+      this.linear(ws.qkv, x, b.attn, rows, { ln: b.ln_1 }); // qkv = c_attn(ln_1(x))
+      s.attend(l, ws.att, ws.qkv);
+      this.linear(x, ws.att, b.proj, rows, { residual: true }); // x = x + c_proj(attn)
+      this.linear(ws.fc, x, b.fc, rows, { ln: b.ln_2, act: c.activation }); // gelu(c_fc(ln_2(x)))
+      this.linear(x, ws.fc, b.fc2, rows, { residual: true }); // x = x + c_proj(...)
     });
-    if (sample) {
-      be.sample({
-        tokens_out: st.next_token,
-        logits: ws.logits,
-        lengths: st.lengths,
-        n_new: st.n_new,
-        temperature: st.temperature,
-        top_k: st.top_k,
-        top_p: st.top_p,
-        seed: st.seed,
-        B,
-        V: c.vocab_size,
-        ld: this.vocab_padded,
-      });
+  }
+
+  /** Enqueues logits (f32, rows of vocab_padded) = lm_head(ln_f(x)) for `rows` rows of `x`. */
+  logits(out: Buf, x: Buf, rows: number): void {
+    this.linear(out, x, this.#lm_head, rows, { ln: this.#ln_f, out_f32: true });
+  }
+
+  /** One step: the transformer, then the logits of the wanted rows into ws.logits. */
+  forward(ws: Workspace, s: StepInput): void {
+    this.hidden(ws, s);
+    const n = s.logit_rows?.n ?? Math.min(s.rows, ws.logit_rows);
+    if (n > ws.logit_rows) {
+      throw new RangeError(`${n} logit rows do not fit the workspace (${ws.logit_rows})`);
     }
-    be.advance({ lengths: st.lengths, n_new: st.n_new, B });
+    if (s.logit_rows) {
+      this.backend.gather_rows({ out: ws.last, x: ws.x, idx: s.logit_rows.idx, n, C: this.config.n_embd });
+    }
+    this.logits(ws.logits, s.logit_rows ? ws.last : ws.x, n);
   }
 
   /** Frees the weights. */

@@ -3,7 +3,7 @@
  * fetched copy of the sources (src/native/remote.ts). Says on stderr that it starts, and how long
  * it took, whenever it builds.
  *
- *   deno run -A src/native/build.ts [--force] [--quiet] [-- extra zig build args]
+ *   deno run -A src/native/build.ts [--force] [--quiet] [--zig-test] [-- extra zig build args]
  *
  * Zig is found as $ZIG, else `zig` on PATH, else `python3 -m ziglang` (PyPI's ziglang).
  * The Zig version is pinned in build.zig.zon (minimum_zig_version).
@@ -83,12 +83,13 @@ export async function build_native(
     throw new Error(`zig build failed (exit ${out.code}) in ${src_dir}; see the compiler output above`);
   }
   log(`built libngpt in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  return `${opts.prefix ?? `${src_dir}/zig-out`}/lib/${native_lib_filename()}`;
+  return `${opts.prefix ?? `${src_dir.replace(/\/$/, "")}/zig-out`}/lib/${native_lib_filename()}`;
 }
 
+/** The newest modification time of the Zig sources under `path` (CUDA kernels are NVRTC's, not Zig's). */
 function newest_mtime(path: string): number {
   const st = Deno.statSync(path);
-  if (!st.isDirectory) return st.mtime?.getTime() ?? 0;
+  if (!st.isDirectory) return path.endsWith(".zig") || path.endsWith(".zon") ? st.mtime?.getTime() ?? 0 : 0;
   let t = 0;
   for (const e of Deno.readDirSync(path)) t = Math.max(t, newest_mtime(`${path}/${e.name}`));
   return t;
@@ -99,7 +100,7 @@ export function built_lib_path(): string {
   return `${checkout_dir()}zig-out/lib/${native_lib_filename()}`;
 }
 
-/** True when the checkout's library is missing or older than native/, build.zig or build.zig.zon. */
+/** True when the checkout's library is missing or older than native/'s Zig sources, build.zig or build.zig.zon. */
 export function is_stale(): boolean {
   const root = checkout_dir();
   return with_permission("--allow-read", "checking whether libngpt is built", () => {
@@ -126,6 +127,16 @@ export async function ensure_built(
   return await build_native(checkout_dir(), { extra: opts.extra, log: opts.log });
 }
 
+/** Runs native/'s Zig unit tests (`zig build test`, ReleaseSafe) in the checkout. */
+export async function zig_unit_tests(): Promise<void> {
+  const root = checkout_dir();
+  const { zig } = await find_zig(pinned_zig(Deno.readTextFileSync(`${root}build.zig.zon`)));
+  const args = [...zig.slice(1), "build", "test", "-Doptimize=ReleaseSafe"];
+  const out = await new Deno.Command(zig[0], { args, cwd: root, stdout: "inherit", stderr: "inherit" })
+    .output();
+  if (!out.success) throw new Error(`zig build test failed (exit ${out.code})`);
+}
+
 if (import.meta.main) {
   const argv = [...Deno.args];
   const dd = argv.indexOf("--");
@@ -133,6 +144,7 @@ if (import.meta.main) {
   try {
     const path = await ensure_built({ force: argv.includes("--force"), extra });
     if (!argv.includes("--quiet")) console.error(`libngpt: ${path}`);
+    if (argv.includes("--zig-test")) await zig_unit_tests();
   } catch (e) {
     console.error(`error: ${(e as Error).message}`);
     Deno.exit(1);

@@ -14,16 +14,12 @@ import { env } from "../util/env.ts";
 
 import { PermissionError, with_permission } from "../util/permissions.ts";
 import { remote_native_build } from "./remote.ts";
-import { core_symbols } from "./symbols_core.ts";
-import { cpu_symbols } from "./symbols_cpu.ts";
-import { cuda_symbols } from "./symbols_cuda.ts";
+import { NATIVE_ABI_VERSION, native_symbols as symbols } from "./symbols.ts";
 
 export { native_lib_filename } from "./checkout.ts";
 
-/** Version of the exported C ABI this TypeScript expects (native/root.zig ng_version). */
-export const NATIVE_ABI_VERSION = 1;
+export { NATIVE_ABI_VERSION };
 
-const symbols = { ...core_symbols, ...cpu_symbols, ...cuda_symbols } as const;
 /** Every symbol of libngpt, typed. */
 export type NativeSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];
 

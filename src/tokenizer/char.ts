@@ -3,6 +3,7 @@
  * @module
  */
 import type { Tokenizer } from "./tokenizer.ts";
+import { describe } from "../util/check.ts";
 
 /** Character vocabulary tokenizer (nanoGPT `data/<dataset>/meta.pkl`). */
 export class CharTokenizer implements Tokenizer {
@@ -15,6 +16,10 @@ export class CharTokenizer implements Tokenizer {
   /** `stoi` and `itos` must be inverse maps of single characters (checked). */
   constructor(stoi: Map<string, number>, itos: Map<number, string>) {
     for (const [s, i] of stoi) {
+      // encode() reads the text one code point at a time: a longer key could never match.
+      if (typeof s !== "string" || [...s].length !== 1) {
+        throw new Error(`char vocabulary: stoi key ${describe(s)} is not a single character`);
+      }
       if (!Number.isInteger(i) || i < 0) {
         throw new Error(`char vocabulary: stoi[${JSON.stringify(s)}] = ${i}`);
       }

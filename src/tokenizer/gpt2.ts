@@ -42,7 +42,8 @@ class Gpt2Tokenizer implements Tokenizer {
   readonly eot_id = GPT2_EOT_ID;
   #bpe: Tiktoken | null = null;
   readonly #bytes = token_bytes_table(gpt2_ranks);
-  readonly #decoder = new TextDecoder("utf-8");
+  // ignoreBOM: a leading U+FEFF is text the model wrote, not a byte order mark to drop.
+  readonly #decoder = new TextDecoder("utf-8", { ignoreBOM: true });
 
   constructor() {
     for (let i = 0; i < GPT2_VOCAB_SIZE; i++) {

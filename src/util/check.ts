@@ -73,7 +73,9 @@ export function describe(v: unknown): string {
   if (typeof v === "bigint") return `${v}n`;
   if (typeof v === "object" && v !== null) {
     try {
-      return JSON.stringify(v).slice(0, 80);
+      // Big ints as 12n (JSON.stringify throws on them), e.g. in a tuple a pickle gave.
+      const json = JSON.stringify(v, (_k, x) => typeof x === "bigint" ? `${x}n` : x);
+      return (json ?? Object.prototype.toString.call(v)).replace(/"(-?\d+n)"/g, "$1").slice(0, 80);
     } catch {
       return Object.prototype.toString.call(v);
     }

@@ -1,170 +1,120 @@
-// CUDA attention (kv append + prefill; decode with the append fused in, in one chunk or split in
-// several and combined) against a naive f64 reference, with ragged lengths / n_new, head sizes 16,
-// 24, 64, 80 and 128, long caches (1024 keys) and B = 256, in f32 and bf16; the tensor-core prefill
-// (f16/bf16, head sizes 64 and 128) at T = 512, 128 and 64 with ragged n_new and chunked prefill.
+// CUDA paged attention (kv_append + prefill over packed rows; decode with the append fused in, in
+// one chunk or split in several and combined) against the f64 reference of
+// tests/helpers/attention_ref.ts: shuffled block tables, ragged lengths and rows, padding rows,
+// head sizes 16, 24, 64, 80 and 128, long caches (1024 keys), B = 256 and 512, f32 and bf16; the
+// tensor-core prefill (f16/bf16, head sizes 64 and 128) over 512-row prompts and chunks.
 import { assert, assertEquals } from "../helpers/assert.ts";
-import type { Buf, DType } from "../../src/backend/backend.ts";
+import type { DType } from "../../src/backend/backend.ts";
 import type { CudaBackend } from "../../src/backend/cuda.ts";
 import { decode_plan } from "../../src/backend/cuda/ops.ts";
-import { backend, gpu_suite, randn, read_f32, rel_l2, rng, tol, upload, upload_i32 } from "./gpu_helpers.ts";
+import { attention_reference, make_paged_case, type PagedSpec } from "../helpers/attention_ref.ts";
+import { test_seed } from "../helpers/rng.ts";
+import { backend, gpu_suite, read_f32, rel_l2, rng, tol, upload, upload_i32 } from "./gpu_helpers.ts";
 
-interface Case {
-  be: CudaBackend;
-  B: number;
-  H: number;
-  D: number;
-  max_T: number;
-  k: Buf;
-  v: Buf;
-  /** Host mirror of the caches (B, H, max_T, D). */
-  k_host: Float32Array;
-  v_host: Float32Array;
-}
+const SEED = test_seed();
 
-/** Runs one attention step and checks caches and valid output rows against the reference. */
-function step(c: Case, T: number, lengths: number[], n_new: number[], seed: number, what: string): void {
-  const { be, B, H, D, max_T } = c, C = H * D;
-  const qkv = upload(be, randn(B * T * 3 * C, seed), "qkv");
-  const ln = upload_i32(be, lengths, "lengths"), nn = upload_i32(be, n_new, "n_new");
-  const out = be.alloc(B * T * C * (be.dtype === "f32" ? 4 : 2), "out");
+/** Runs one attention call on `be` and checks the pools and the owned rows against the reference. */
+function check(be: CudaBackend, spec: PagedSpec, seed: number, what: string): void {
+  const c = make_paged_case(spec, rng(SEED ^ seed));
+  const es = be.dtype === "f32" ? 4 : 2;
+  // The device stores the inputs rounded to its dtype: the reference uses the stored values.
+  const qkv = upload(be, c.qkv, "qkv"), k = upload(be, c.k, "k pool"), v = upload(be, c.v, "v pool");
+  c.qkv = qkv.values;
+  c.k = k.values;
+  c.v = v.values;
+  const want = attention_reference(c);
+  const ints = [
+    upload_i32(be, c.table, "table"),
+    upload_i32(be, c.lengths, "lengths"),
+    upload_i32(be, c.counts, "n_new"),
+    upload_i32(be, c.seq_start, "seq_start"),
+    upload_i32(be, c.row_seq, "row_seq"),
+    upload_i32(be, c.positions, "positions"),
+  ];
+  const [table, lengths, n_new, seq_start, row_seq, positions] = ints;
+  const out = be.alloc(c.rows * c.C * es, "out");
   be.attention({
     out,
     qkv: qkv.buf,
-    k_cache: c.k,
-    v_cache: c.v,
-    lengths: ln,
-    n_new: nn,
-    B,
-    T,
-    n_head: H,
-    head_dim: D,
-    max_T,
+    cache: { k: k.buf, v: v.buf },
+    layout: { num_blocks: c.num_blocks, block_size: c.block_size, n_head: c.H, head_dim: c.D, max_blocks: c.max_blocks },
+    block_table: table,
+    lengths,
+    B: c.B,
+    ...(c.decode ? { n_new, max_len: c.max_len } : {
+      seq_start,
+      row_seq,
+      positions,
+      rows: c.rows,
+      max_seq_rows: Math.max(1, ...c.counts),
+    }),
   });
-  const got = read_f32(be, out, B * T * C);
-  // The append, on the host mirror.
-  const cache_at = (b: number, h: number, p: number) => ((b * H + h) * max_T + p) * D;
-  for (let b = 0; b < B; b++) {
-    for (let t = 0; t < n_new[b]; t++) {
-      for (let h = 0; h < H; h++) {
-        for (let d = 0; d < D; d++) {
-          const src = (b * T + t) * 3 * C + h * D + d;
-          c.k_host[cache_at(b, h, lengths[b] + t) + d] = qkv.values[src + C];
-          c.v_host[cache_at(b, h, lengths[b] + t) + d] = qkv.values[src + 2 * C];
-        }
-      }
+  const name = `${what} (seed ${SEED})`;
+  const kd = read_f32(be, k.buf, c.k.length), vd = read_f32(be, v.buf, c.v.length);
+  assert(kd.every((x, i) => x === want.k[i]), `${name}: the k pool differs from the expected append`);
+  assert(vd.every((x, i) => x === want.v[i]), `${name}: the v pool differs from the expected append`);
+  const got = read_f32(be, out, c.rows * c.C);
+  const have: number[] = [], exp: number[] = [];
+  want.out.forEach((x, i) => {
+    if (!Number.isNaN(x)) {
+      have.push(got[i]);
+      exp.push(x);
     }
-  }
-  const k_dev = read_f32(be, c.k, c.k_host.length), v_dev = read_f32(be, c.v, c.v_host.length);
-  assert(k_dev.every((x, i) => x === c.k_host[i]), `${what}: k cache differs from the expected append`);
-  assert(v_dev.every((x, i) => x === c.v_host[i]), `${what}: v cache differs from the expected append`);
-  // Output rows of valid slots.
-  const want: number[] = [], have: number[] = [];
-  const scale = 1 / Math.sqrt(D);
-  for (let b = 0; b < B; b++) {
-    for (let t = 0; t < n_new[b]; t++) {
-      const n_keys = lengths[b] + t + 1;
-      for (let h = 0; h < H; h++) {
-        const q = (b * T + t) * 3 * C + h * D;
-        const s = new Float64Array(n_keys);
-        let m = -Infinity;
-        for (let j = 0; j < n_keys; j++) {
-          let a = 0;
-          for (let d = 0; d < D; d++) a += qkv.values[q + d] * c.k_host[cache_at(b, h, j) + d];
-          s[j] = a * scale;
-          m = Math.max(m, s[j]);
-        }
-        let z = 0;
-        for (let j = 0; j < n_keys; j++) z += s[j] = Math.exp(s[j] - m);
-        for (let d = 0; d < D; d++) {
-          let o = 0;
-          for (let j = 0; j < n_keys; j++) o += s[j] * c.v_host[cache_at(b, h, j) + d];
-          want.push(o / z);
-          have.push(got[(b * T + t) * C + h * D + d]);
-        }
-      }
-    }
-  }
-  const err = rel_l2(have, want);
-  assert(err < tol(be.dtype, 1e-5), `${what}: relative L2 error ${err}`);
-  for (const b of [qkv.buf, ln, nn, out]) be.free(b);
+  });
+  const err = rel_l2(have, exp);
+  assert(err < tol(be.dtype, 1e-5), `${name}: relative L2 error ${err}`);
+  for (const b of [qkv.buf, k.buf, v.buf, out, ...ints]) be.free(b);
+  assertEquals(be.allocated_bytes(), 0, `${name}: leaked buffers`);
 }
 
 gpu_suite("attention_test", () => {
   for (const dtype of ["f32", "bf16"] as DType[]) {
     for (const D of [16, 24, 64, 80, 128]) {
-      Deno.test(`cuda attention (${dtype}, head ${D}): ragged prefill, then decode`, () => {
+      Deno.test(`cuda attention (${dtype}, head ${D}): packed ragged prefill with padding, then decode`, () => {
         using be = backend(dtype, false);
-        const B = 4, H = D === 128 ? 2 : 3, max_T = 300, n = B * H * max_T * D;
-        const k = upload(be, randn(n, 100 + D), "k cache"), v = upload(be, randn(n, 200 + D), "v cache");
-        const c: Case = { be, B, H, D, max_T, k: k.buf, v: v.buf, k_host: k.values, v_host: v.values };
-        // Prefill: a fresh prompt over three query blocks, a continuation, one past 128 keys,
-        // and an idle sequence with a long cache.
-        const T = 40;
-        const lengths = [0, 37, 140, 290], n_new = [40, 20, 33, 0];
-        step(c, T, lengths, n_new, 1, `${dtype} D=${D} prefill`);
-        // Decode: one token each, except sequence 2 (idle); sequence 3 reads 291 keys.
-        const l2 = lengths.map((l, b) => l + n_new[b]);
-        step(c, 1, l2, [1, 1, 0, 1], 2, `${dtype} D=${D} decode`);
-        const l3 = l2.map((l, b) => l + [1, 1, 0, 1][b]);
-        step(c, 1, l3, [1, 1, 1, 1], 3, `${dtype} D=${D} decode 2`);
-        assertEquals(be.allocated_bytes(), 2 * n * (dtype === "f32" ? 4 : 2));
+        const H = D === 128 ? 2 : 3, base = { H, D, block_size: 16, max_len: 320 };
+        // A fresh prompt over three query blocks, a continuation, one past 128 keys, an idle sequence.
+        check(be, { ...base, lengths: [0, 37, 140, 290], counts: [40, 20, 33, 0], decode: false, padding: 5 }, 1, `${dtype} D=${D} prefill`);
+        check(be, { ...base, lengths: [40, 57, 173, 290], counts: [1, 1, 0, 1], decode: true }, 2, `${dtype} D=${D} decode`);
+        check(be, { ...base, block_size: 4, lengths: [0, 0, 300], counts: [1, 1, 1], decode: true }, 3, `${dtype} D=${D} decode bs 4`);
       });
     }
     for (const D of [64, 128]) {
       Deno.test(`cuda attention (${dtype}, head ${D}): long caches, decode split in chunks`, () => {
         using be = backend(dtype, false);
-        const B = 4, H = 2, max_T = 1100, n = B * H * max_T * D;
+        const base = { H: 2, D, block_size: 16, max_len: 1024 };
         // Few (b, head) pairs and a long cache: the keys are cut in chunks on any GPU of >= 8 SMs.
-        assert(decode_plan(B, H, max_T, 132).n_chunks > 1, "the long case no longer splits the keys");
-        const k = upload(be, randn(n, 300 + D), "k cache"), v = upload(be, randn(n, 400 + D), "v cache");
-        const c: Case = { be, B, H, D, max_T, k: k.buf, v: v.buf, k_host: k.values, v_host: v.values };
-        const lengths = [0, 980, 700, 900], n_new = [40, 40, 3, 0];
-        step(c, 40, lengths, n_new, 4, `${dtype} D=${D} long prefill`);
+        assert(decode_plan(4, 2, 1024, 132).n_chunks > 1, "the long case no longer splits the keys");
+        check(be, { ...base, lengths: [0, 980, 700, 900], counts: [40, 40, 3, 0], decode: false }, 4, `${dtype} D=${D} long prefill`);
         // 1024 keys (every chunk), a middle one, a short one (one live chunk, no combine), an idle one.
-        const l2 = [1023, 1020, 5, 900];
-        step(c, 1, l2, [1, 1, 1, 0], 5, `${dtype} D=${D} long decode`);
-        step(c, 1, l2.map((l) => l + 1), [1, 1, 1, 1], 6, `${dtype} D=${D} long decode 2`);
-        assertEquals(be.allocated_bytes(), 2 * n * (dtype === "f32" ? 4 : 2));
+        check(be, { ...base, lengths: [1023, 1020, 5, 900], counts: [1, 1, 1, 0], decode: true }, 5, `${dtype} D=${D} long decode`);
       });
     }
     // B = 256 (a few warps per head on an H100), and B = 512 with a short cache, where a block
     // holds several heads of one sequence (asserted for an H100's 132 SMs).
-    for (const [B, max_T, multi_head] of [[256, 128, false], [512, 40, true]] as const) {
-      const what = multi_head ? "several heads per block" : "ragged";
-      Deno.test(`cuda attention (${dtype}, head 64): decode at B = ${B}, ${what}`, () => {
-        const H = 12, D = 64, n = B * H * max_T * D;
-        const plan = decode_plan(B, H, max_T, 132);
+    for (const [B, max_len, multi_head] of [[256, 128, false], [512, 48, true]] as const) {
+      Deno.test(`cuda attention (${dtype}, head 64): decode at B = ${B}`, () => {
+        const H = 12, D = 64;
+        const plan = decode_plan(B, H, max_len, 132);
         if (multi_head) assert(plan.heads_per_block > 1, `B = ${B} plan ${JSON.stringify(plan)}`);
         using be = backend(dtype, false);
-        const k = upload(be, randn(n, 500 + B), "k cache"), v = upload(be, randn(n, 600 + B), "v cache");
-        const c: Case = { be, B, H, D, max_T, k: k.buf, v: v.buf, k_host: k.values, v_host: v.values };
         const u = rng(B);
-        const lengths = Array.from(
-          { length: B },
-          (_, b) => b === 0 ? max_T - 2 : Math.floor(u() * (max_T - 2)),
-        );
-        const n_new = lengths.map((_, b) => b % 17 === 3 ? 0 : 1);
-        step(c, 1, lengths, n_new, 7, `${dtype} B=${B} decode`);
-        step(c, 1, lengths.map((l, b) => l + n_new[b]), n_new.map(() => 1), 8, `${dtype} B=${B} decode 2`);
-        assertEquals(be.allocated_bytes(), 2 * n * (dtype === "f32" ? 4 : 2));
+        const lengths = Array.from({ length: B }, (_, b) => b === 0 ? max_len - 1 : Math.floor(u() * (max_len - 1)));
+        const counts = lengths.map((_, b) => b % 17 === 3 ? 0 : 1);
+        check(be, { H, D, block_size: 16, max_len, lengths, counts, decode: true }, 6 + B, `${dtype} B=${B} decode`);
       });
     }
   }
   // Tensor-core prefill (attention_prefill_mma): long prompts over several 64-row query tiles and
-  // 64-key tiles, ragged n_new (partial and empty tiles), then chunked prefill over cached keys.
+  // 64-key tiles, ragged rows (partial and empty tiles), then chunks over cached keys.
   for (const dtype of ["bf16", "f16"] as DType[]) {
     for (const D of [64, 128]) {
-      Deno.test(`cuda attention (${dtype}, head ${D}): tensor-core prefill, T = 512, 128, 64`, () => {
+      Deno.test(`cuda attention (${dtype}, head ${D}): tensor-core prefill of 512, 128, 64 rows`, () => {
         using be = backend(dtype, false);
-        const B = 3, H = 2, max_T = 720, n = B * H * max_T * D;
-        const k = upload(be, randn(n, 700 + D), "k cache"), v = upload(be, randn(n, 800 + D), "v cache");
-        const c: Case = { be, B, H, D, max_T, k: k.buf, v: v.buf, k_host: k.values, v_host: v.values };
-        // A full 512-token prompt, a ragged one (300: a partial query tile) and an idle sequence.
-        step(c, 512, [0, 0, 0], [512, 300, 0], 9, `${dtype} D=${D} prefill T=512`);
-        // Chunked prefill: each continues over its cache (the idle one starts a 128-token prompt).
-        step(c, 128, [512, 300, 0], [128, 77, 128], 10, `${dtype} D=${D} chunk T=128`);
-        step(c, 64, [640, 377, 128], [64, 1, 40], 11, `${dtype} D=${D} chunk T=64`);
-        assertEquals(be.allocated_bytes(), 2 * n * 2);
+        const base = { H: 2, D, block_size: 16, max_len: 720, decode: false };
+        check(be, { ...base, lengths: [0, 0, 0], counts: [512, 300, 0], padding: 7 }, 9, `${dtype} D=${D} prefill 512`);
+        check(be, { ...base, lengths: [512, 300, 0], counts: [128, 77, 128] }, 10, `${dtype} D=${D} chunk 128`);
+        check(be, { ...base, lengths: [640, 377, 128], counts: [64, 1, 40] }, 11, `${dtype} D=${D} chunk 64`);
       });
     }
   }

@@ -1,5 +1,5 @@
-// CUDA backend behaviour: a small transformer step (every op) gives identical tokens and logits
-// with and without graphs; read_async; a failed capture cleans up; host transfers are refused
+// CUDA backend behaviour: a small transformer step (every op: a packed prefill over the paged KV
+// cache, then decode steps) gives identical tokens and logits with and without graphs; read_async; a failed capture cleans up; host transfers are refused
 // inside a step; out-of-memory and double frees give clear errors; dispose returns all memory.
 import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
 import type { Buf, DType } from "../../src/backend/backend.ts";
@@ -7,7 +7,9 @@ import { sub_buf } from "../../src/backend/buf.ts";
 import { create_cuda_backend, type CudaBackend } from "../../src/backend/cuda.ts";
 import { backend, gpu_suite, randn, read_i32, upload, upload_i32, upload_raw_f32 } from "./gpu_helpers.ts";
 
-const V = 97, C = 128, H = 2, L = 2, MAX_T = 160, B = 3;
+const V = 97, C = 128, H = 2, L = 2, MAX_T = 160, B = 3, BS = 16, MB = MAX_T / BS;
+/** The prompts' lengths: packed into 16 prefill rows. */
+const PROMPTS = [8, 3, 5], ROWS = 16;
 
 interface Tiny {
   be: CudaBackend;
@@ -56,9 +58,19 @@ function tiny(be: CudaBackend, rows: number): Tiny {
     logits: a(B * V * 4, "logits"),
     tokens: a(rows * 4, "tokens"),
   };
+  // Sequence b holds blocks b*MB .. b*MB+MB-1 of the pools, in reverse order.
+  const table = Array.from({ length: B * MB }, (_, i) => Math.floor(i / MB) * MB + (MB - 1 - (i % MB)));
+  const starts = [0, ...PROMPTS.map((_, b) => PROMPTS.slice(0, b + 1).reduce((x, y) => x + y, 0))];
+  const row_seq = Array.from({ length: rows }, (_, r) => starts.findIndex((s, b) => b < B && r >= s && r < starts[b + 1]));
   const st = {
     lengths: upload_i32(be, [0, 0, 0], "lengths"),
     n_new: upload_i32(be, [0, 0, 0], "n_new"),
+    prompt_n: upload_i32(be, PROMPTS, "prompt n_new"),
+    seq_start: upload_i32(be, starts, "seq_start"),
+    row_seq: upload_i32(be, row_seq, "row_seq"),
+    positions: upload_i32(be, row_seq.map((b, r) => b < 0 ? 0 : r - starts[b]), "positions"),
+    last_row: upload_i32(be, PROMPTS.map((n, b) => starts[b] + n - 1), "last rows"),
+    table: upload_i32(be, table, "block table"),
     temperature: upload_raw_f32(be, [0, 0.9, 1.2], "temperature"),
     top_k: upload_i32(be, [0, 20, 0], "top_k"),
     top_p: upload_raw_f32(be, [1, 1, 0.9], "top_p"),
@@ -72,10 +84,23 @@ function tiny(be: CudaBackend, rows: number): Tiny {
   return { be, w, ws, st, cache };
 }
 
-/** One transformer step over every op (nanoGPT-style erf GELU), sampling into st.next. */
-function forward(m: Tiny, tokens: Buf, T: number): void {
-  const { be, w, ws, st } = m, rows = B * T, eps = 1e-5;
-  be.embed({ out: ws.x, tokens, lengths: st.lengths, wte: w.wte, wpe: w.wpe, B, T, C, max_pos: MAX_T });
+/**
+ * One transformer step over every op (nanoGPT-style erf GELU), sampling into st.next: the packed
+ * prefill of the three prompts, or a decode step of one token per sequence.
+ */
+function forward(m: Tiny, prefill: boolean): void {
+  const { be, w, ws, st } = m, rows = prefill ? ROWS : B, eps = 1e-5;
+  const layout = { num_blocks: B * MB, block_size: BS, n_head: H, head_dim: C / H, max_blocks: MB };
+  be.embed({
+    out: ws.x,
+    tokens: prefill ? ws.tokens : st.next,
+    positions: prefill ? st.positions : st.lengths,
+    wte: w.wte,
+    wpe: w.wpe,
+    rows,
+    C,
+    max_pos: MAX_T,
+  });
   for (let l = 0; l < L; l++) {
     be.layernorm({ out: ws.h, x: ws.x, weight: w[`ln1_w${l}`], bias: w[`ln1_b${l}`], rows, C, eps });
     be.matmul({
@@ -92,15 +117,14 @@ function forward(m: Tiny, tokens: Buf, T: number): void {
     be.attention({
       out: ws.att,
       qkv: ws.qkv,
-      k_cache: m.cache[l].k,
-      v_cache: m.cache[l].v,
+      cache: m.cache[l],
+      layout,
+      block_table: st.table,
       lengths: st.lengths,
-      n_new: st.n_new,
       B,
-      T,
-      n_head: H,
-      head_dim: C / H,
-      max_T: MAX_T,
+      ...(prefill
+        ? { seq_start: st.seq_start, row_seq: st.row_seq, positions: st.positions, rows, max_seq_rows: 8 }
+        : { n_new: st.n_new, max_len: MAX_T }),
     });
     be.matmul({
       out: ws.x,
@@ -138,8 +162,8 @@ function forward(m: Tiny, tokens: Buf, T: number): void {
     });
   }
   let last = ws.x;
-  if (T > 1) {
-    be.gather_last({ out: ws.last, x: ws.x, n_new: st.n_new, B, T, C });
+  if (prefill) {
+    be.gather_rows({ out: ws.last, x: ws.x, idx: st.last_row, n: B, C });
     last = ws.last;
   }
   be.layernorm({ out: ws.last_ln, x: last, weight: w.lnf_w, bias: w.lnf_b, rows: B, C, eps });
@@ -155,11 +179,12 @@ function forward(m: Tiny, tokens: Buf, T: number): void {
     accumulate: false,
     out_f32: true,
   });
+  const n_new = prefill ? st.prompt_n : st.n_new;
   be.sample({
     tokens_out: st.next,
     logits: ws.logits,
     lengths: st.lengths,
-    n_new: st.n_new,
+    n_new,
     temperature: st.temperature,
     top_k: st.top_k,
     top_p: st.top_p,
@@ -167,19 +192,15 @@ function forward(m: Tiny, tokens: Buf, T: number): void {
     B,
     V,
   });
-  be.advance({ lengths: st.lengths, n_new: st.n_new, B });
+  be.advance({ lengths: st.lengths, n_new, B });
 }
 
-/** A ragged prefill then decode steps; returns each step's tokens and logits. */
+/** The packed prefill, then decode steps; returns each step's tokens and logits. */
 function generate(be: CudaBackend, steps: number): { tokens: number[][]; logits: Float32Array[] } {
-  const T = 8;
-  const m = tiny(be, B * T);
-  const prompt = new Int32Array(B * T);
-  const n_new = [8, 3, 5];
-  for (let i = 0; i < prompt.length; i++) prompt[i] = (i * 37) % V;
+  const m = tiny(be, ROWS);
+  const prompt = Int32Array.from({ length: ROWS }, (_, i) => (i * 37) % V);
   be.write(m.ws.tokens, prompt);
-  be.write(m.st.n_new, Int32Array.from(n_new));
-  be.run_step("prefill", () => forward(m, m.ws.tokens, T));
+  be.run_step("prefill", () => forward(m, true));
   const tokens: number[][] = [], logits: Float32Array[] = [];
   const take = () => {
     const pending = be.read_async(m.st.next, B * 4);
@@ -192,7 +213,7 @@ function generate(be: CudaBackend, steps: number): { tokens: number[][]; logits:
   take();
   be.write(m.st.n_new, Int32Array.from([1, 1, 0]));
   for (let s = 0; s < steps; s++) {
-    be.run_step("decode", () => forward(m, m.st.next, 1));
+    be.run_step("decode", () => forward(m, false));
     take();
   }
   return { tokens, logits };

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One GPU-machine call: the GPU tests, then the bench (ours, and the PyTorch peers in the same run),
 # a short table printed last, full logs and results under $OUT. Prepare with tests/gpu/prepare_device.sh.
-#   MODE=quick  ours only, a few cases;  MODE=full  the whole sweep with peers (default)
+#   MODE=quick  ours only, a few cases;  MODE=full  the whole sweep with peers (default); MODE=none
 #   TESTS=0     skip the tests
+#   MEMORY=1    peak host memory while loading onto the GPU (tests/bench/load_memory.ts)
 #   PROFILE=1   also profile a few decode steps of four cases under ncu ($OUT/profile.md)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 xz -dc .device/deno.xz >/tmp/deno && chmod +x /tmp/deno
-export PATH=/tmp:$PATH DENO_DIR=$PWD/.device/deno-dir NGPT_CACHE=/tmp/ngpt-cache NGPT_SHAKESPEARE=$PWD/.device/shakespeare
+export PATH=/tmp:$PATH DENO_DIR=$PWD/.device/deno-dir NGPT_CACHE=/tmp/ngpt-cache
 OUT=${OUT:-$(mktemp -d)}
 MODE=${MODE:-full}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -15,6 +16,12 @@ if [[ "${TESTS:-1}" == 1 ]]; then
   OUT=$OUT bash tests/gpu/run_on_device.sh 2>&1 | tee "$OUT/tests.txt" | tail -25
 fi
 bench() { deno run -A --cached-only examples/bench.ts --device cuda "$@"; }
+if [[ "${MEMORY:-0}" == 1 ]]; then
+  mkdir -p /tmp/gpt2m && deno run -A --cached-only tests/bench/load_memory.ts --make-gpt2 /tmp/gpt2m 2>/dev/null
+  for m in embedded:shakespeare-char /tmp/gpt2m/gpt2-ckpt.pt /tmp/gpt2m/gpt2.safetensors; do
+    deno run -A --cached-only tests/bench/load_memory.ts --model "$m" --device cuda 2>&1 | tail -1 | tee -a "$OUT/memory.txt"
+  done
+fi
 if [[ "${PROFILE:-0}" == 1 ]]; then
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   # model, batch, prompt (the KV length profiled: 64 at the start, 192 the bench's mean), steps
@@ -30,18 +37,17 @@ if [[ "${PROFILE:-0}" == 1 ]]; then
   grep "^## " "$OUT/profile.md"
 fi
 if [[ "$MODE" == quick ]]; then
-  bench --models gpt2 --batches 1,256 --graphs on --steps "${STEPS:-1,8}" --json "$OUT/ours_gpt2.json" >"$OUT/bench.txt" 2>&1
-  bench --models gpt2-xl --batches 1,64 --graphs on --steps "${STEPS:-1,8}" --json "$OUT/ours_xl.json" >>"$OUT/bench.txt" 2>&1
+  bench --models gpt2 --batches "${BATCHES:-1,256}" --graphs on --steps "${STEPS:-8}" --json "$OUT/ours_gpt2.json" >"$OUT/bench.txt" 2>&1
+  bench --models gpt2-xl --batches "${XL_BATCHES:-1,64}" --graphs on --steps "${STEPS:-8}" --json "$OUT/ours_xl.json" >>"$OUT/bench.txt" 2>&1
   grep -A20 "^model" "$OUT/bench.txt"
   exit 0
 fi
+[[ "$MODE" == none ]] && exit 0
 deno run -A --cached-only tests/gpu/host_bench.ts >"$OUT/host.txt" 2>&1
-bench --models gpt2,gpt2-xl --batches 1 --graphs on --steps 1,8,16 --json "$OUT/steps.json" >"$OUT/steps.txt" 2>&1
 PYTHONUNBUFFERED=1 timeout 300 python3 .device/torch_baseline.py --engines graph,gptfast --models gpt2,gpt2-xl \
   --batches "${PEER_BATCHES:-1,64,256}" --prompt 64 --new 256 >"$OUT/peer.jsonl" 2>"$OUT/peer.err"
 bench --models gpt2,gpt2-xl --batches "${BATCHES:-1,8,32,64,128,256,512}" --graphs "${GRAPHS:-both}" \
   --prompt 64 --new 256 --peer "$OUT/peer.jsonl" --json "$OUT/bench.json" --svg "$OUT/throughput.svg" \
   >"$OUT/bench.txt" 2>&1
 cat "$OUT/host.txt"
-grep -A8 "^model" "$OUT/steps.txt"
 grep -A60 "^model" "$OUT/bench.txt"

@@ -25,6 +25,7 @@ export function backend(dtype: DType, graphs = true): CudaBackend {
 
 /** A seeded uniform generator in [0, 1) (mulberry32). */
 export { rng };
+export { rel_l2 } from "../helpers/compare.ts";
 
 /** `n` seeded normal values times `scale`. */
 export function randn(n: number, seed: number, scale = 1): Float32Array {
@@ -101,18 +102,6 @@ export function read_i32(be: CudaBackend, buf: Buf, n: number): Int32Array {
   const out = new Int32Array(n);
   be.read(buf, out);
   return out;
-}
-
-/** ||a - b|| / ||b|| over f64. */
-export function rel_l2(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`length mismatch: ${a.length} vs ${b.length}`);
-  let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) {
-    if (!Number.isFinite(a[i])) return Infinity;
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
 }
 
 /** Tolerance on relative L2 error for a storage dtype. */

@@ -16,7 +16,7 @@ const B = 1,
 be.write(lengths, new Int32Array(B));
 be.write(n_new, new Int32Array(B));
 const step = () => be.advance({ lengths, n_new, B });
-const loop = { src: lengths, dst: log, first_row: 0, stride: B, B };
+const loop = { first_row: 0, copies: [{ src: lengths, dst: log, words: B, stride: B }] };
 const cases: [string, () => void][] = [
   ["graph launch (1 kernel)", () => be.run_step("one", step)],
   ["graph launch (WHILE loop of 8 x 1 kernel)", () => be.run_loop("loop", 8, step, loop)],

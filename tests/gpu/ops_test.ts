@@ -18,6 +18,7 @@ import {
   tol,
   upload,
   upload_i32,
+  upload_raw_f32,
 } from "./gpu_helpers.ts";
 
 const DTYPES: DType[] = ["f32", "bf16", "f16"];
@@ -144,24 +145,20 @@ gpu_suite("ops_test", () => {
   for (const dtype of DTYPES) {
     Deno.test(`cuda embed (${dtype}): tokens, positions, clamping of padding`, () => {
       using be = backend(dtype);
-      const V = 50, C = 72, P = 20, B = 3, T = 8;
+      const V = 50, C = 72, P = 20, rows = 24;
       const wte = upload(be, randn(V * C, 2), "wte"), wpe = upload(be, randn(P * C, 3), "wpe");
-      const tokens = Array.from({ length: B * T }, (_, i) => (i * 7) % V);
+      const tokens = Array.from({ length: rows }, (_, i) => (i * 7) % V);
       tokens[5] = 999; // garbage padding ids are clamped into the table
       tokens[6] = -3;
-      const lengths = [0, 5, 15]; // 15 + 7 runs past max_pos: clamped
-      const tk = upload_i32(be, tokens, "tokens"), ln = upload_i32(be, lengths, "lengths");
-      const out = be.alloc(B * T * C * (dtype === "f32" ? 4 : 2), "out");
-      be.embed({ out, tokens: tk, lengths: ln, wte: wte.buf, wpe: wpe.buf, B, T, C, max_pos: P });
-      const got = read_f32(be, out, B * T * C);
-      const want = new Float32Array(B * T * C);
-      for (let b = 0; b < B; b++) {
-        for (let t = 0; t < T; t++) {
-          const tok = Math.min(Math.max(tokens[b * T + t], 0), V - 1), pos = Math.min(lengths[b] + t, P - 1);
-          for (let c = 0; c < C; c++) {
-            want[(b * T + t) * C + c] = wte.values[tok * C + c] + wpe.values[pos * C + c];
-          }
-        }
+      const positions = Array.from({ length: rows }, (_, i) => (i * 5) % 27 - (i === 3 ? 9 : 0)); // past max_pos and negative: clamped
+      const tk = upload_i32(be, tokens, "tokens"), ps = upload_i32(be, positions, "positions");
+      const out = be.alloc(rows * C * (dtype === "f32" ? 4 : 2), "out");
+      be.embed({ out, tokens: tk, positions: ps, wte: wte.buf, wpe: wpe.buf, rows, C, max_pos: P });
+      const got = read_f32(be, out, rows * C);
+      const want = new Float32Array(rows * C);
+      for (let r = 0; r < rows; r++) {
+        const tok = Math.min(Math.max(tokens[r], 0), V - 1), pos = Math.min(Math.max(positions[r], 0), P - 1);
+        for (let c = 0; c < C; c++) want[r * C + c] = wte.values[tok * C + c] + wpe.values[pos * C + c];
       }
       assert(rel_l2(got, want) < tol(dtype, 1e-6), `embed ${dtype}: ${rel_l2(got, want)}`);
     });
@@ -441,24 +438,44 @@ gpu_suite("ops_test", () => {
   });
 
   for (const dtype of ["f32", "bf16"] as DType[]) {
-    Deno.test(`cuda gather_last and advance (${dtype})`, () => {
+    Deno.test(`cuda gather_rows, scatter, advance and logprobs (${dtype})`, () => {
       using be = backend(dtype);
-      const B = 4, T = 6, C = 40;
-      const x = upload(be, randn(B * T * C, 20), "x");
-      const n_new = [6, 1, 0, 3];
-      const nn = upload_i32(be, n_new, "n_new");
-      const out = be.alloc(B * C * (dtype === "f32" ? 4 : 2), "out");
-      be.gather_last({ out, x: x.buf, n_new: nn, B, T, C });
-      const got = read_f32(be, out, B * C);
-      for (let b = 0; b < B; b++) {
-        const t = Math.max(n_new[b] - 1, 0);
-        for (let c = 0; c < C; c++) {
-          assertEquals(got[b * C + c], x.values[(b * T + t) * C + c], `row ${b} col ${c}`);
-        }
+      const rows = 24, C = 40;
+      const x = upload(be, randn(rows * C, 20), "x");
+      const idx = [5, 0, 23, 11];
+      const ix = upload_i32(be, idx, "idx");
+      const out = be.alloc(idx.length * C * (dtype === "f32" ? 4 : 2), "out");
+      be.gather_rows({ out, x: x.buf, idx: ix, n: idx.length, C });
+      const got = read_f32(be, out, idx.length * C);
+      idx.forEach((r, i) => {
+        for (let c = 0; c < C; c++) assertEquals(got[i * C + c], x.values[r * C + c], `row ${i} col ${c}`);
+      });
+      const dst = upload_i32(be, [9, 9, 9, 9, 9], "dst"), src = upload_i32(be, [1, 2, 3, 4], "src");
+      be.scatter({ dst, src, idx: upload_i32(be, [4, -1, 0, 2], "scatter idx"), n: 4 });
+      assertEquals(Array.from(read_i32(be, dst, 5)), [3, 9, 4, 9, 1]);
+      const nn = upload_i32(be, [6, 1, 0, 3], "n_new"), lengths = upload_i32(be, [10, 0, 7, 1], "lengths");
+      be.advance({ lengths, n_new: nn, B: 4 });
+      assertEquals(Array.from(read_i32(be, lengths, 4)), [16, 1, 7, 4]);
+      // logprobs against the CPU's definition: log_softmax, the top 5 by value then lower id.
+      const R = 3, V = 5003, ld = 5008, top_n = 5, W = 1 + 2 * top_n;
+      const logits = randn(R * ld, 21, 4);
+      logits[ld + 17] = logits[ld + 4000] = 9; // a tie at the top: id 17 first
+      const lg = upload_raw_f32(be, logits, "logits"), tg = upload_i32(be, [3, 17, -1], "targets");
+      const lp = be.alloc(R * W * 4, "logprobs");
+      be.logprobs({ out: lp, logits: lg, targets: tg, rows: R, V, ld, top_n });
+      const have = new Float32Array(R * W);
+      be.read(lp, have);
+      for (let r = 0; r < R; r++) {
+        const row = Array.from(logits.subarray(r * ld, r * ld + V));
+        const m = Math.max(...row), lse = m + Math.log(row.reduce((a, v) => a + Math.exp(v - m), 0));
+        const t = [3, 17, -1][r];
+        if (t < 0) assert(Number.isNaN(have[r * W]));
+        else assert(Math.abs(have[r * W] - (row[t] - lse)) < 1e-4, `row ${r}: ${have[r * W]} vs ${row[t] - lse}`);
+        row.map((v, id) => [v, id]).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, top_n).forEach(([v, id], k) => {
+          assertEquals(have[r * W + 1 + 2 * k], id, `row ${r} rank ${k}`);
+          assert(Math.abs(have[r * W + 2 + 2 * k] - (v - lse)) < 1e-4);
+        });
       }
-      const lengths = upload_i32(be, [10, 0, 7, 1], "lengths");
-      be.advance({ lengths, n_new: nn, B });
-      assertEquals(Array.from(read_i32(be, lengths, B)), [16, 1, 7, 4]);
     });
   }
 });

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Prepares what a GPU machine (no Deno, no Zig, no network) needs, within its 64 MiB transfer limit:
-# a portable libngpt, Deno and its npm cache (pruned to the GPT-2 ranks), the shakespeare-char
-# checkpoint and the PyTorch peer baseline. Carry `.device` and `zig-out`, then run
-# tests/gpu/device_session.sh there. Rebuild the local library afterwards: deno task build -- --force.
+# a portable libngpt, Deno and its npm cache (pruned to the GPT-2 ranks) and the PyTorch peer
+# baselines. The embedded model (models/) travels with the working tree. Carry `.device` and
+# `zig-out`, then run tests/gpu/device_session.sh there. Rebuild the local library afterwards:
+# deno task build -- --force.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deno run -A src/native/build.ts --force --quiet -- -Dcpu=x86_64_v3
-../shared/device/pack-deno.sh mod.ts examples/bench.ts tests/gpu/*.ts >/dev/null
+# The GPT-2 tokenizer is imported lazily (a computed specifier): name it so its npm package is cached.
+../shared/device/pack-deno.sh mod.ts examples/*.ts src/tokenizer/gpt2.ts tests/gpu/*.ts tests/bench/*.ts >/dev/null
 tk=$(ls -d .device/deno-dir/npm/registry.npmjs.org/js-tiktoken/*/dist)
 rm -f "$tk"/index.js "$tk"/index.cjs "$tk"/lite.cjs
 find "$tk/ranks" -type f ! -name 'gpt2.*' -delete
-mkdir -p .device/shakespeare
-cp ../shared/models/shakespeare-char/{ckpt-slim.pt,meta.pkl,reference.json} .device/shakespeare/
 cp ../shared/bench/torch_baseline.py .device/
-du -sh .device zig-out
+du -sh .device zig-out models

@@ -2,8 +2,8 @@
  * Runs a few decode steps of one (model, batch) case inside the profiler range, for
  *   ncu --profile-from-start off --metrics gpu__time_duration.sum,dram__bytes_read.sum ... deno run -A
  *     tests/gpu/profile_decode.ts --model gpt2 --batch 1 --prompt 64 --steps 4
- * The cache is reserved for prompt + 256 tokens, as the bench does, so the kernels and their plans
- * are the bench's. Steps run one per launch, so every step's kernels are profiled the same way.
+ * The engine runs B slots, as the bench does, so the kernels and their plans are the bench's.
+ * Steps run one per launch, so every step's kernels are profiled the same way.
  * Summarize with tests/gpu/ncu_summary.py.
  */
 import { parseArgs } from "node:util";
@@ -18,7 +18,6 @@ const { values } = parseArgs({
     batch: { type: "string", default: "1" },
     prompt: { type: "string", default: "64" },
     steps: { type: "string", default: "4" },
-    reserve: { type: "string", default: "320" },
   },
 });
 const B = Number(values.batch), P = Number(values.prompt), S = Number(values.steps);
@@ -26,8 +25,8 @@ using source = await open_model(`random:${values.model}`);
 using backend = create_backend({ device: "cuda" });
 if (!(backend instanceof CudaBackend)) throw new Error("profile_decode needs the CUDA backend");
 using gpt = await GPT.load(backend, source);
-using engine = new Engine(gpt, await create_tokenizer(source.tokenizer), { steps_per_launch: 1 });
-engine.reserve(B, Number(values.reserve));
+using engine = new Engine(gpt, await create_tokenizer(source.tokenizer), { steps_per_launch: 1, max_running: B });
+engine.reserve();
 const V = gpt.config.vocab_size;
 const prompts = Array.from(
   { length: B },

@@ -14,3 +14,18 @@ export function rng(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/**
+ * The seed of a test file's random inputs: a fixed default, or $NGPT_TEST_SEED to try another;
+ * print it in every failure message so a failure can be replayed.
+ */
+export function test_seed(fallback = 0x5eed): number {
+  let v: string | undefined;
+  try {
+    v = Deno.env.get("NGPT_TEST_SEED");
+  } catch { /* no env permission: the default */ }
+  if (v === undefined || v === "") return fallback;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n)) throw new Error(`NGPT_TEST_SEED must be an integer, got "${v}"`);
+  return n;
+}

@@ -200,14 +200,6 @@ export class CudaContext {
     );
   }
 
-  /** Enqueues a device-to-device copy. */
-  memcpy_dtod(dst: bigint, src: bigint, bytes: number, stream: bigint): void {
-    this.lib.check(
-      this.lib.symbols.ng_cuda_memcpy_dtod(this.ctx, dst, src, BigInt(bytes), stream),
-      "ng_cuda_memcpy_dtod",
-    );
-  }
-
   /** Enqueues a byte fill. */
   memset8(dst: bigint, value: number, bytes: number, stream: bigint): void {
     this.lib.check(

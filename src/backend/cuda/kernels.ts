@@ -9,7 +9,7 @@
  * gemv_m16: gemv.cu for M up to 1 .. 16).
  * @module
  */
-import type { DType } from "../backend.ts";
+import { type DType, DTYPE_CODE } from "../backend.ts";
 import { cached_compile } from "./kernel_cache.ts";
 import type { Nvrtc } from "./nvrtc.ts";
 import { native_source_dir } from "../../native/lib.ts";
@@ -32,23 +32,53 @@ export interface KernelInfo {
   readonly head_dim_multiple?: number;
 }
 
+/**
+ * Block and tile sizes of the kernels, defined once: each reaches its kernel as a -D option (the
+ * kernels refuse to compile without it) and the launches in ops.ts / matmul.ts read the same value.
+ */
+export const KERNEL_CONSTANTS = {
+  /** Threads of a sample block (one block per sequence). */
+  SAMPLE_THREADS: 1024,
+  /** Threads of a logprobs block (one block per row). */
+  LOGPROBS_THREADS: 256,
+  /** Query rows per block of attention_prefill (CUDA cores), and its threads. */
+  PREFILL_BQ: 16,
+  PREFILL_THREADS: 128,
+  /** Query rows per block of attention_prefill_mma: 4 warps x 16 rows. */
+  PREFILL_MMA_BQ: 64,
+  PREFILL_MMA_THREADS: 128,
+  /** Weight rows per row group of gemv, and its most warps per block. */
+  GEMV_ROWS: 4,
+  GEMV_MAX_WARPS: 8,
+} as const;
+
+const K = KERNEL_CONSTANTS;
+const gemv = (mt: number) => ({
+  file: "gemv.cu",
+  entry: "ng_gemv",
+  dtype: true,
+  head_dim: false,
+  defines: [`NG_GEMV_MT=${mt}`, `NG_GEMV_ROWS=${K.GEMV_ROWS}`, `NG_GEMV_MAX_WARPS=${K.GEMV_MAX_WARPS}`],
+});
+
 /** Every kernel, by op name. */
 export const KERNELS = {
   embed: { file: "embed.cu", entry: "ng_embed", dtype: true, head_dim: false },
   layernorm: { file: "layernorm.cu", entry: "ng_layernorm", dtype: true, head_dim: false },
   bias_gelu: { file: "bias_gelu.cu", entry: "ng_bias_gelu", dtype: true, head_dim: false },
   // The small-M matmul, one variant per bound on M (-DNG_GEMV_MT): each gets its own registers.
-  gemv_m1: { file: "gemv.cu", entry: "ng_gemv", dtype: true, head_dim: false, defines: ["NG_GEMV_MT=1"] },
-  gemv_m2: { file: "gemv.cu", entry: "ng_gemv", dtype: true, head_dim: false, defines: ["NG_GEMV_MT=2"] },
-  gemv_m4: { file: "gemv.cu", entry: "ng_gemv", dtype: true, head_dim: false, defines: ["NG_GEMV_MT=4"] },
-  gemv_m8: { file: "gemv.cu", entry: "ng_gemv", dtype: true, head_dim: false, defines: ["NG_GEMV_MT=8"] },
-  gemv_m16: { file: "gemv.cu", entry: "ng_gemv", dtype: true, head_dim: false, defines: ["NG_GEMV_MT=16"] },
+  gemv_m1: gemv(1),
+  gemv_m2: gemv(2),
+  gemv_m4: gemv(4),
+  gemv_m8: gemv(8),
+  gemv_m16: gemv(16),
   kv_append: { file: "kv_append.cu", entry: "ng_kv_append", dtype: true, head_dim: false },
   attention_prefill: {
     file: "attention_prefill.cu",
     entry: "ng_attention_prefill",
     dtype: true,
     head_dim: true,
+    defines: [`NG_PREFILL_BQ=${K.PREFILL_BQ}`, `NG_PREFILL_THREADS=${K.PREFILL_THREADS}`],
   },
   // Tensor-core prefill (mma.sync m16n8k16): f16/bf16, head sizes a multiple of 16.
   attention_prefill_mma: {
@@ -58,6 +88,7 @@ export const KERNELS = {
     head_dim: true,
     dtypes: ["f16", "bf16"],
     head_dim_multiple: 16,
+    defines: [`NG_PREFILL_MMA_BQ=${K.PREFILL_MMA_BQ}`],
   },
   attention_decode: {
     file: "attention_decode.cu",
@@ -71,9 +102,23 @@ export const KERNELS = {
     dtype: true,
     head_dim: true,
   },
-  gather_last: { file: "gather_last.cu", entry: "ng_gather_last", dtype: true, head_dim: false },
+  gather_rows: { file: "gather_rows.cu", entry: "ng_gather_rows", dtype: true, head_dim: false },
+  scatter: { file: "scatter.cu", entry: "ng_scatter", dtype: false, head_dim: false },
   advance: { file: "advance.cu", entry: "ng_advance", dtype: false, head_dim: false },
-  sample: { file: "sample.cu", entry: "ng_sample", dtype: false, head_dim: false },
+  sample: {
+    file: "sample.cu",
+    entry: "ng_sample",
+    dtype: false,
+    head_dim: false,
+    defines: [`NG_SAMPLE_THREADS=${K.SAMPLE_THREADS}`],
+  },
+  logprobs: {
+    file: "logprobs.cu",
+    entry: "ng_logprobs",
+    dtype: false,
+    head_dim: false,
+    defines: [`NG_LOGPROBS_THREADS=${K.LOGPROBS_THREADS}`],
+  },
   loop_step: { file: "loop_step.cu", entry: "ng_loop_step", dtype: false, head_dim: false },
 } as const satisfies Record<string, KernelInfo>;
 
@@ -90,11 +135,6 @@ export interface KernelVariant {
   dtype: DType;
   /** Head size, for the attention kernels. */
   head_dim?: number;
-}
-
-/** DType code of the native side and the kernels' NG_DTYPE. */
-export function dtype_code(d: DType): number {
-  return d === "f32" ? 0 : d === "f16" ? 1 : 2;
 }
 
 const source_cache = new Map<string, string>();
@@ -136,7 +176,7 @@ export function kernel_options(v: KernelVariant, arch: number): string[] {
     throw new Error(`${v.kernel}: no variant for dtype ${v.dtype} and head_dim ${v.head_dim}`);
   }
   const opts = [`--gpu-architecture=sm_${arch}`, "--std=c++17"];
-  if (info.dtype) opts.push(`-DNG_DTYPE=${dtype_code(v.dtype)}`);
+  if (info.dtype) opts.push(`-DNG_DTYPE=${DTYPE_CODE[v.dtype]}`);
   for (const d of info.defines ?? []) opts.push(`-D${d}`);
   if (info.head_dim) {
     const d = v.head_dim;

@@ -14,9 +14,17 @@
  * `gemv_fits` and `gemv_launch` below decide and shape it.
  * @module
  */
-import { type Buf, type DType, dtype_bytes, type MatmulArgs } from "../backend.ts";
+import {
+  type Activation,
+  ACTIVATION_CODE,
+  type Buf,
+  type DType,
+  dtype_bytes,
+  DTYPE_CODE,
+  type MatmulArgs,
+} from "../backend.ts";
 import type { CudaContext } from "./driver.ts";
-import { dtype_code, type KernelName } from "./kernels.ts";
+import { KERNEL_CONSTANTS, type KernelName } from "./kernels.ts";
 import { env } from "../../util/env.ts";
 import { cublaslt_candidates, nul_list, python_site_dirs } from "./paths.ts";
 import { NativeError } from "../../native/lib.ts";
@@ -33,8 +41,8 @@ const CUBLAS_STATUS_NOT_SUPPORTED = 15;
 /** The gemm part of a matmul and what the caller must still apply. */
 export interface MatmulPlan {
   plan: bigint;
-  /** After the gemm, apply GELU in place: null none, 0 erf, 1 tanh (bias already added). */
-  post_gelu: 0 | 1 | null;
+  /** After the gemm, apply this activation in place (bias already added): "none" when the epilogue did it all. */
+  post_gelu: Activation;
   /** The autotuner's choice, when it ran and had candidates. */
   tuned?: TunedChoice;
 }
@@ -56,10 +64,7 @@ const FLUSH_BYTES = 128 << 20;
 
 /** Largest M the gemv kernel takes. */
 export const GEMV_MAX_M = 16;
-/** Weight rows per row group of the gemv kernel (NG_GEMV_ROWS in gemv.cu). */
-const GEMV_ROWS = 4;
-/** Most warps per gemv block (NG_GEMV_MAX_WARPS in gemv.cu). */
-const GEMV_MAX_WARPS = 8;
+const { GEMV_ROWS, GEMV_MAX_WARPS } = KERNEL_CONSTANTS;
 /** Most warps splitting one row group's K in the persistent shape (M > 2). */
 const GEMV_MAX_KS = 4;
 /** Registers per thread the M > 2 variants use at most (their __launch_bounds__). */
@@ -154,8 +159,7 @@ export function gemv_launch(a: MatmulArgs, dtype: DType, sm_count: number, smem_
   const [, kernel, per_lane] = v;
   const row_bytes = a.K * dtype_bytes(dtype), nvec = row_bytes / 16, smem_bytes = a.M * row_bytes;
   const groups = Math.ceil(a.N / GEMV_ROWS);
-  const act = a.act === "gelu_erf" ? 1 : a.act === "gelu_tanh" ? 2 : 0;
-  const flags = act | (a.accumulate ? 4 : 0) | (a.out_f32 ? 8 : 0);
+  const flags = ACTIVATION_CODE[a.act] | (a.accumulate ? 4 : 0) | (a.out_f32 ? 8 : 0);
   const ks_for = (max: number) => Math.max(1, Math.min(max, Math.ceil(nvec / (32 * per_lane))));
   if (a.M <= 2) {
     const ks = ks_for(GEMV_MAX_WARPS);
@@ -280,7 +284,7 @@ export class Matmuls {
    * is autotuned on `stream` when `autotune` (see #autotune).
    */
   plan(a: MatmulArgs, may_create: boolean, stream = 0n, autotune = false): MatmulPlan {
-    const out_dtype = a.out_f32 ? 0 : dtype_code(this.#dtype);
+    const out_dtype = a.out_f32 ? 0 : DTYPE_CODE[this.#dtype];
     const bias = a.bias ? a.bias.ptr : 0n;
     const key = [
       a.M,
@@ -304,15 +308,9 @@ export class Matmuls {
     }
     let p: MatmulPlan | null = null;
     if (a.act === "gelu_tanh") {
-      p = this.#try_create(a, out_dtype, a.bias ? EPILOGUE_GELU_BIAS : EPILOGUE_GELU, bias, null);
+      p = this.#try_create(a, out_dtype, a.bias ? EPILOGUE_GELU_BIAS : EPILOGUE_GELU, bias, "none");
     }
-    p ??= this.#try_create(
-      a,
-      out_dtype,
-      a.bias ? EPILOGUE_BIAS : EPILOGUE_DEFAULT,
-      bias,
-      a.act === "gelu_erf" ? 0 : a.act === "gelu_tanh" ? 1 : null,
-    );
+    p ??= this.#try_create(a, out_dtype, a.bias ? EPILOGUE_BIAS : EPILOGUE_DEFAULT, bias, a.act);
     if (!p) {
       throw new Error(
         `matmul into "${a.out.label}": cuBLASLt has no algorithm for M=${a.M} N=${a.N} K=${a.K} ${this.#dtype}: ` +
@@ -380,7 +378,7 @@ export class Matmuls {
     out_dtype: number,
     epilogue: number,
     bias: bigint,
-    post_gelu: 0 | 1 | null,
+    post_gelu: Activation,
   ): MatmulPlan | null {
     const out = new BigUint64Array(1);
     const s = this.#ctx.lib.symbols.ng_cublaslt_plan_create(
@@ -389,7 +387,7 @@ export class Matmuls {
       BigInt(a.M),
       BigInt(a.N),
       BigInt(a.K),
-      dtype_code(this.#dtype),
+      DTYPE_CODE[this.#dtype],
       out_dtype,
       epilogue,
       a.accumulate ? 1 : 0,

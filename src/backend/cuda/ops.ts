@@ -5,21 +5,27 @@
  * @module
  */
 import {
+  type Activation,
+  ACTIVATION_CODE,
   type AdvanceArgs,
   type AttentionArgs,
   type Buf,
   type DType,
   dtype_bytes,
   type EmbedArgs,
-  type GatherLastArgs,
+  type GatherRowsArgs,
   type LayerNormArgs,
+  type LogprobsArgs,
   type LoopLog,
   type MatmulArgs,
+  MAX_TOP_LOGPROBS,
   type SampleArgs,
+  type ScatterArgs,
 } from "../backend.ts";
+import { check_attention, check_dims, need } from "../checks.ts";
 import type { CudaContext, Dim3 } from "./driver.ts";
 import { ArgPack } from "./launch_args.ts";
-import { type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
+import { KERNEL_CONSTANTS, type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
 import type { KernelModules } from "./modules.ts";
 import { GEMV_DEFAULT_SMEM, gemv_launch } from "./matmul.ts";
 import { env } from "../../util/env.ts";
@@ -27,9 +33,7 @@ import { env } from "../../util/env.ts";
 /** How ops behave: launch (direct), only get ready (prepare), or launch into a capture. */
 export type OpMode = "direct" | "prepare" | "capture";
 
-const PREFILL_ROWS = 16;
-/** Query rows per block of attention_prefill_mma (4 warps x 16). */
-const PREFILL_MMA_ROWS = 64;
+const K = KERNEL_CONSTANTS;
 
 function round_up(n: number, m: number): number {
   return Math.ceil(n / m) * m;
@@ -39,17 +43,13 @@ function threads_for(C: number): number {
   return Math.max(32, Math.min(256, round_up(C, 32)));
 }
 
-/** Throws unless `buf` holds at least `bytes`. */
-function need(op: string, name: string, buf: Buf, bytes: number): void {
-  if (buf.bytes < bytes) {
-    throw new Error(`${op}: ${name} "${buf.label}" holds ${buf.bytes} bytes, needs ${bytes}`);
+/** log2 of a KV block size (the kernels shift by it); throws unless it is a power of two. */
+function block_log2(op: string, block_size: number): number {
+  const l = Math.log2(block_size);
+  if (!Number.isInteger(l)) {
+    throw new RangeError(`${op}: the CUDA kernels need a power-of-two block_size, got ${block_size}`);
   }
-}
-
-function positive(op: string, dims: Record<string, number>): void {
-  for (const [k, v] of Object.entries(dims)) {
-    if (!Number.isInteger(v) || v <= 0) throw new Error(`${op}: ${k} must be a positive integer, got ${v}`);
-  }
+  return l;
 }
 
 /** How attention_decode splits a decode step over blocks and warps. */
@@ -164,44 +164,44 @@ export class KernelOps {
     this.#ctx.launch(func, grid, block, 0, this.#stream, this.#args);
   }
 
-  /** embed: token + position embeddings for every slot. */
+  /** embed: token + position embeddings for every row. */
   embed(a: EmbedArgs): void {
     const op = "embed";
-    positive(op, { B: a.B, T: a.T, C: a.C, max_pos: a.max_pos });
-    const rows = a.B * a.T, es = this.#es;
-    need(op, "out", a.out, rows * a.C * es);
-    need(op, "tokens", a.tokens, rows * 4);
-    need(op, "lengths", a.lengths, a.B * 4);
-    need(op, "wpe", a.wpe, a.max_pos * a.C * es);
+    check_dims(op, { rows: a.rows, C: a.C, max_pos: a.max_pos });
+    const es = this.#es;
+    need(op, "out", a.out, a.rows * a.C * es, `${a.rows} x ${a.C}`);
+    need(op, "tokens", a.tokens, a.rows * 4, `${a.rows} int32`);
+    need(op, "positions", a.positions, a.rows * 4, `${a.rows} int32`);
+    need(op, "wpe", a.wpe, a.max_pos * a.C * es, `${a.max_pos} x ${a.C}`);
     const vocab = Math.floor(a.wte.bytes / (a.C * es));
-    if (vocab < 1) throw new Error(`${op}: wte "${a.wte.label}" holds less than one row of ${a.C}`);
+    if (vocab < 1) throw new RangeError(`${op}: wte "${a.wte.label}" holds less than one row of ${a.C}`);
     const f = this.#fn("embed");
     if (f === null) return;
-    this.#args.reset("ng_embed").ptr(a.out).ptr(a.tokens).ptr(a.lengths).ptr(a.wte).ptr(a.wpe)
-      .i32(a.T).i32(a.C).i32(a.max_pos).i32(vocab);
-    this.#launch(f, [rows, 1, 1], [threads_for(a.C), 1, 1]);
+    this.#args.reset("ng_embed").ptr(a.out).ptr(a.tokens).ptr(a.positions).ptr(a.wte).ptr(a.wpe)
+      .i32(a.C).i32(a.max_pos).i32(vocab);
+    this.#launch(f, [a.rows, 1, 1], [threads_for(a.C), 1, 1]);
   }
 
   /** layernorm over rows. */
   layernorm(a: LayerNormArgs): void {
     const op = "layernorm";
-    positive(op, { rows: a.rows, C: a.C });
+    check_dims(op, { rows: a.rows, C: a.C });
     const es = this.#es;
-    need(op, "out", a.out, a.rows * a.C * es);
-    need(op, "x", a.x, a.rows * a.C * es);
-    need(op, "weight", a.weight, a.C * es);
-    if (a.bias) need(op, "bias", a.bias, a.C * es);
+    need(op, "out", a.out, a.rows * a.C * es, `${a.rows} x ${a.C}`);
+    need(op, "x", a.x, a.rows * a.C * es, `${a.rows} x ${a.C}`);
+    need(op, "weight", a.weight, a.C * es, `${a.C}`);
+    if (a.bias) need(op, "bias", a.bias, a.C * es, `${a.C}`);
     const f = this.#fn("layernorm");
     if (f === null) return;
     this.#args.reset("ng_layernorm").ptr(a.out).ptr(a.x).ptr(a.weight).ptr(a.bias).i32(a.C).f32(a.eps);
     this.#launch(f, [a.rows, 1, 1], [256, 1, 1]);
   }
 
-  /** In place: x = gelu(x + bias) over `n` elements in rows of N (mode 0 erf, 1 tanh). */
-  bias_gelu(x: Buf, bias: Buf | null, n: number, N: number, mode: 0 | 1): void {
+  /** In place: x = act(x + bias) over `n` elements in rows of N. */
+  bias_gelu(x: Buf, bias: Buf | null, n: number, N: number, act: Activation): void {
     const f = this.#fn("bias_gelu");
     if (f === null) return;
-    this.#args.reset("ng_bias_gelu").ptr(x).ptr(bias).i64(n).i32(N).i32(mode);
+    this.#args.reset("ng_bias_gelu").ptr(x).ptr(bias).i64(n).i32(N).i32(ACTIVATION_CODE[act]);
     const blocks = Math.max(1, Math.min(Math.ceil(n / 256), this.#ctx.sm_count * 16));
     this.#launch(f, [blocks, 1, 1], [256, 1, 1]);
   }
@@ -242,124 +242,155 @@ export class KernelOps {
   }
 
   /**
-   * attention: T == 1 is one attention_decode launch (the append fused in), plus attention_combine
-   * when the plan splits the keys in chunks; T > 1 is kv_append, then attention_prefill.
+   * attention: a decode step (no seq_start) is one attention_decode launch (the append fused in),
+   * plus attention_combine when the plan splits the keys in chunks; a packed prefill is
+   * kv_append, then attention_prefill(_mma).
    */
   attention(a: AttentionArgs): void {
     const op = "attention";
-    positive(op, { B: a.B, T: a.T, n_head: a.n_head, head_dim: a.head_dim, max_T: a.max_T });
-    const D = a.head_dim, H = a.n_head, C = H * D, rows = a.B * a.T, es = this.#es;
+    const { rows, C } = check_attention(op, a, this.#es);
+    const L = a.layout, D = L.head_dim, H = L.n_head, es = this.#es;
     if (D > MAX_HEAD_DIM) {
-      throw new Error(`${op}: head_dim ${D} is above the ${MAX_HEAD_DIM} the kernels support`);
+      throw new RangeError(`${op}: head_dim ${D} is above the ${MAX_HEAD_DIM} the kernels support`);
     }
-    need(op, "qkv", a.qkv, rows * 3 * C * es);
-    need(op, "out", a.out, rows * C * es);
-    need(op, "k_cache", a.k_cache, a.B * H * a.max_T * D * es);
-    need(op, "v_cache", a.v_cache, a.B * H * a.max_T * D * es);
-    need(op, "lengths", a.lengths, a.B * 4);
-    need(op, "n_new", a.n_new, a.B * 4);
-    const vb = a.T === 1 ? decode_vector_bytes(D * es) : (D * es) % 16 === 0 ? 16 : es;
-    for (const [name, buf] of [["qkv", a.qkv], ["k_cache", a.k_cache], ["v_cache", a.v_cache]] as const) {
+    const bs_log2 = block_log2(op, L.block_size);
+    const prefill = a.seq_start !== undefined;
+    const vb = !prefill ? decode_vector_bytes(D * es) : (D * es) % 16 === 0 ? 16 : es;
+    for (const [name, buf] of [["qkv", a.qkv], ["cache.k", a.cache.k], ["cache.v", a.cache.v]] as const) {
       if (buf.ptr % BigInt(vb) !== 0n) {
-        throw new Error(`${op}: ${name} "${buf.label}" must be ${vb}-byte aligned for head_dim ${D}`);
+        throw new RangeError(`${op}: ${name} "${buf.label}" must be ${vb}-byte aligned for head_dim ${D}`);
       }
     }
-    if (a.T === 1) {
-      this.#decode(a);
+    if (!prefill) {
+      this.#decode(a, bs_log2);
       return;
     }
     // Tensor cores for f16/bf16 and head sizes a multiple of 16; CUDA cores otherwise.
     const mma = this.#dtype !== "f32" && D % 16 === 0;
     const append = this.#fn("kv_append");
-    const prefill = this.#fn(mma ? "attention_prefill_mma" : "attention_prefill", D);
-    if (append === null || prefill === null) return;
-    this.#args.reset("ng_kv_append").ptr(a.k_cache).ptr(a.v_cache).ptr(a.qkv).ptr(a.lengths).ptr(a.n_new)
-      .i32(a.T).i32(H).i32(D).i32(a.max_T);
+    const kernel = this.#fn(mma ? "attention_prefill_mma" : "attention_prefill", D);
+    if (append === null || kernel === null) return;
+    this.#args.reset("ng_kv_append").ptr(a.cache.k).ptr(a.cache.v).ptr(a.qkv).ptr(a.block_table).ptr(
+      a.row_seq!,
+    )
+      .ptr(a.positions!).i32(H).i32(D).i32(bs_log2).i32(L.max_blocks);
     this.#launch(append, [rows, 1, 1], [threads_for(Math.ceil((C * es) / 16)), 1, 1]);
     this.#args.reset(mma ? "ng_attention_prefill_mma" : "ng_attention_prefill").ptr(a.out).ptr(a.qkv)
-      .ptr(a.k_cache).ptr(a.v_cache).ptr(a.lengths).ptr(a.n_new).i32(a.T).i32(H).i32(a.max_T)
-      .f32(1 / Math.sqrt(D));
-    this.#launch(prefill, [Math.ceil(a.T / (mma ? PREFILL_MMA_ROWS : PREFILL_ROWS)), H, a.B], [128, 1, 1]);
+      .ptr(a.cache.k).ptr(a.cache.v).ptr(a.block_table).ptr(a.lengths).ptr(a.seq_start!).i32(H)
+      .f32(1 / Math.sqrt(D)).i32(bs_log2).i32(L.max_blocks);
+    const bq = mma ? K.PREFILL_MMA_BQ : K.PREFILL_BQ;
+    const threads = mma ? K.PREFILL_MMA_THREADS : K.PREFILL_THREADS;
+    this.#launch(kernel, [Math.ceil(a.max_seq_rows! / bq), H, a.B], [threads, 1, 1]);
   }
 
-  /** The decode step (T == 1): attention_decode, then attention_combine when keys are split. */
-  #decode(a: AttentionArgs): void {
-    const D = a.head_dim, H = a.n_head;
-    const plan = decode_plan(a.B, H, a.max_T, this.#ctx.sm_count, decode_max_wph());
+  /** The decode step: attention_decode, then attention_combine when keys are split. */
+  #decode(a: AttentionArgs, bs_log2: number): void {
+    const L = a.layout, D = L.head_dim, H = L.n_head, max_T = a.max_len!;
+    const plan = decode_plan(a.B, H, max_T, this.#ctx.sm_count, decode_max_wph());
     const parts = a.B * H * plan.n_chunks;
     const scratch = plan.n_chunks > 1 ? this.#decode_scratch(parts * (D + 2) * 4) : 0n;
     const part_acc = scratch, part_ml = scratch === 0n ? 0n : scratch + BigInt(parts * D * 4);
     const decode = this.#fn("attention_decode", D);
     const combine = plan.n_chunks > 1 ? this.#fn("attention_combine", D) : null;
     if (decode === null) return;
-    this.#args.reset("ng_attention_decode").ptr(a.out).ptr(part_acc).ptr(part_ml).ptr(a.qkv).ptr(a.k_cache)
-      .ptr(a.v_cache).ptr(a.lengths).ptr(a.n_new).i32(H).i32(a.max_T).i32(plan.chunk)
-      .i32(plan.warps_per_head).f32(Math.LOG2E / Math.sqrt(D));
+    this.#args.reset("ng_attention_decode").ptr(a.out).ptr(part_acc).ptr(part_ml).ptr(a.qkv).ptr(a.cache.k)
+      .ptr(a.cache.v).ptr(a.block_table).ptr(a.lengths).ptr(a.n_new!).i32(H).i32(max_T).i32(plan.chunk)
+      .i32(plan.warps_per_head).f32(Math.LOG2E / Math.sqrt(D)).i32(bs_log2).i32(L.max_blocks);
     const warps = plan.warps_per_head * plan.heads_per_block;
     this.#launch(decode, [plan.n_chunks, H / plan.heads_per_block, a.B], [32 * warps, 1, 1]);
     if (combine === null) return;
     this.#args.reset("ng_attention_combine").ptr(a.out).ptr(part_acc).ptr(part_ml).ptr(a.lengths)
-      .ptr(a.n_new).i32(H).i32(a.max_T).i32(plan.chunk).i32(plan.n_chunks);
+      .ptr(a.n_new!).i32(H).i32(max_T).i32(plan.chunk).i32(plan.n_chunks);
     this.#launch(combine, [H, a.B, 1], [round_up(D, 32), 1, 1]);
   }
 
-  /** gather_last: the last valid row of each sequence. */
-  gather_last(a: GatherLastArgs): void {
-    const op = "gather_last";
-    positive(op, { B: a.B, T: a.T, C: a.C });
-    need(op, "out", a.out, a.B * a.C * this.#es);
-    need(op, "x", a.x, a.B * a.T * a.C * this.#es);
-    need(op, "n_new", a.n_new, a.B * 4);
-    const f = this.#fn("gather_last");
+  /** gather_rows: out[i] = x[idx[i]]. */
+  gather_rows(a: GatherRowsArgs): void {
+    const op = "gather_rows";
+    check_dims(op, { n: a.n, C: a.C });
+    need(op, "out", a.out, a.n * a.C * this.#es, `${a.n} x ${a.C}`);
+    need(op, "idx", a.idx, a.n * 4, `${a.n} int32`);
+    const f = this.#fn("gather_rows");
     if (f === null) return;
-    this.#args.reset("ng_gather_last").ptr(a.out).ptr(a.x).ptr(a.n_new).i32(a.T).i32(a.C);
-    this.#launch(f, [a.B, 1, 1], [threads_for(a.C), 1, 1]);
+    this.#args.reset("ng_gather_rows").ptr(a.out).ptr(a.x).ptr(a.idx).i32(a.C);
+    this.#launch(f, [a.n, 1, 1], [threads_for(a.C), 1, 1]);
   }
 
-  /** sample: one block of 1024 threads per sequence. */
+  /** scatter: dst[idx[i]] = src[i] where idx[i] >= 0. */
+  scatter(a: ScatterArgs): void {
+    const op = "scatter";
+    check_dims(op, { n: a.n });
+    need(op, "src", a.src, a.n * 4, `${a.n} int32`);
+    need(op, "idx", a.idx, a.n * 4, `${a.n} int32`);
+    const f = this.#fn("scatter");
+    if (f === null) return;
+    this.#args.reset("ng_scatter").ptr(a.dst).ptr(a.src).ptr(a.idx).i32(a.n);
+    this.#launch(f, [Math.ceil(a.n / 256), 1, 1], [256, 1, 1]);
+  }
+
+  /** sample: one block of SAMPLE_THREADS threads per sequence. */
   sample(a: SampleArgs): void {
     const op = "sample";
-    positive(op, { B: a.B, V: a.V });
-    need(op, "tokens_out", a.tokens_out, a.B * 4);
+    check_dims(op, { B: a.B, V: a.V });
+    need(op, "tokens_out", a.tokens_out, a.B * 4, `${a.B} int32`);
     const ld = a.ld ?? a.V;
     if (!Number.isInteger(ld) || ld < a.V) {
       throw new RangeError(`${op}: ld must be an integer >= V (${a.V}), got ${ld}`);
     }
-    need(op, "logits", a.logits, ((a.B - 1) * ld + a.V) * 4);
+    need(op, "logits", a.logits, ((a.B - 1) * ld + a.V) * 4, `${a.B} rows of ${a.V} f32`);
     for (const k of ["lengths", "n_new", "temperature", "top_k", "top_p"] as const) {
-      need(op, k, a[k], a.B * 4);
+      need(op, k, a[k], a.B * 4, `${a.B} x 4 bytes`);
     }
-    need(op, "seed", a.seed, a.B * 8);
+    need(op, "seed", a.seed, a.B * 8, `${a.B} x 2 u32`);
     const f = this.#fn("sample");
     if (f === null) return;
-    this.#args.reset("ng_sample").ptr(a.tokens_out).ptr(a.logits).ptr(a.lengths).ptr(a.n_new).ptr(
-      a.temperature,
-    )
-      .ptr(a.top_k).ptr(a.top_p).ptr(a.seed).i32(a.V).i32(ld);
-    this.#launch(f, [a.B, 1, 1], [1024, 1, 1]);
+    this.#args.reset("ng_sample").ptr(a.tokens_out).ptr(a.logits).ptr(a.lengths).ptr(a.n_new)
+      .ptr(a.temperature).ptr(a.top_k).ptr(a.top_p).ptr(a.seed).i32(a.V).i32(ld);
+    this.#launch(f, [a.B, 1, 1], [K.SAMPLE_THREADS, 1, 1]);
+  }
+
+  /** logprobs: one block of LOGPROBS_THREADS threads per row. */
+  logprobs(a: LogprobsArgs): void {
+    const op = "logprobs";
+    check_dims(op, { rows: a.rows, V: a.V, ld: a.ld });
+    check_dims(op, { top_n: a.top_n }, 0);
+    if (a.top_n > MAX_TOP_LOGPROBS || a.ld < a.V) {
+      throw new RangeError(`${op}: top_n ${a.top_n} (max ${MAX_TOP_LOGPROBS}) or ld ${a.ld} < V ${a.V}`);
+    }
+    need(op, "out", a.out, a.rows * (1 + 2 * a.top_n) * 4, `${a.rows} x ${1 + 2 * a.top_n} f32`);
+    need(op, "logits", a.logits, ((a.rows - 1) * a.ld + a.V) * 4, `${a.rows} rows of ${a.V} f32`);
+    need(op, "targets", a.targets, a.rows * 4, `${a.rows} int32`);
+    const f = this.#fn("logprobs");
+    if (f === null) return;
+    this.#args.reset("ng_logprobs").ptr(a.out).ptr(a.logits).ptr(a.targets).i32(a.V).i32(a.ld).i32(a.top_n);
+    this.#launch(f, [a.rows, 1, 1], [K.LOGPROBS_THREADS, 1, 1]);
   }
 
   /** advance: lengths += n_new. */
   advance(a: AdvanceArgs): void {
     const op = "advance";
-    positive(op, { B: a.B });
-    need(op, "lengths", a.lengths, a.B * 4);
-    need(op, "n_new", a.n_new, a.B * 4);
+    check_dims(op, { B: a.B });
+    need(op, "lengths", a.lengths, a.B * 4, `${a.B} int32`);
+    need(op, "n_new", a.n_new, a.B * 4, `${a.B} int32`);
     const f = this.#fn("advance");
     if (f === null) return;
     this.#args.reset("ng_advance").ptr(a.lengths).ptr(a.n_new).i32(a.B);
     this.#launch(f, [Math.ceil(a.B / 256), 1, 1], [256, 1, 1]);
   }
 
-  /** loop_step: logs iteration *counter's tokens and counts it (stopping `handle`'s loop after n). */
+  /**
+   * loop_step: makes the log's copies (at most two) for iteration *counter and counts it
+   * (stopping `handle`'s loop after n).
+   */
   loop_step(log: LoopLog, counter: bigint, handle: bigint, n: number): void {
+    if (log.copies.length > 2) throw new RangeError("loop_step: at most two copies per iteration");
     const f = this.#fn("loop_step");
     if (f === null) return;
-    this.#args.reset("ng_loop_step").ptr(log.dst).ptr(log.src).ptr(counter).ptr(handle).i32(log.B).i32(
-      log.stride,
-    )
-      .i32(log.first_row).i32(n);
-    this.#launch(f, [1, 1, 1], [Math.min(1024, round_up(log.B, 32)), 1, 1]);
+    const [a, b] = log.copies;
+    this.#args.reset("ng_loop_step").ptr(a.dst).ptr(a.src).i32(a.words).i32(a.stride).ptr(b?.dst ?? null)
+      .ptr(b?.src ?? null).i32(b?.words ?? 0).i32(b?.stride ?? 0).ptr(counter).ptr(handle).i32(log.first_row)
+      .i32(n);
+    this.#launch(f, [1, 1, 1], [Math.min(1024, round_up(Math.max(a.words, b?.words ?? 0), 32)), 1, 1]);
   }
 
   /** Frees the decode scratch. */

@@ -1,0 +1,217 @@
+/**
+ * The paged KV cache's bookkeeping on the host: which of the pool's fixed-size blocks each
+ * sequence holds, reference counts, and the prefix cache.
+ *
+ * A full block of prompt tokens is keyed by a hash of its tokens chained with its parent block's
+ * key, so two requests that share a prompt prefix map to the same blocks and the second prefills
+ * only the rest. Keys are checked on lookup against the block's own tokens and parent key (a hash
+ * collision cannot return another prompt's cache). A cached block that no sequence holds stays
+ * readable until the pool needs it: free blocks are handed out first, then cached ones, least
+ * recently used first.
+ * @module
+ */
+
+/** The key of a full block: its parent's key and its tokens, hashed (two 32-bit lanes, hex). */
+export function block_key(parent: string, tokens: ArrayLike<number>): string {
+  let h1 = 0x811c9dc5 ^ parent.length, h2 = 0x9747b28c;
+  for (let i = 0; i < parent.length; i++) {
+    h1 = Math.imul(h1 ^ parent.charCodeAt(i), 0x01000193);
+    h2 = Math.imul(h2 ^ parent.charCodeAt(i), 0x5bd1e995);
+  }
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i] | 0;
+    h1 = Math.imul(h1 ^ t, 0x01000193);
+    h1 ^= h1 >>> 15;
+    h2 = Math.imul(h2 ^ t, 0x5bd1e995);
+    h2 ^= h2 >>> 13;
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 0x85ebca6b);
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 0xc2b2ae35);
+  return (h1 >>> 0).toString(16).padStart(8, "0") + (h2 >>> 0).toString(16).padStart(8, "0");
+}
+
+/** The keys of the full blocks of `tokens` (a prompt), in order. */
+export function prefix_keys(tokens: readonly number[], block_size: number): string[] {
+  const keys: string[] = [];
+  let parent = "";
+  for (let i = 0; i + block_size <= tokens.length; i += block_size) {
+    parent = block_key(parent, tokens.slice(i, i + block_size));
+    keys.push(parent);
+  }
+  return keys;
+}
+
+interface CachedBlock {
+  key: string;
+  parent: string;
+  tokens: number[];
+}
+
+/** Counters of the prefix cache. */
+export interface PrefixCacheStats {
+  /** Prompt tokens looked up (full blocks only). */
+  queried_tokens: number;
+  /** Of those, tokens found cached. */
+  hit_tokens: number;
+}
+
+/** Blocks of one KV pool: allocation, sharing and the prefix cache. */
+export class BlockPool {
+  /** Blocks in the pool. */
+  readonly num_blocks: number;
+  /** Positions per block. */
+  readonly block_size: number;
+  /** Prefix cache counters. */
+  readonly stats: PrefixCacheStats = { queried_tokens: 0, hit_tokens: 0 };
+  #ref: Int32Array;
+  /** Free blocks not in the cache (a stack: the lowest ids come out first). */
+  #free: number[];
+  /** Cached blocks no sequence holds, least recently used first. */
+  #evictable = new Map<number, true>();
+  #cached: (CachedBlock | null)[];
+  #by_key = new Map<string, number>();
+  /** Whether the prefix cache is used (off: every block is private). */
+  readonly prefix_caching: boolean;
+
+  constructor(num_blocks: number, block_size: number, opts: { prefix_caching?: boolean } = {}) {
+    if (
+      !(Number.isInteger(num_blocks) && num_blocks >= 1 && Number.isInteger(block_size) && block_size >= 1)
+    ) {
+      throw new RangeError(`BlockPool: ${num_blocks} blocks of ${block_size} positions is not a pool`);
+    }
+    this.num_blocks = num_blocks;
+    this.block_size = block_size;
+    this.prefix_caching = opts.prefix_caching ?? true;
+    this.#ref = new Int32Array(num_blocks);
+    this.#free = Array.from({ length: num_blocks }, (_, i) => num_blocks - 1 - i);
+    this.#cached = new Array(num_blocks).fill(null);
+  }
+
+  /** Blocks that can be handed out now: free ones and cached ones no sequence holds. */
+  get available(): number {
+    return this.#free.length + this.#evictable.size;
+  }
+
+  /** Blocks some sequence holds. */
+  get held(): number {
+    return this.num_blocks - this.available;
+  }
+
+  /** Blocks in the prefix cache (held or not). */
+  get cached(): number {
+    return this.#by_key.size;
+  }
+
+  /** A fresh block (reference count 1), evicting the least recently used cached block if need be; null when none is left. */
+  allocate(): number | null {
+    let id = this.#free.pop();
+    if (id === undefined) {
+      const lru = this.#evictable.keys().next();
+      if (lru.done) return null;
+      id = lru.value;
+      this.#evictable.delete(id);
+      this.#uncache(id);
+    }
+    this.#ref[id] = 1;
+    return id;
+  }
+
+  /** `n` fresh blocks, or null (and nothing taken) when fewer are available. */
+  allocate_n(n: number): number[] | null {
+    if (n > this.available) return null;
+    const out: number[] = [];
+    for (let i = 0; i < n; i++) out.push(this.allocate()!);
+    return out;
+  }
+
+  /** Drops one reference; at zero the block becomes evictable (cached) or free. */
+  release(id: number): void {
+    if (!(this.#ref[id] > 0)) {
+      throw new Error(`internal: block ${id} released with ${this.#ref[id]} references`);
+    }
+    if (--this.#ref[id] > 0) return;
+    if (this.#cached[id]) this.#evictable.set(id, true);
+    else this.#free.push(id);
+  }
+
+  /** Releases every block of a list. */
+  release_all(ids: readonly number[]): void {
+    for (const id of ids) this.release(id);
+  }
+
+  /** References of a block (for tests and checks). */
+  refs(id: number): number {
+    return this.#ref[id];
+  }
+
+  /**
+   * The cached blocks of the longest prefix of `tokens` (whose block keys are `keys`) whose full
+   * blocks are cached, at most `max_blocks` of them, each now held (one more reference).
+   */
+  lookup(tokens: readonly number[], keys: readonly string[], max_blocks: number): number[] {
+    if (!this.prefix_caching) return [];
+    const bs = this.block_size, out: number[] = [];
+    for (let i = 0; i < Math.min(keys.length, max_blocks); i++) {
+      const id = this.#by_key.get(keys[i]);
+      const c = id === undefined ? null : this.#cached[id];
+      const parent = i === 0 ? "" : keys[i - 1];
+      if (!c || c.parent !== parent || c.tokens.some((t, j) => t !== tokens[i * bs + j])) break;
+      out.push(id!);
+    }
+    for (const id of out) {
+      if (this.#ref[id]++ === 0) this.#evictable.delete(id);
+    }
+    return out;
+  }
+
+  /** Counts an admitted request's lookup in `stats`: `blocks` full blocks asked for, `hits` found. */
+  count_lookup(blocks: number, hits: number): void {
+    this.stats.queried_tokens += blocks * this.block_size;
+    this.stats.hit_tokens += hits * this.block_size;
+  }
+
+  /**
+   * Records that block `id` (held) now holds full block `index` of `tokens`, whose KV is computed
+   * (or enqueued to be, ahead of any later use); `keys` are prefix_keys(tokens). A key already
+   * cached keeps its block.
+   */
+  register(id: number, tokens: readonly number[], keys: readonly string[], index: number): void {
+    if (!this.prefix_caching || this.#cached[id] || this.#by_key.has(keys[index])) return;
+    const bs = this.block_size;
+    if ((index + 1) * bs > tokens.length) {
+      throw new Error(`internal: block ${index} of ${tokens.length} tokens is not full`);
+    }
+    this.#by_key.set(keys[index], id);
+    this.#cached[id] = {
+      key: keys[index],
+      parent: index === 0 ? "" : keys[index - 1],
+      tokens: tokens.slice(index * bs, (index + 1) * bs),
+    };
+  }
+
+  #uncache(id: number): void {
+    const c = this.#cached[id];
+    if (!c) return;
+    this.#by_key.delete(c.key);
+    this.#cached[id] = null;
+  }
+
+  /** Checks the invariants (every block free, evictable or held; the cache consistent); throws naming the first broken one. */
+  check(): void {
+    const free = new Set(this.#free);
+    if (free.size !== this.#free.length) throw new Error("BlockPool: a block is free twice");
+    for (let id = 0; id < this.num_blocks; id++) {
+      const r = this.#ref[id], f = free.has(id), e = this.#evictable.has(id);
+      if (r < 0 || (r > 0 && (f || e)) || (r === 0 && f === e)) {
+        throw new Error(`BlockPool: block ${id} has ${r} references, free ${f}, evictable ${e}`);
+      }
+      if (e && !this.#cached[id]) throw new Error(`BlockPool: evictable block ${id} is not cached`);
+      if (f && this.#cached[id]) throw new Error(`BlockPool: free block ${id} is still cached`);
+    }
+    for (const [key, id] of this.#by_key) {
+      if (this.#cached[id]?.key !== key) {
+        throw new Error(`BlockPool: key ${key} maps to block ${id}, which holds another`);
+      }
+    }
+  }
+}
