@@ -219,6 +219,11 @@ export class Engine implements Disposable {
     return this.#sched?.pool ?? null;
   }
 
+  /** Sequences preempted so far (their KV freed when the pool ran short, recomputed later). */
+  get preemptions(): number {
+    return this.#sched?.preemptions ?? 0;
+  }
+
   /** Requests admitted (computing their prompt or decoding) and waiting. */
   get load(): { running: number; waiting: number } {
     return { running: this.#sched?.running.length ?? 0, waiting: this.#sched?.waiting.length ?? 0 };
@@ -462,10 +467,12 @@ export class Engine implements Disposable {
       this.#collect_all();
       plan = sched.plan(true) as Plan;
     }
-    if (plan.prefill.length || plan.decode) this.#inflight.push(this.#launch(plan));
+    const launched = plan.prefill.length > 0 || plan.decode !== null;
+    if (launched) this.#inflight.push(this.#launch(plan));
     // Overlap: collect the launch before this one while the device runs this one. A backend that
-    // runs steps as they are enqueued (the CPU) has nothing to overlap: collect everything now.
-    const keep = this.model.backend.read_async !== undefined ? 1 : 0;
+    // runs steps as they are enqueued (the CPU) has nothing to overlap, and with nothing launched
+    // there is nothing to overlap with: collect everything now.
+    const keep = launched && this.model.backend.read_async !== undefined ? 1 : 0;
     while (this.#inflight.length > keep) this.#collect(this.#inflight.shift()!);
   }
 

@@ -118,9 +118,13 @@ export class Scheduler {
       const slot = this.slots.indexOf(null);
       if (slot < 0) break;
       const total = this.#blocks_for(seq.target.length);
-      const cached = seq.keys.length ? this.pool.lookup(seq.target, seq.keys, this.#shareable(seq)) : [];
+      const cached = seq.keys.length && !seq.req.prompt_logprobs
+        ? this.pool.lookup(seq.target, seq.keys, this.#shareable(seq))
+        : [];
       const fresh = total - cached.length;
-      if (fresh + headroom > this.pool.available) {
+      // Keep a little room for the running sequences to grow; with none running, all of it.
+      const idle = this.slots.every((s) => s === null);
+      if (fresh + (idle ? 0 : headroom) > this.pool.available) {
         this.pool.release_all(cached);
         break;
       }
