@@ -133,7 +133,7 @@ for (const m of values.models.split(",")) {
       };
       try {
         // A closed batch: B slots, every prompt prefilled in one launch, a KV pool of what the
-        // batch needs (each sequence's blocks for P + N + K positions).
+        // batch needs (each sequence's blocks for P + N + K positions), no prefix cache.
         const c = gpt.config, bs = 16;
         const block_bytes = 2 * c.n_layer * bs * c.n_embd * (backend.dtype === "f32" ? 4 : 2);
         const blocks = Math.max(Math.ceil(c.block_size / bs), B * Math.ceil((P + N + K) / bs));
@@ -145,6 +145,8 @@ for (const m of values.models.split(",")) {
           prefill_seqs: B,
           block_size: bs,
           kv_memory: (Math.ceil(blocks * 1.02) + 2) * block_bytes,
+          // Every run computes its prompts: the repeated prompts would otherwise hit the cache.
+          prefix_caching: false,
         });
         const r = rng(B);
         const V = c.vocab_size;

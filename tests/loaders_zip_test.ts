@@ -2,7 +2,7 @@
 import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
 import { ZipReader } from "../src/loaders/zip.ts";
 import { fixture } from "./helpers/compare.ts";
-import { crc32, make_zip } from "./helpers/zip_writer.ts";
+import { make_zip } from "./helpers/zip_writer.ts";
 import { needs_shared, SHAKESPEARE } from "./helpers/shared.ts";
 
 const tmp_dir = Deno.makeTempDirSync({ prefix: "ngpt_zip_test_" });

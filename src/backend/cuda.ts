@@ -36,7 +36,7 @@ import { native, type NativeLib } from "../native/lib.ts";
 import { as_bytes } from "./buf.ts";
 import { CudaContext, type MemInfo } from "./cuda/driver.ts";
 import { DeviceMemory } from "./cuda/memory.ts";
-import { PinnedStaging, SMALL_WRITE_BYTES } from "./cuda/staging.ts";
+import { ASYNC_WRITE_BYTES, PinnedStaging, SMALL_WRITE_BYTES } from "./cuda/staging.ts";
 import { ReadRing } from "./cuda/read_ring.ts";
 import { KernelModules } from "./cuda/modules.ts";
 import { KernelOps } from "./cuda/ops.ts";
@@ -198,8 +198,14 @@ export class CudaBackend implements Backend {
       s.ng_host_write(pinned, bytes.subarray(off, off + n), BigInt(n));
     };
     const to = dst.ptr + BigInt(dst_offset);
-    if (bytes.length <= SMALL_WRITE_BYTES) this.#staging.upload_small(to, bytes.length, fill);
-    else this.#staging.upload(to, bytes.length, fill);
+    if (bytes.length > ASYNC_WRITE_BYTES) {
+      this.#staging.upload(to, bytes.length, fill);
+      return;
+    }
+    for (let off = 0; off < bytes.length; off += SMALL_WRITE_BYTES) {
+      const n = Math.min(SMALL_WRITE_BYTES, bytes.length - off);
+      this.#staging.upload_small(to + BigInt(off), n, (pinned) => fill(pinned, off, n));
+    }
   }
 
   read(src: Buf, dst: ArrayBufferView, src_offset = 0): void {

@@ -172,6 +172,11 @@ export class Engine implements Disposable {
     launch_us_per_step: 0,
     host_us_median: 0,
   };
+  /**
+   * Milliseconds of work between yields to the event loop's I/O (EngineOptions.io_yield_ms; a
+   * server raises it so its sockets are served while the engine works).
+   */
+  io_yield_ms: number;
   #state: DeviceState | null = null;
   #sched: Scheduler | null = null;
   #steps: Steps | null = null;
@@ -207,6 +212,7 @@ export class Engine implements Disposable {
     }
     if (typeof o.prefix_caching !== "boolean") throw new TypeError("prefix_caching must be a boolean");
     this.options = Object.freeze(o);
+    this.io_yield_ms = o.io_yield_ms;
   }
 
   /** Bytes of the KV pool (0 before the first request, or reserve()). */
@@ -446,7 +452,7 @@ export class Engine implements Disposable {
     try {
       while (sched.busy || this.#inflight.length) {
         this.#iteration();
-        if (this.options.io_yield_ms > 0 && performance.now() - last_io >= this.options.io_yield_ms) {
+        if (this.io_yield_ms > 0 && performance.now() - last_io >= this.io_yield_ms) {
           await new Promise((r) => setTimeout(r, 0));
           last_io = performance.now();
         } else await null;

@@ -7,7 +7,7 @@
 import { MAX_TOP_LOGPROBS } from "../backend/backend.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import { check_int } from "../util/check.ts";
-import { type ResolvedSampling, type SamplingOptions } from "./sampling.ts";
+import type { ResolvedSampling, SamplingOptions } from "./sampling.ts";
 import { TextStream } from "./text_stream.ts";
 
 /** The most alternatives per token a request may ask for (OpenAI's completions API allows 5). */
@@ -165,7 +165,7 @@ export class Sequence {
   /** When it was submitted (performance.now()). */
   readonly t_submit: number;
   /** Its event stream. */
-  readonly queue = new EventQueue<RequestEvent>();
+  readonly queue: EventQueue<RequestEvent> = new EventQueue<RequestEvent>();
   /** Generated tokens, as they come back. */
   generated: number[] = [];
   /** Their log-probabilities (when asked for). */

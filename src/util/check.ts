@@ -18,18 +18,18 @@ export function edit_distance(a: string, b: string): number {
   return prev[b.length];
 }
 
-/**
- * The known name nearest to `name`: the one that contains it or that it contains, else the
- * fewest edits (ties: the first listed).
- */
+/** The known name nearest to `name`: the fewest edits (ties: the longest common prefix, then the first listed). */
 export function nearest(name: string, known: readonly string[]): string {
   const lower = name.toLowerCase();
-  const part = known.find((k) => k.includes(lower) || lower.includes(k));
-  if (part !== undefined) return part;
-  let best = known[0], d_best = Infinity;
+  const prefix = (k: string) => {
+    let i = 0;
+    while (i < k.length && i < lower.length && k[i] === lower[i]) i++;
+    return i;
+  };
+  let best = known[0], d_best = Infinity, p_best = -1;
   for (const k of known) {
-    const d = edit_distance(lower, k);
-    if (d < d_best) [best, d_best] = [k, d];
+    const d = edit_distance(lower, k), p = prefix(k);
+    if (d < d_best || (d === d_best && p > p_best)) [best, d_best, p_best] = [k, d, p];
   }
   return best;
 }

@@ -37,7 +37,13 @@ function check(be: CudaBackend, spec: PagedSpec, seed: number, what: string): vo
     out,
     qkv: qkv.buf,
     cache: { k: k.buf, v: v.buf },
-    layout: { num_blocks: c.num_blocks, block_size: c.block_size, n_head: c.H, head_dim: c.D, max_blocks: c.max_blocks },
+    layout: {
+      num_blocks: c.num_blocks,
+      block_size: c.block_size,
+      n_head: c.H,
+      head_dim: c.D,
+      max_blocks: c.max_blocks,
+    },
     block_table: table,
     lengths,
     B: c.B,
@@ -74,9 +80,24 @@ gpu_suite("attention_test", () => {
         using be = backend(dtype, false);
         const H = D === 128 ? 2 : 3, base = { H, D, block_size: 16, max_len: 320 };
         // A fresh prompt over three query blocks, a continuation, one past 128 keys, an idle sequence.
-        check(be, { ...base, lengths: [0, 37, 140, 290], counts: [40, 20, 33, 0], decode: false, padding: 5 }, 1, `${dtype} D=${D} prefill`);
-        check(be, { ...base, lengths: [40, 57, 173, 290], counts: [1, 1, 0, 1], decode: true }, 2, `${dtype} D=${D} decode`);
-        check(be, { ...base, block_size: 4, lengths: [0, 0, 300], counts: [1, 1, 1], decode: true }, 3, `${dtype} D=${D} decode bs 4`);
+        check(
+          be,
+          { ...base, lengths: [0, 37, 140, 290], counts: [40, 20, 33, 0], decode: false, padding: 5 },
+          1,
+          `${dtype} D=${D} prefill`,
+        );
+        check(
+          be,
+          { ...base, lengths: [40, 57, 173, 290], counts: [1, 1, 0, 1], decode: true },
+          2,
+          `${dtype} D=${D} decode`,
+        );
+        check(
+          be,
+          { ...base, block_size: 4, lengths: [0, 0, 300], counts: [1, 1, 1], decode: true },
+          3,
+          `${dtype} D=${D} decode bs 4`,
+        );
       });
     }
     for (const D of [64, 128]) {
@@ -85,9 +106,19 @@ gpu_suite("attention_test", () => {
         const base = { H: 2, D, block_size: 16, max_len: 1024 };
         // Few (b, head) pairs and a long cache: the keys are cut in chunks on any GPU of >= 8 SMs.
         assert(decode_plan(4, 2, 1024, 132).n_chunks > 1, "the long case no longer splits the keys");
-        check(be, { ...base, lengths: [0, 980, 700, 900], counts: [40, 40, 3, 0], decode: false }, 4, `${dtype} D=${D} long prefill`);
+        check(
+          be,
+          { ...base, lengths: [0, 980, 700, 900], counts: [40, 40, 3, 0], decode: false },
+          4,
+          `${dtype} D=${D} long prefill`,
+        );
         // 1024 keys (every chunk), a middle one, a short one (one live chunk, no combine), an idle one.
-        check(be, { ...base, lengths: [1023, 1020, 5, 900], counts: [1, 1, 1, 0], decode: true }, 5, `${dtype} D=${D} long decode`);
+        check(
+          be,
+          { ...base, lengths: [1023, 1020, 5, 900], counts: [1, 1, 1, 0], decode: true },
+          5,
+          `${dtype} D=${D} long decode`,
+        );
       });
     }
     // B = 256 (a few warps per head on an H100), and B = 512 with a short cache, where a block
@@ -99,9 +130,17 @@ gpu_suite("attention_test", () => {
         if (multi_head) assert(plan.heads_per_block > 1, `B = ${B} plan ${JSON.stringify(plan)}`);
         using be = backend(dtype, false);
         const u = rng(B);
-        const lengths = Array.from({ length: B }, (_, b) => b === 0 ? max_len - 1 : Math.floor(u() * (max_len - 1)));
+        const lengths = Array.from(
+          { length: B },
+          (_, b) => b === 0 ? max_len - 1 : Math.floor(u() * (max_len - 1)),
+        );
         const counts = lengths.map((_, b) => b % 17 === 3 ? 0 : 1);
-        check(be, { H, D, block_size: 16, max_len, lengths, counts, decode: true }, 6 + B, `${dtype} B=${B} decode`);
+        check(
+          be,
+          { H, D, block_size: 16, max_len, lengths, counts, decode: true },
+          6 + B,
+          `${dtype} B=${B} decode`,
+        );
       });
     }
   }
@@ -112,8 +151,18 @@ gpu_suite("attention_test", () => {
       Deno.test(`cuda attention (${dtype}, head ${D}): tensor-core prefill of 512, 128, 64 rows`, () => {
         using be = backend(dtype, false);
         const base = { H: 2, D, block_size: 16, max_len: 720, decode: false };
-        check(be, { ...base, lengths: [0, 0, 0], counts: [512, 300, 0], padding: 7 }, 9, `${dtype} D=${D} prefill 512`);
-        check(be, { ...base, lengths: [512, 300, 0], counts: [128, 77, 128] }, 10, `${dtype} D=${D} chunk 128`);
+        check(
+          be,
+          { ...base, lengths: [0, 0, 0], counts: [512, 300, 0], padding: 7 },
+          9,
+          `${dtype} D=${D} prefill 512`,
+        );
+        check(
+          be,
+          { ...base, lengths: [512, 300, 0], counts: [128, 77, 128] },
+          10,
+          `${dtype} D=${D} chunk 128`,
+        );
         check(be, { ...base, lengths: [640, 377, 128], counts: [64, 1, 40] }, 11, `${dtype} D=${D} chunk 64`);
       });
     }

@@ -61,7 +61,10 @@ function tiny(be: CudaBackend, rows: number): Tiny {
   // Sequence b holds blocks b*MB .. b*MB+MB-1 of the pools, in reverse order.
   const table = Array.from({ length: B * MB }, (_, i) => Math.floor(i / MB) * MB + (MB - 1 - (i % MB)));
   const starts = [0, ...PROMPTS.map((_, b) => PROMPTS.slice(0, b + 1).reduce((x, y) => x + y, 0))];
-  const row_seq = Array.from({ length: rows }, (_, r) => starts.findIndex((s, b) => b < B && r >= s && r < starts[b + 1]));
+  const row_seq = Array.from(
+    { length: rows },
+    (_, r) => starts.findIndex((s, b) => b < B && r >= s && r < starts[b + 1]),
+  );
   const st = {
     lengths: upload_i32(be, [0, 0, 0], "lengths"),
     n_new: upload_i32(be, [0, 0, 0], "n_new"),

@@ -470,11 +470,16 @@ gpu_suite("ops_test", () => {
         const m = Math.max(...row), lse = m + Math.log(row.reduce((a, v) => a + Math.exp(v - m), 0));
         const t = [3, 17, -1][r];
         if (t < 0) assert(Number.isNaN(have[r * W]));
-        else assert(Math.abs(have[r * W] - (row[t] - lse)) < 1e-4, `row ${r}: ${have[r * W]} vs ${row[t] - lse}`);
-        row.map((v, id) => [v, id]).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, top_n).forEach(([v, id], k) => {
-          assertEquals(have[r * W + 1 + 2 * k], id, `row ${r} rank ${k}`);
-          assert(Math.abs(have[r * W + 2 + 2 * k] - (v - lse)) < 1e-4);
-        });
+        else {assert(
+            Math.abs(have[r * W] - (row[t] - lse)) < 1e-4,
+            `row ${r}: ${have[r * W]} vs ${row[t] - lse}`,
+          );}
+        row.map((v, id) => [v, id]).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, top_n).forEach(
+          ([v, id], k) => {
+            assertEquals(have[r * W + 1 + 2 * k], id, `row ${r} rank ${k}`);
+            assert(Math.abs(have[r * W + 2 + 2 * k] - (v - lse)) < 1e-4);
+          },
+        );
       }
     });
   }

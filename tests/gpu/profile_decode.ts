@@ -25,7 +25,10 @@ using source = await open_model(`random:${values.model}`);
 using backend = create_backend({ device: "cuda" });
 if (!(backend instanceof CudaBackend)) throw new Error("profile_decode needs the CUDA backend");
 using gpt = await GPT.load(backend, source);
-using engine = new Engine(gpt, await create_tokenizer(source.tokenizer), { steps_per_launch: 1, max_running: B });
+using engine = new Engine(gpt, await create_tokenizer(source.tokenizer), {
+  steps_per_launch: 1,
+  max_running: B,
+});
 engine.reserve();
 const V = gpt.config.vocab_size;
 const prompts = Array.from(

@@ -14,7 +14,14 @@ export const STAGING_CHUNK_BYTES = 8 << 20;
  * parameters and token counts written between steps must not stall the device.
  */
 export const SMALL_WRITE_BYTES = 64 << 10;
-const SMALL_SLOTS = 16;
+/**
+ * The ring's slots. An engine iteration writes up to a few hundred KiB (the decode slots' arrays
+ * and block tables, a prefill's inputs) as chunks of SMALL_WRITE_BYTES: half the ring per
+ * iteration reuses only slots whose copies ran before the previous launch, so no write waits.
+ */
+const SMALL_SLOTS = 32;
+/** Writes up to this size go through the ring in chunks (larger ones wait for the device). */
+export const ASYNC_WRITE_BYTES = (SMALL_SLOTS / 2) * SMALL_WRITE_BYTES;
 
 /** Fills `n` bytes of pinned memory at `pinned` with the bytes at `offset` of the transfer. */
 export type Fill = (pinned: bigint, offset: number, n: number) => void;
