@@ -1,5 +1,6 @@
 /**
- * A small SVG line chart: throughput (log scale) against batch size (log2 scale), one line a series.
+ * A small SVG line chart, one line a series, both axes logarithmic: by default throughput (log10)
+ * against batch size (log2); the serving bench draws latency against request rate.
  * @module
  */
 
@@ -25,8 +26,14 @@ function esc(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 }
 
+/** Axis labels of a chart. */
+export interface ChartAxes {
+  x_label?: string;
+  y_label?: string;
+}
+
 /** Renders the series as an SVG document. */
-export function render_chart(series: Series[], title: string): string {
+export function render_chart(series: Series[], title: string, axes: ChartAxes = {}): string {
   const W = 900, H = 520, L = 80, R = 250, T = 50, Bm = 60;
   const pts = series.flatMap((s) => s.points);
   if (pts.length === 0) {
@@ -58,11 +65,15 @@ export function render_chart(series: Series[], title: string): string {
     out.push(`<line x1="${x}" x2="${x}" y1="${T}" y2="${H - Bm}" stroke="#eee"/>`);
     out.push(`<text x="${x}" y="${H - Bm + 18}" text-anchor="middle">${2 ** e}</text>`);
   }
-  out.push(`<text x="${(L + W - R) / 2}" y="${H - 18}" text-anchor="middle">batch size</text>`);
+  out.push(
+    `<text x="${(L + W - R) / 2}" y="${H - 18}" text-anchor="middle">${
+      esc(axes.x_label ?? "batch size")
+    }</text>`,
+  );
   out.push(
     `<text x="18" y="${(T + H - Bm) / 2}" text-anchor="middle" transform="rotate(-90 18 ${
       (T + H - Bm) / 2
-    })">decode tokens/s</text>`,
+    })">${esc(axes.y_label ?? "decode tokens/s")}</text>`,
   );
   series.forEach((s, i) => {
     const c = COLORS[i % COLORS.length];

@@ -110,6 +110,23 @@ Deno.test("scheduler: prefix-cache hits skip the shared prefix; results equal wi
   assertEquals(runs[0], runs[1]);
 });
 
+Deno.test("scheduler: requests arriving together with one prompt compute its prefix once", async () => {
+  using model = await load_model(DEFAULT_MODEL, { device: "cpu" });
+  const prompt = "ROMEO:\nBut soft, what light through yonder window breaks? It is the east.\n"; // 4 full blocks and more
+  const out = await model.generate_batch(
+    Array.from({ length: 4 }, (_, i) => ({ prompt, seed: i, max_new_tokens: 10 })),
+  );
+  assertEquals(out[0].cached_tokens, 0);
+  const full = Math.floor((prompt.length - 1) / 16) * 16;
+  for (const r of out.slice(1)) {
+    assertEquals(r.cached_tokens, full, "a later sample did not reuse the prefix");
+  }
+  // The same texts as each request alone.
+  for (const [i, r] of out.entries()) {
+    assertEquals(r.text, (await model.generate(prompt, { seed: i, max_new_tokens: 10 })).text);
+  }
+});
+
 Deno.test("scheduler: a KV pool too small for the batch preempts and recomputes, with the same tokens", async () => {
   const wide = [];
   {

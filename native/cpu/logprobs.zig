@@ -30,6 +30,7 @@ fn task(j: *const Job, r: usize, _: usize) void {
     const o = j.out + r * w;
     const t = j.targets[r];
     o[0] = if (t >= 0) x[@intCast(t)] - lse else std.math.nan(f32);
+    if (j.top_n == 0) return;
     var ids: [max_top_n]usize = undefined;
     var n: usize = 0;
     for (0..j.V) |i| {

@@ -162,6 +162,15 @@ export class Engine implements Disposable {
   readonly options: Readonly<Required<Omit<EngineOptions, "kv_memory">> & { kv_memory: number | null }>;
   /** Counters and latency histograms since the engine was made (the server's /metrics). */
   readonly metrics: EngineMetrics = new EngineMetrics();
+  /**
+   * The most KV blocks held at once during the last busy period, with the tokens the running
+   * sequences had in the KV cache (or were computing) and how many sequences there were then.
+   */
+  kv_peak: { held: number; live_tokens: number; sequences: number } = {
+    held: 0,
+    live_tokens: 0,
+    sequences: 0,
+  };
   /** Timings of the last busy period. */
   stats: RunStats = {
     ttft_ms: 0,
@@ -443,6 +452,7 @@ export class Engine implements Disposable {
   #kick(): void {
     if (this.#loop) return;
     this.#period = { t0: performance.now(), t_first: 0, steps: 0, waited_ms: 0, launch_ms: 0, per_step: [] };
+    this.kv_peak = { held: 0, live_tokens: 0, sequences: 0 };
     this.#loop = this.#run_loop().finally(() => (this.#loop = null));
   }
 
@@ -475,6 +485,11 @@ export class Engine implements Disposable {
     }
     const launched = plan.prefill.length > 0 || plan.decode !== null;
     if (launched) this.#inflight.push(this.#launch(plan));
+    if (sched.pool.held > this.kv_peak.held) {
+      const running = sched.running;
+      const live_tokens = running.reduce((a, s) => a + (s.status === "decode" ? s.len : s.target.length), 0);
+      this.kv_peak = { held: sched.pool.held, live_tokens, sequences: running.length };
+    }
     // Overlap: collect the launch before this one while the device runs this one. A backend that
     // runs steps as they are enqueued (the CPU) has nothing to overlap, and with nothing launched
     // there is nothing to overlap with: collect everything now.
@@ -506,7 +521,7 @@ export class Engine implements Disposable {
     return { done: () => true, wait: () => out };
   }
 
-  #launch_prefill(chunks: PrefillChunk[]): NonNullable<Launch["prefill"]> {
+  #launch_prefill(chunks: PrefillChunk[], score = false): NonNullable<Launch["prefill"]> {
     const st = this.#state!, sched = this.#sched!, h = st.pre_host;
     const n_rows = chunks.reduce((a, c) => a + c.n, 0);
     const P = seqs_bucket(chunks.length, st.opts.prefill_seqs),
@@ -518,7 +533,7 @@ export class Engine implements Disposable {
     i32.row_seq.fill(-1, 0, N);
     i32.targets.fill(-1, 0, N);
     let r = 0;
-    const prompt_lp = chunks.some((c) => c.seq.req.prompt_logprobs);
+    const prompt_lp = score || chunks.some((c) => c.seq.req.prompt_logprobs);
     for (let b = 0; b < P; b++) {
       const c = chunks[b];
       i32.seq_start[b] = r;
@@ -534,7 +549,8 @@ export class Engine implements Disposable {
         i32.tokens[r] = s.target[c.start + t];
         i32.positions[r] = c.start + t;
         i32.row_seq[r] = b;
-        if (s.req.prompt_logprobs && c.start + t + 1 < s.target.length) {
+        if (c.targets) i32.targets[r] = c.targets[c.start + t];
+        else if (s.req.prompt_logprobs && c.start + t + 1 < s.target.length) {
           i32.targets[r] = s.target[c.start + t + 1];
         }
       }
@@ -551,7 +567,12 @@ export class Engine implements Disposable {
     }
     i32.seq_start[P] = r;
     st.write_prefill();
-    this.#steps!.prefill({ P, N, max_seq_rows: N, prompt_logprobs: prompt_lp });
+    this.#steps!.prefill({
+      P,
+      N,
+      max_seq_rows: N,
+      prompt_logprobs: score ? 0 : prompt_lp ? MAX_LOGPROBS : -1,
+    });
     for (const c of chunks) {
       sched.computed(c);
       if (c.final) c.seq.inflight++;
@@ -561,7 +582,7 @@ export class Engine implements Disposable {
       chunks,
       tokens: this.#read(st.pre_next, P * 4),
       lp: want_lp ? this.#read(st.pre_lp, P * LOGPROB_WORDS * 4) : null,
-      prompt_lp: prompt_lp ? this.#read(st.prompt_lp, N * LOGPROB_WORDS * 4) : null,
+      prompt_lp: prompt_lp ? this.#read(st.prompt_lp, N * (score ? 1 : LOGPROB_WORDS) * 4) : null,
     };
   }
 
@@ -813,6 +834,68 @@ export class Engine implements Disposable {
       sched.pool.release_all(s.blocks);
       this.model.backend.write(state.next_token, new Int32Array(state.opts.slots));
     }
+  }
+
+  /**
+   * Log-probabilities of `targets[i][t]` after `inputs[i][0..t]`, for every position of every
+   * input (a window of at most the context), on an idle engine: the way validation loss is
+   * measured. Windows go through the prefill step in launches of up to the prefill budget; the
+   * logits of a launch's rows are computed and reduced in chunks, never all at once.
+   * `progress` is called with the positions scored so far.
+   */
+  score(inputs: number[][], targets: number[][], progress?: (done: number) => void): Float32Array[] {
+    const { state, sched } = this.#idle("score");
+    inputs.forEach((x, i) => {
+      this.#check_fits(x);
+      if (
+        targets[i]?.length !== x.length ||
+        targets[i].some((t) => !(Number.isInteger(t) && t >= 0 && t < this.model.config.vocab_size))
+      ) {
+        throw new RangeError(
+          `score: targets ${i} must be ${x.length} token ids in [0, ${this.model.config.vocab_size})`,
+        );
+      }
+      if (x.length > state.opts.prefill_tokens) {
+        throw new RangeError(
+          `score: input ${i} (${x.length} tokens) exceeds the prefill budget (${state.opts.prefill_tokens})`,
+        );
+      }
+    });
+    const out: Float32Array[] = [];
+    let done = 0;
+    for (let i = 0; i < inputs.length;) {
+      let rows = 0, j = i;
+      while (
+        j < inputs.length && j - i < state.opts.prefill_seqs &&
+        rows + inputs[j].length <= state.opts.prefill_tokens
+      ) {
+        rows += inputs[j++].length;
+      }
+      const seqs = inputs.slice(i, j).map((x) => this.#probe_seq(x, sched));
+      try {
+        const chunks = seqs.map((s, k) => ({
+          seq: s,
+          start: 0,
+          n: s.target.length,
+          final: false,
+          targets: targets[i + k],
+        }));
+        const l = this.#launch_prefill(chunks, true);
+        const words = l.prompt_lp!.wait();
+        const f = new Float32Array(words.buffer, words.byteOffset, words.byteLength / 4);
+        let r = 0;
+        for (const s of seqs) {
+          out.push(f.slice(r, r + s.target.length));
+          r += s.target.length;
+        }
+      } finally {
+        for (const s of seqs) sched.pool.release_all(s.blocks);
+      }
+      done += rows;
+      progress?.(done);
+      i = j;
+    }
+    return out;
   }
 
   #idle(what: string) {

@@ -33,6 +33,8 @@ export interface PrefillChunk {
   n: number;
   /** The chunk that ends the target: its last row's logits give the sequence's next token. */
   final: boolean;
+  /** Each target token's scored next token (Engine.score), instead of the target's own next one. */
+  targets?: number[];
 }
 
 /** What the next launch does. */
@@ -112,9 +114,18 @@ export class Scheduler {
   admit(skip: ReadonlySet<Sequence> = new Set()): Sequence[] {
     const out: Sequence[] = [];
     const headroom = Math.ceil(this.pool.num_blocks / 100);
+    // First blocks of prompts being computed now: a request that starts the same waits until they
+    // are in the prefix cache, instead of computing the shared prefix again (n samples of one
+    // prompt, a common system prompt).
+    const computing = new Set(
+      this.running.filter((s) => s.status === "prefill" && s.keys.length).map((s) => s.keys[0]),
+    );
     while (this.waiting.length) {
       const seq = this.waiting[0];
       if (skip.has(seq)) break;
+      if (
+        this.pool.prefix_caching && seq.keys.length && computing.has(seq.keys[0]) && !seq.req.prompt_logprobs
+      ) break;
       const slot = this.slots.indexOf(null);
       if (slot < 0) break;
       const total = this.#blocks_for(seq.target.length);
@@ -138,6 +149,9 @@ export class Scheduler {
       seq.admitted = ++this.#admissions;
       this.slots[slot] = seq;
       out.push(seq);
+      if (seq.keys.length && seq.computed < seq.keys.length * this.pool.block_size) {
+        computing.add(seq.keys[0]);
+      }
     }
     return out;
   }

@@ -32,8 +32,11 @@ export interface PrefillShape {
   N: number;
   /** A bound on any sequence's rows. */
   max_seq_rows: number;
-  /** Whether the step computes every row's logprobs (the prompt's). */
-  prompt_logprobs: boolean;
+  /**
+   * Every row's logprob of its next token (p.targets) and, with MAX_LOGPROBS, its most likely
+   * tokens: -1 none, 0 the target's only (scoring), or MAX_LOGPROBS.
+   */
+  prompt_logprobs: -1 | 0 | typeof MAX_LOGPROBS;
 }
 
 /** Records and launches the engine's steps. */
@@ -99,16 +102,16 @@ export class Steps {
     });
   }
 
-  #logprobs(out: Buf, targets: Buf, rows: number, logits = this.#st.ws.logits): void {
+  #logprobs(out: Buf, targets: Buf, rows: number, top_n = MAX_LOGPROBS): void {
     const m = this.#m;
     this.#be.logprobs({
       out,
-      logits,
+      logits: this.#st.ws.logits,
       targets,
       rows,
       V: m.config.vocab_size,
       ld: m.vocab_padded,
-      top_n: MAX_LOGPROBS,
+      top_n,
     });
   }
 
@@ -135,7 +138,7 @@ export class Steps {
 
   /** Launches one prefill step over the inputs written into the prefill arrays. */
   prefill(s: PrefillShape): void {
-    const key = `prefill:${s.P}:${s.N}:${s.max_seq_rows}:${s.prompt_logprobs ? "lp" : "-"}`;
+    const key = `prefill:${s.P}:${s.N}:${s.max_seq_rows}:lp${s.prompt_logprobs}`;
     this.#be.run_step(key, () => this.#prefill_step(s));
   }
 
@@ -164,7 +167,7 @@ export class Steps {
         }),
       logit_rows: null,
     });
-    if (s.prompt_logprobs) this.#prompt_logprobs(s.N);
+    if (s.prompt_logprobs >= 0) this.#prompt_logprobs(s.N, s.prompt_logprobs);
     const C = m.config.n_embd;
     be.gather_rows({ out: ws.last, x: ws.x, idx: v4(p.last_row, s.P), n: s.P, C });
     m.logits(ws.logits, ws.last, s.P);
@@ -175,19 +178,21 @@ export class Steps {
   }
 
   /**
-   * Every row's logprobs (of the next prompt token, p.targets) in chunks of the workspace's logit
-   * rows: the logits of all rows never exist at once.
+   * Every row's logprobs (of the next prompt token, p.targets; rows of 1 + 2 top_n floats) in
+   * chunks of the workspace's logit rows: a fused LM head and log-softmax whose logits never exist
+   * for all rows at once.
    */
-  #prompt_logprobs(N: number): void {
+  #prompt_logprobs(N: number, top_n: number): void {
     const st = this.#st, ws = st.ws, m = this.#m;
-    const C = m.config.n_embd, es = ws.x.bytes / (ws.rows * C), R = ws.logit_rows;
+    const C = m.config.n_embd, es = ws.x.bytes / (ws.rows * C), R = ws.logit_rows, W = 1 + 2 * top_n;
     for (let r0 = 0; r0 < N; r0 += R) {
       const n = Math.min(R, N - r0);
       m.logits(ws.logits, sub_buf(ws.x, r0 * C * es, n * C * es), n);
       this.#logprobs(
-        sub_buf(st.prompt_lp, r0 * LOGPROB_WORDS * 4, n * LOGPROB_WORDS * 4),
+        sub_buf(st.prompt_lp, r0 * W * 4, n * W * 4),
         sub_buf(st.pre.targets, r0 * 4, n * 4),
         n,
+        top_n,
       );
     }
   }
