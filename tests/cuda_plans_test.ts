@@ -1,9 +1,14 @@
 /**
  * The CUDA backend's launch plans are pure functions of shapes: checked here without a GPU
- * (decode attention's split over warps and chunks; the padded vocabulary of the LM head).
+ * (decode attention's split over warps and chunks; the gemv kernel's launch shapes and the auto
+ * policy; the padded vocabulary of the LM head).
  */
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { DECODE_MIN_KEYS_PER_WARP, decode_plan } from "../src/backend/cuda/ops.ts";
+import type { Buf, DType, MatmulArgs } from "../src/backend/backend.ts";
+import { gemv_fits, gemv_launch, gemv_preferred } from "../src/backend/cuda/matmul.ts";
+
+const DTYPES: DType[] = ["f32", "bf16", "f16"];
 import { padded_vocab, VOCAB_ALIGN } from "../src/model/gpt.ts";
 
 const SMS = 132;
@@ -38,4 +43,71 @@ Deno.test("padded_vocab: rows of the LM head and logits are a multiple of VOCAB_
     const p = padded_vocab(v);
     assert(p >= v && p % VOCAB_ALIGN === 0 && p - v < VOCAB_ALIGN, `${v} -> ${p}`);
   }
+});
+
+Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", () => {
+  const buf: Buf = { ptr: 0n, bytes: 1 << 30, label: "b" };
+  const mm = (M: number, N: number, K: number, more: Partial<MatmulArgs> = {}): MatmulArgs => ({
+    out: buf,
+    x: buf,
+    w: buf,
+    bias: null,
+    M,
+    N,
+    K,
+    act: "none",
+    accumulate: false,
+    ...more,
+  });
+  const shapes = [[768, 768], [2304, 768], [768, 3072], [1600, 6400], [50257, 1600], [5, 8], [37, 64], [
+    3,
+    24,
+  ]];
+  const bounds: Record<string, number> = { gemv_m1: 1, gemv_m2: 2, gemv_m4: 4, gemv_m8: 8, gemv_m16: 16 };
+  for (const dtype of DTYPES) {
+    const es = dtype === "f32" ? 4 : 2;
+    for (let M = 1; M <= 16; M++) {
+      for (const [N, K] of shapes) {
+        const what = `${dtype} M=${M} N=${N} K=${K}`;
+        // Whole 16-byte vectors per row, and x staged in shared memory (227 KiB less 4 KiB static).
+        const fits = K * es % 16 === 0 && M * K * es <= 232448 - 4096;
+        assertEquals(gemv_fits(mm(M, N, K), dtype, 232448), fits, `fits ${what}`);
+        if (!fits) continue;
+        const l = gemv_launch(mm(M, N, K), dtype, 132, 232448);
+        const warps = l.threads / 32;
+        assert(Number.isInteger(warps) && warps >= 1 && warps <= 8, `${what}: ${l.threads} threads`);
+        assert(l.ks >= 1 && warps % l.ks === 0, `${what}: ${warps} warps, ks ${l.ks}`);
+        assert(l.ks <= (M <= 2 ? 8 : 4), `${what}: ks ${l.ks}`);
+        assert(l.blocks >= 1 && l.blocks <= Math.ceil(N / 4), `${what}: ${l.blocks} blocks`);
+        assertEquals(l.smem_bytes, M * K * es, what);
+        const bound = bounds[l.kernel];
+        assert(bound >= M && (bound === 1 || bound / 2 < M), `${what}: variant ${l.kernel}`);
+      }
+    }
+  }
+  const flags = (more: Partial<MatmulArgs>) => gemv_launch(mm(1, 8, 8, more), "bf16", 132, 232448).flags;
+  assertEquals(
+    [
+      flags({}),
+      flags({ act: "gelu_erf" }),
+      flags({ act: "gelu_tanh" }),
+      flags({ accumulate: true }),
+      flags({
+        out_f32: true,
+      }),
+    ],
+    [0, 1, 2, 4, 8],
+  );
+  // The auto policy on GPT-2 decode shapes (bf16): qkv, proj, fc, fc2, LM head of gpt2 and gpt2-xl.
+  const step = (M: number, C: number) =>
+    [[3 * C, C], [C, C], [4 * C, C], [C, 4 * C], [50257, C]].map(([N, K]) =>
+      gemv_preferred(mm(M, N, K), "bf16")
+    );
+  assertEquals(step(1, 768), [true, true, true, true, true]);
+  assertEquals(step(1, 1600), [true, true, true, true, true]);
+  assertEquals(step(2, 768), [true, true, true, true, true]);
+  assertEquals(step(2, 1600), [true, true, true, false, true]);
+  assertEquals(step(4, 768), [false, false, false, false, true]);
+  assertEquals(step(8, 1600), [false, false, false, false, true]);
+  assertEquals(step(9, 768), [false, false, false, false, false]);
 });

@@ -83,13 +83,13 @@ pub const Api = struct {
 pub const CUDA_ERROR_NOT_READY: CUresult = 600;
 
 var mutex: std.Thread.Mutex = .{};
+/// The table, valid once `loaded` (a successful `load`).
 var table: Api = undefined;
 var loaded: bool = false;
 var load_status: i32 = 0;
 var load_msg: [600]u8 = undefined;
 var load_msg_len: usize = 0;
 
-/// The table, after a successful `load`; null before.
 /// CUlaunchAttribute: an id, padding to 8 bytes, then a 64-byte value union.
 pub const LaunchAttribute = extern struct {
     id: c_int,

@@ -33,6 +33,7 @@ import {
   type ScatterArgs,
 } from "./backend.ts";
 import { native, type NativeLib } from "../native/lib.ts";
+import { run_all } from "../util/cleanup.ts";
 import { as_bytes } from "./buf.ts";
 import { CudaContext, type MemInfo } from "./cuda/driver.ts";
 import { DeviceMemory } from "./cuda/memory.ts";
@@ -447,9 +448,7 @@ export class CudaBackend implements Backend {
   reset_steps(): void {
     this.#host_op("reset_steps");
     this.#ctx.stream_sync(this.#stream);
-    const e = this.#steps.clear();
-    this.#ops.trim_scratch();
-    if (e) throw e;
+    run_all([() => this.#steps.clear(), () => this.#ops.trim_scratch()]);
   }
 
   synchronize(): void {
@@ -473,30 +472,22 @@ export class CudaBackend implements Backend {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    let first: Error | null = null;
-    const step = (f: () => Error | null | void) => {
-      try {
-        const e = f();
-        if (e) first ??= e;
-      } catch (e) {
-        first ??= e as Error;
-      }
-    };
-    step(() => this.#ctx.stream_sync(this.#stream));
-    step(() => this.#steps.clear());
-    step(() => this.#ops.dispose());
-    step(() => {
-      if (this.#counter !== 0n) this.#ctx.mem_free(this.#counter);
-      this.#counter = 0n;
-    });
-    step(() => this.#mm.dispose());
-    step(() => this.#modules.dispose());
-    step(() => this.#ring.dispose());
-    step(() => this.#staging.dispose());
-    step(() => this.#mem.free_all());
-    step(() => this.#ctx.stream_destroy(this.#stream));
-    step(() => this.#ctx.release());
-    if (first) throw first;
+    run_all([
+      () => this.#ctx.stream_sync(this.#stream),
+      () => this.#steps.clear(),
+      () => this.#ops.dispose(),
+      () => {
+        if (this.#counter !== 0n) this.#ctx.mem_free(this.#counter);
+        this.#counter = 0n;
+      },
+      () => this.#mm.dispose(),
+      () => this.#modules.dispose(),
+      () => this.#ring.dispose(),
+      () => this.#staging.dispose(),
+      () => this.#mem.free_all(),
+      () => this.#ctx.stream_destroy(this.#stream),
+      () => this.#ctx.release(),
+    ]);
   }
 
   [Symbol.dispose](): void {
@@ -523,7 +514,7 @@ export function create_cuda_backend(opts: CudaBackendOptions = {}): CudaBackend 
   try {
     ctx = CudaContext.open(lib, device);
   } catch (e) {
-    throw new Error(`CUDA backend unavailable: ${(e as Error).message}`);
+    throw new Error(`CUDA backend unavailable: ${(e as Error).message}`, { cause: e });
   }
   let stream = 0n;
   try {
@@ -535,6 +526,6 @@ export function create_cuda_backend(opts: CudaBackendOptions = {}): CudaBackend 
       if (stream) ctx.stream_destroy(stream);
       ctx.release();
     } catch { /* keep the first error */ }
-    throw new Error(`CUDA backend unavailable: ${(e as Error).message}`);
+    throw new Error(`CUDA backend unavailable: ${(e as Error).message}`, { cause: e });
   }
 }

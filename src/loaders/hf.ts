@@ -112,7 +112,7 @@ async function open_weights(dir: string): Promise<SafetensorsFile[]> {
   try {
     index = JSON.parse(await Deno.readTextFile(index_path));
   } catch (e) {
-    throw new Error(`${index_path}: invalid JSON: ${(e as Error).message}`);
+    throw new Error(`${index_path}: invalid JSON: ${(e as Error).message}`, { cause: e });
   }
   const map = (index as { weight_map?: unknown })?.weight_map;
   if (!map || typeof map !== "object") throw new Error(`${index_path}: missing field "weight_map"`);
@@ -143,13 +143,13 @@ export async function open_hf(dir: string, opts: { origin?: string } = {}): Prom
   try {
     text = await Deno.readTextFile(config_path);
   } catch (e) {
-    throw new Error(`${config_path}: cannot read: ${(e as Error).message}`);
+    throw new Error(`${config_path}: cannot read: ${(e as Error).message}`, { cause: e });
   }
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw new Error(`${config_path}: invalid JSON: ${(e as Error).message}`);
+    throw new Error(`${config_path}: invalid JSON: ${(e as Error).message}`, { cause: e });
   }
   const config = hf_config(json, config_path);
   const files = await open_weights(dir);

@@ -98,7 +98,7 @@ export async function load_char_vocab(
   try {
     new CharTokenizer(spec.stoi, spec.itos); // single characters, stoi and itos inverse
   } catch (e) {
-    throw new Error(`${meta_path}: ${(e as Error).message}`);
+    throw new Error(`${meta_path}: ${(e as Error).message}`, { cause: e });
   }
   return spec;
 }
@@ -241,7 +241,9 @@ export async function open_nanogpt_safetensors(
       try {
         return JSON.parse(meta[k]);
       } catch (e) {
-        throw new Error(`${path}: __metadata__.${k} is not valid JSON: ${(e as Error).message}`);
+        throw new Error(`${path}: __metadata__.${k} is not valid JSON: ${(e as Error).message}`, {
+          cause: e,
+        });
       }
     };
     if (typeof meta.model_args !== "string") throw new Error(`${path}: __metadata__ has no model_args`);

@@ -57,7 +57,7 @@ async function stat_or_null(path: string): Promise<Deno.FileInfo | null> {
     return await Deno.stat(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
-    throw new Error(`${path}: ${(e as Error).message}`);
+    throw new Error(`${path}: ${(e as Error).message}`, { cause: e });
   }
 }
 

@@ -167,7 +167,7 @@ export function unpickle(data: Uint8Array, opts: UnpickleOptions = {}): unknown 
     try {
       return fn.factory(...args);
     } catch (e) {
-      throw new Error(`${what}: ${fn.name}: ${(e as Error).message}`);
+      throw new Error(`${what}: ${fn.name}: ${(e as Error).message}`, { cause: e });
     }
   };
 

@@ -77,7 +77,9 @@ export class SafetensorsFile implements Disposable {
       try {
         header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(raw));
       } catch (e) {
-        throw new Error(`${path}: safetensors header is not valid JSON: ${(e as Error).message}`);
+        throw new Error(`${path}: safetensors header is not valid JSON: ${(e as Error).message}`, {
+          cause: e,
+        });
       }
       if (header === null || typeof header !== "object" || Array.isArray(header)) {
         throw new Error(`${path}: safetensors header is not a JSON object`);

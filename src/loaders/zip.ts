@@ -84,7 +84,7 @@ export class RandomAccessFile implements ByteSource, Disposable {
     try {
       file = await Deno.open(path, { read: true });
     } catch (e) {
-      throw new Error(`cannot open ${path}: ${(e as Error).message}`);
+      throw new Error(`cannot open ${path}: ${(e as Error).message}`, { cause: e });
     }
     try {
       const st = await file.stat();

@@ -46,7 +46,7 @@ export async function fetch_manifest(base: URL): Promise<Manifest> {
   try {
     m = JSON.parse(text);
   } catch (e) {
-    throw new Error(`${url}: not valid JSON: ${(e as Error).message}`);
+    throw new Error(`${url}: not valid JSON: ${(e as Error).message}`, { cause: e });
   }
   const ok = m?.version === 1 && Array.isArray(m.files) &&
     m.files.every((f) =>

@@ -8,7 +8,9 @@
 import { timingSafeEqual } from "node:crypto";
 import { QueueFullError } from "../engine/engine.ts";
 import type { GenerateResult, RequestHandle } from "../engine/request.ts";
-import type { Model } from "../load.ts";
+import type { Engine } from "../engine/engine.ts";
+import type { GPTConfig } from "../model/config.ts";
+import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import { check_keys } from "../util/check.ts";
 import { render_metrics } from "./metrics.ts";
 import { ApiError, type CompletionPlan, finish_reason, logprobs_object, plan_completion } from "./openai.ts";
@@ -67,8 +69,17 @@ async function same_secret(a: string, b: string): Promise<boolean> {
   return timingSafeEqual(await h(a), await h(b));
 }
 
+/** What the server needs of a loaded model (a Model from load_model has it all). */
+export interface Servable {
+  engine: Engine;
+  tokenizer: Tokenizer;
+  config: GPTConfig;
+  /** Where the weights came from: the default model name. */
+  origin: string;
+}
+
 /** Serves `model` over HTTP until shut down. */
-export function serve(model: Model, opts: ServeOptions = {}): Server {
+export function serve(model: Servable, opts: ServeOptions = {}): Server {
   check_keys(
     opts,
     ["host", "port", "api_key", "model_id", "handle_signals", "shutdown_grace_ms", "log"],

@@ -135,12 +135,12 @@ export class CudaContext {
     this.lib.check(this.lib.symbols.ng_cuda_stream_destroy(this.ctx, stream), "ng_cuda_stream_destroy");
   }
 
-  /** Waits for a stream's work. */
   /** Starts or stops the profiled range (cuProfilerStart / cuProfilerStop). */
   profiler(on: boolean): void {
     this.lib.check(this.lib.symbols.ng_cuda_profiler(this.ctx, on ? 1 : 0), "ng_cuda_profiler");
   }
 
+  /** Waits for a stream's work. */
   stream_sync(stream: bigint): void {
     this.lib.check(this.lib.symbols.ng_cuda_stream_sync(this.ctx, stream), "ng_cuda_stream_sync");
   }

@@ -3,6 +3,7 @@
  * @module
  */
 import type { CudaContext } from "./driver.ts";
+import { run_all } from "../../util/cleanup.ts";
 
 /** A captured step. */
 export interface StepGraph {
@@ -35,18 +36,14 @@ export class StepGraphs {
     return this.#graphs.size;
   }
 
-  /** Destroys every graph (executable and graph); returns the first error after trying all. */
-  clear(): Error | null {
-    let first: Error | null = null;
-    for (const g of this.#graphs.values()) {
-      try {
-        this.#ctx.graph_exec_destroy(g.exec);
-        this.#ctx.graph_destroy(g.graph);
-      } catch (e) {
-        first ??= e as Error;
-      }
-    }
+  /** Destroys every graph (executable and graph), all of them even when some fail; then throws the first failure. */
+  clear(): void {
+    const graphs = [...this.#graphs.values()];
     this.#graphs.clear();
-    return first;
+    run_all(
+      graphs.flatMap((
+        g,
+      ) => [() => this.#ctx.graph_exec_destroy(g.exec), () => this.#ctx.graph_destroy(g.graph)]),
+    );
   }
 }

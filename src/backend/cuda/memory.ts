@@ -5,6 +5,7 @@
  */
 import type { Buf } from "../backend.ts";
 import { CUDA_ERROR_OUT_OF_MEMORY, type CudaContext } from "./driver.ts";
+import { run_all } from "../../util/cleanup.ts";
 
 function mib(bytes: number): string {
   return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
@@ -78,18 +79,14 @@ export class DeviceMemory {
     return this.#live.size;
   }
 
-  /** Frees every live buffer (dispose); returns the first error, if any, after trying them all. */
-  free_all(): Error | null {
-    let first: Error | null = null;
-    for (const buf of [...this.#live.values()]) {
-      try {
-        this.free(buf);
-      } catch (e) {
-        this.#live.delete(buf.ptr);
-        first ??= e as Error;
-      }
+  /** Frees every live buffer (dispose), all of them even when some fail; then throws the first failure. */
+  free_all(): void {
+    const bufs = [...this.#live.values()];
+    try {
+      run_all(bufs.map((buf) => () => this.free(buf)));
+    } finally {
+      this.#live.clear();
+      this.#bytes = 0;
     }
-    this.#bytes = 0;
-    return first;
   }
 }
