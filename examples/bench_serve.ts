@@ -31,7 +31,7 @@ import {
 } from "../mod.ts";
 import { create_tokenizer } from "../src/tokenizer/tokenizer.ts";
 // deno-lint-ignore no-import-prefix
-import OpenAI from "npm:openai@7.59.0";
+import type OpenAI from "npm:openai@7.59.0";
 import { render_chart, type Series } from "./bench_chart.ts";
 
 const { values } = parseArgs({
@@ -227,7 +227,10 @@ const seed = Number(values.seed);
 
 if (values.url) {
   // Against a running server: offline and poisson only.
-  const client = new OpenAI({
+  // Loaded only here: the in-process runs need no HTTP client (and no npm download).
+  const openai_module = "npm:openai@7.59.0";
+  const { default: OpenAIClient } = await import(openai_module) as typeof import("npm:openai@7.59.0");
+  const client = new OpenAIClient({
     baseURL: `${values.url.replace(/\/$/, "")}/v1`,
     apiKey: Deno.env.get("OPENAI_API_KEY") ?? "none",
     maxRetries: 0,

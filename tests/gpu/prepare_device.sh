@@ -8,9 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 deno run -A src/native/build.ts --force --quiet -- -Dcpu=x86_64_v3
 # The GPT-2 tokenizer is imported lazily (a computed specifier): name it so its npm package is cached.
-../shared/device/pack-deno.sh mod.ts examples/*.ts src/tokenizer/gpt2.ts tests/gpu/*.ts tests/bench/*.ts >/dev/null
+../shared/device/pack-deno.sh mod.ts examples/*.ts src/tokenizer/gpt2.ts tests/gpu/*.ts tests/bench/*.ts $( [[ -d .old ]] && echo .old/examples/bench.ts ) >/dev/null
 tk=$(ls -d .device/deno-dir/npm/registry.npmjs.org/js-tiktoken/*/dist)
 rm -f "$tk"/index.js "$tk"/index.cjs "$tk"/lite.cjs
 find "$tk/ranks" -type f ! -name 'gpt2.*' -delete
+# Packages the GPU machine's runs never load (the openai client: bench:serve --url and the server
+# tests; fast-check: the fuzz tests) would take half the transfer limit.
+rm -rf .device/deno-dir/npm/registry.npmjs.org/{openai,fast-check,pure-rand}
 cp ../shared/bench/torch_baseline.py .device/
+cp ../shared/data/tinyshakespeare/input.txt .device/
 du -sh .device zig-out models
