@@ -27,6 +27,7 @@ export {
   type LoadOptions,
   Model,
 } from "./src/load.ts";
+export { type Servable, serve, type ServeOptions, type Server } from "./src/server/server.ts";
 export {
   type ContextOverflow,
   Engine,
@@ -42,7 +43,15 @@ export {
   type TextEvent,
   type TokenLogprob,
 } from "./src/engine/engine.ts";
-export { MAX_LOGPROBS, type RequestOptions } from "./src/engine/request.ts";
+export {
+  type EventQueue,
+  MAX_LOGPROBS,
+  type RequestOptions,
+  type ResolvedRequest,
+  type SeqStatus,
+  type Sequence,
+} from "./src/engine/request.ts";
+export type { TextStream } from "./src/engine/text_stream.ts";
 export { type ResolvedSampling, SAMPLING_DEFAULTS, type SamplingOptions } from "./src/engine/sampling.ts";
 export { BlockPool, type PrefixCacheStats } from "./src/engine/kv_cache.ts";
 export { EngineMetrics, Histogram } from "./src/engine/metrics.ts";
@@ -66,7 +75,16 @@ export {
   type CudaBackendOptions,
   type CudaStatus,
 } from "./src/backend/cuda.ts";
+export type { GemvPolicy } from "./src/backend/cuda/matmul.ts";
+export type { MemInfo } from "./src/backend/cuda/driver.ts";
 export { open_model, type OpenModelOptions } from "./src/loaders/open_model.ts";
 export { create_tokenizer, type Tokenizer } from "./src/tokenizer/tokenizer.ts";
-export { NativeError, prepare_native, type PrepareNativeOptions } from "./src/native/lib.ts";
+export {
+  NativeError,
+  type NativeLib,
+  type NativeSymbols,
+  prepare_native,
+  type PrepareNativeOptions,
+} from "./src/native/lib.ts";
+export type { native_symbols } from "./src/native/symbols.ts";
 export { PermissionError } from "./src/util/permissions.ts";

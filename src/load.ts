@@ -140,7 +140,7 @@ export class Model implements Disposable {
    *
    * @example Greedy, then sampled with a seed
    * ```ts
-   * import { load_model } from "./mod.ts";
+   * import { load_model } from "../mod.ts";
    * using model = await load_model(undefined, { device: "cpu" });
    * const greedy = await model.generate("ROMEO:", { max_new_tokens: 30, temperature: 0 });
    * const sampled = await model.generate("ROMEO:", { max_new_tokens: 30, seed: 1, top_p: 0.9 });
@@ -157,7 +157,7 @@ export class Model implements Disposable {
    *
    * @example Two prompts, one with its own stop string
    * ```ts
-   * import { load_model } from "./mod.ts";
+   * import { load_model } from "../mod.ts";
    * using model = await load_model(undefined, { device: "cpu" });
    * const [a, b] = await model.generate_batch(
    *   ["ROMEO:", { prompt: "JULIET:", stop: ["\n"] }],
@@ -178,7 +178,7 @@ export class Model implements Disposable {
    *
    * @example Print as it comes
    * ```ts
-   * import { load_model } from "./mod.ts";
+   * import { load_model } from "../mod.ts";
    * using model = await load_model(undefined, { device: "cpu" });
    * for await (const piece of model.stream("ROMEO:", { max_new_tokens: 40, seed: 1 })) {
    *   Deno.stdout.writeSync(new TextEncoder().encode(piece));
@@ -226,7 +226,7 @@ export class Model implements Disposable {
  *
  * @example Greedy text from the embedded model on the CPU
  * ```ts
- * import { load_model } from "./mod.ts";
+ * import { load_model } from "../mod.ts";
  * using model = await load_model(undefined, { device: "cpu" });
  * const out = await model.generate("ROMEO:", { max_new_tokens: 20, temperature: 0 });
  * console.log(out.text, out.finish_reason);

@@ -14,7 +14,8 @@ import {
   type GenerateResult,
   load_model,
 } from "../mod.ts";
-import { BlockPool, prefix_keys } from "../src/engine/kv_cache.ts";
+import { BlockPool, LruList, prefix_keys } from "../src/engine/kv_cache.ts";
+import { rng, test_seed } from "./helpers/rng.ts";
 import { prepare_native } from "../src/native/lib.ts";
 
 await prepare_native();
@@ -79,6 +80,26 @@ Deno.test("block pool: allocation, references, LRU eviction of cached blocks, in
   pool.check();
   assertThrows(() => pool.release(c), Error, "released with 0 references");
   assertThrows(() => new BlockPool(0, 16), RangeError, "is not a pool");
+});
+
+Deno.test("LRU list: random pushes, deletes and shifts agree with an array model", () => {
+  const seed = test_seed(), r = rng(seed), n = 64;
+  const lru = new LruList(n), model: number[] = [];
+  for (let step = 0; step < 20000; step++) {
+    const id = Math.floor(r() * n), op = r();
+    if (op < 0.45) {
+      if (model.includes(id)) assertThrows(() => lru.push(id), Error, "already in the LRU list");
+      else lru.push(id), model.push(id);
+    } else if (op < 0.75) {
+      const i = model.indexOf(id);
+      assertEquals(lru.delete(id), i >= 0, `seed ${seed}, step ${step}: delete ${id}`);
+      if (i >= 0) model.splice(i, 1);
+    } else {
+      assertEquals(lru.shift(), model.shift(), `seed ${seed}, step ${step}: the oldest id`);
+    }
+    assertEquals(lru.size, model.length);
+    assertEquals(lru.has(id), model.includes(id));
+  }
 });
 
 Deno.test("scheduler: prefix-cache hits skip the shared prefix; results equal with the cache off", async () => {

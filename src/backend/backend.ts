@@ -67,7 +67,9 @@ export interface EmbedArgs {
   wte: Buf;
   /** Position embedding (max_pos, C). */
   wpe: Buf;
+  /** Token rows to embed. */
   rows: number;
+  /** Embedding width (n_embd): columns of wte, wpe and out. */
   C: number;
   /** Rows in wpe (block_size). */
   max_pos: number;
@@ -75,19 +77,29 @@ export interface EmbedArgs {
 
 /** out[r, :] = layernorm(x[r, :]) * weight + bias, over C columns, for `rows` rows. */
 export interface LayerNormArgs {
+  /** (rows, C) normalized output. */
   out: Buf;
+  /** (rows, C) input. */
   x: Buf;
+  /** (C) scale. */
   weight: Buf;
+  /** (C) shift, or null for none. */
   bias: Buf | null;
+  /** Rows to normalize. */
   rows: number;
+  /** Columns per row: what each mean and variance is taken over. */
   C: number;
+  /** Added to the variance before its square root. */
   eps: number;
 }
 
 /** A layernorm over each row of a matmul's input, applied on the fly (x itself is unchanged). */
 export interface RowNorm {
+  /** (K) scale. */
   weight: Buf;
+  /** (K) shift, or null for none. */
   bias: Buf | null;
+  /** Added to the variance before its square root. */
   eps: number;
 }
 
@@ -97,14 +109,23 @@ export interface RowNorm {
  * else x. w is stored (out_features, in_features). out must not overlap x.
  */
 export interface MatmulArgs {
+  /** (M, N) output, in backend.dtype unless out_f32. */
   out: Buf;
+  /** (M, K) input rows. */
   x: Buf;
+  /** (N, K) weight, stored (out_features, in_features). */
   w: Buf;
+  /** (N) bias, or null for none. */
   bias: Buf | null;
+  /** Rows of x and out (token rows). */
   M: number;
+  /** Output features: columns of out, rows of w. */
   N: number;
+  /** Input features: columns of x and w. */
   K: number;
+  /** Activation applied after the bias ("none" with accumulate). */
   act: Activation;
+  /** Add the result into out (the residual add) instead of overwriting it. */
   accumulate: boolean;
   /** Write `out` as f32 whatever the backend dtype (the LM head's logits). Not with accumulate. */
   out_f32?: boolean;
@@ -114,16 +135,21 @@ export interface MatmulArgs {
 
 /** One layer's paged KV cache: K and V pools of (num_blocks, n_head, block_size, head_dim) each. */
 export interface KvLayer {
+  /** The layer's K pool (num_blocks, n_head, block_size, head_dim), in backend.dtype. */
   k: Buf;
+  /** The layer's V pool, shaped as k. */
   v: Buf;
 }
 
 /** The shape of the paged KV cache, shared by every layer and every attention call. */
 export interface KvLayout {
+  /** Blocks in each layer's K (and V) pool; block ids are 0..num_blocks-1. */
   num_blocks: number;
   /** Positions per block. */
   block_size: number;
+  /** Attention heads. */
   n_head: number;
+  /** Channels per head (n_embd / n_head). */
   head_dim: number;
   /** Entries per row of a block table: the most blocks one sequence holds. */
   max_blocks: number;
@@ -138,47 +164,65 @@ export interface KvLayout {
  * Decode (`seq_start` null): row b belongs to sequence b when n_new[b] is 1 (0: the sequence sits
  * out, its out row is zeros and nothing is written). Prefill (`seq_start` given): sequence b owns
  * rows seq_start[b] .. seq_start[b+1] - 1 and `row_seq` / `positions` give each row's sequence
- * and position (-1 for padding rows); `max_seq_rows` bounds any sequence's row count.
+ * (-1 for padding rows) and position; `max_seq_rows` bounds any sequence's row count.
  */
 export interface AttentionArgs {
+  /** (rows, C) attention output (decode: rows = B). */
   out: Buf;
+  /** (rows, 3C) the layer's q | k | v for each token row. */
   qkv: Buf;
+  /** This layer's K and V pools. */
   cache: KvLayer;
+  /** The pools' shape. */
   layout: KvLayout;
   /** (B, max_blocks) int32. */
   block_table: Buf;
   /** (B): positions already cached. */
   lengths: Buf;
+  /** Sequences: decode slots, or the sequences a prefill packs. */
   B: number;
-  /**
-   * Decode: (B) 0 or 1; and `max_len`, a bound on lengths[b] + 1 over the step (it picks how the
-   * keys are split; the kernels never read past a sequence's own length).
-   */
+  /** Decode: (B) int32 new rows per sequence, 0 or 1; 0 sits the sequence out. */
   n_new?: Buf;
+  /**
+   * Decode: a bound on lengths[b] + 1 over the step. It picks how the keys are split; the kernels
+   * never read past a sequence's own length.
+   */
   max_len?: number;
-  /** Prefill: (B + 1) row offsets; (rows) row -> sequence and row -> position; rows in the step. */
+  /** Prefill: (B + 1) int32 row offsets; sequence b owns rows seq_start[b] .. seq_start[b+1] - 1. */
   seq_start?: Buf;
+  /** Prefill: (rows) int32 sequence of each row; -1 marks a padding row, which writes nothing. */
   row_seq?: Buf;
+  /** Prefill: (rows) int32 position of each row (its k and v are written there). */
   positions?: Buf;
+  /** Prefill: token rows in the step, padding included. */
   rows?: number;
+  /** Prefill: a bound on any sequence's row count (it sizes the CUDA kernel's grid). */
   max_seq_rows?: number;
 }
 
 /** out[i, :] = x[idx[i], :] for i < n: each sequence's last row after a packed prefill. */
 export interface GatherRowsArgs {
+  /** (n, C) gathered rows. */
   out: Buf;
+  /** Source rows of C elements; every index must fall inside it. */
   x: Buf;
   /** (n) int32 row indices into x. */
   idx: Buf;
+  /** Rows to gather. */
   n: number;
+  /** Elements per row. */
   C: number;
 }
 
 /** dst[idx[i]] = src[i] (int32) for i < n where idx[i] >= 0. */
 export interface ScatterArgs {
+  /** int32 array written at the indices (the decode slots' next tokens). */
   dst: Buf;
+  /** (n) int32 values. */
   src: Buf;
+  /** (n) int32 indices into dst; a negative index skips its entry. */
   idx: Buf;
+  /** Entries of src and idx. */
   n: number;
 }
 
@@ -190,15 +234,25 @@ export interface ScatterArgs {
  * the same tokens whatever batch it runs in. Sequences with n_new[b] == 0 keep tokens_out[b].
  */
 export interface SampleArgs {
+  /** (B) int32 sampled token ids; entries of sequences with n_new[b] == 0 are left as they are. */
   tokens_out: Buf;
+  /** f32 logits: B rows of V, `ld` floats apart. */
   logits: Buf;
+  /** (B) int32 positions already cached; lengths[b] + n_new[b] is the random stream's counter. */
   lengths: Buf;
+  /** (B) int32 new rows this step; 0 skips the sequence. */
   n_new: Buf;
+  /** (B) f32 softmax temperature; <= 0 picks the argmax. */
   temperature: Buf;
+  /** (B) int32 tokens kept, the most likely first; <= 0 keeps all. */
   top_k: Buf;
+  /** (B) f32 nucleus: the most likely tokens up to this probability mass are kept; >= 1 keeps all. */
   top_p: Buf;
+  /** (B, 2) u32 seeds (lo, hi). */
   seed: Buf;
+  /** Sequences (rows of logits). */
   B: number;
+  /** Vocabulary size: the candidates in each row. */
   V: number;
   /** Floats between consecutive rows of logits (default V; the model pads its rows to a multiple of 64). */
   ld?: number;
@@ -211,11 +265,15 @@ export interface SampleArgs {
  * most likely first (lowest id first on ties).
  */
 export interface LogprobsArgs {
+  /** (rows, 1 + 2 * top_n) f32, laid out as above (ids stored as f32 values). */
   out: Buf;
+  /** f32 logits: rows of V, `ld` floats apart. */
   logits: Buf;
   /** (rows) int32 token ids. */
   targets: Buf;
+  /** Rows of logits to score. */
   rows: number;
+  /** Vocabulary size: the candidates in each row. */
   V: number;
   /** Floats between consecutive rows of logits. */
   ld: number;
@@ -228,15 +286,21 @@ export const MAX_TOP_LOGPROBS = 20;
 
 /** lengths[b] += n_new[b]. */
 export interface AdvanceArgs {
+  /** (B) int32 cached positions per sequence, updated in place. */
   lengths: Buf;
+  /** (B) int32 rows each sequence computed this step. */
   n_new: Buf;
+  /** Sequences. */
   B: number;
 }
 
 /** One copy run_loop makes after each iteration: `words` 4-byte words from `src` into row first_row + i of `dst`. */
 export interface LoopCopy {
+  /** The iteration's output; its first `words` words are copied. */
   src: Buf;
+  /** The log: rows of `stride` words, one per iteration. */
   dst: Buf;
+  /** 4-byte words copied per iteration, 1..stride. */
   words: number;
   /** Words per row of `dst`. */
   stride: number;
@@ -244,7 +308,9 @@ export interface LoopCopy {
 
 /** Where run_loop logs each iteration's outputs (the sampled tokens; logprobs when asked). */
 export interface LoopLog {
+  /** The row of each copy's dst that iteration 0 writes; iteration i writes row first_row + i. */
   first_row: number;
+  /** The copies made after each iteration (at least one). */
   copies: LoopCopy[];
 }
 

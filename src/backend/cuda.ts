@@ -490,6 +490,7 @@ export class CudaBackend implements Backend {
     ]);
   }
 
+  /** Same as dispose(). */
   [Symbol.dispose](): void {
     this.dispose();
   }

@@ -16,6 +16,7 @@ export class Histogram {
   /** Number of observations. */
   count = 0;
 
+  /** An empty histogram over `bounds`, the buckets' upper bounds in ascending order. */
   constructor(bounds: readonly number[]) {
     this.bounds = bounds;
     this.counts = new Array(bounds.length + 1).fill(0);
@@ -60,7 +61,7 @@ export class EngineMetrics {
   requests = 0;
   /** Requests that ended, by reason ("length", "eot", "stop", "cancelled"). */
   readonly finished: Record<string, number> = {};
-  /** Prompt tokens of submitted requests. */
+  /** Prompt tokens prefilled: a request's prompt counts when its first token arrives. */
   prompt_tokens = 0;
   /** Tokens generated. */
   generated_tokens = 0;

@@ -38,7 +38,9 @@ export type FinishReason = "length" | "eot" | "stop";
 
 /** A token's log-probability under the model, and the most likely alternatives at its position. */
 export interface TokenLogprob {
+  /** The token id. */
   token: number;
+  /** Its natural-log probability (log_softmax of the logits, no temperature). */
   logprob: number;
   /** The most likely tokens at this position, most likely first. */
   top: { token: number; logprob: number }[];
@@ -138,7 +140,9 @@ export class EventQueue<T> {
 
 /** A request resolved and checked: its sampling options and what it reports. */
 export interface ResolvedRequest extends ResolvedSampling {
+  /** Alternatives per generated token to report, 0..MAX_LOGPROBS; -1: no log-probabilities. */
   logprobs: number;
+  /** Whether the prompt's own log-probabilities are reported. */
   prompt_logprobs: boolean;
 }
 
@@ -186,7 +190,7 @@ export class Sequence {
   /** Scheduling state. */
   status: SeqStatus = "waiting";
   /** Its decode slot, or -1. */
-  slot = -1;
+  slot: number = -1;
   /** Its KV blocks, in order of position. */
   blocks: number[] = [];
   /** Tokens whose KV the prefill computes (the prompt, or the history to recompute); last one predicts the next. */
@@ -206,6 +210,10 @@ export class Sequence {
   /** Admission order (for preemption: the latest admitted goes first). */
   admitted = 0;
 
+  /**
+   * A waiting sequence submitted now; its text streams through a TextStream when `stream_text` is
+   * set or the request has stop strings.
+   */
   constructor(
     id: number,
     req: ResolvedRequest,

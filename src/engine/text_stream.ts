@@ -17,6 +17,7 @@ export class TextStream {
   /** True once a stop string was found. */
   stopped = false;
 
+  /** Decodes with `tokenizer`; the text ends before the first of `stops` it contains. */
   constructor(tokenizer: Tokenizer, stops: string[]) {
     this.#tok = tokenizer;
     this.#stops = stops;

@@ -7,16 +7,21 @@ import { describe } from "../util/check.ts";
 
 /** Hyperparameters of a GPT-2 style model (nanoGPT's GPTConfig, HF's GPT2Config). */
 export interface GPTConfig {
+  /** Transformer blocks. */
   n_layer: number;
+  /** Attention heads per block; divides n_embd. */
   n_head: number;
+  /** Embedding width C (n_head * head_dim). */
   n_embd: number;
   /** Context length: rows of the position embedding. */
   block_size: number;
+  /** Token ids 0..vocab_size-1: rows of wte (before padding to VOCAB_ALIGN). */
   vocab_size: number;
   /** Whether Linear and LayerNorm layers carry biases (nanoGPT `bias`; HF GPT-2 always true). */
   bias: boolean;
   /** nanoGPT: exact erf GELU; HF GPT-2 `gelu_new`: tanh approximation. */
   activation: Exclude<Activation, "none">;
+  /** Epsilon of every layernorm, added to the variance (GPT-2: 1e-5). */
   layer_norm_eps: number;
 }
 

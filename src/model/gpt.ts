@@ -21,7 +21,9 @@ export function padded_vocab(vocab_size: number): number {
 
 /** A linear layer: weight (out_features, in_features), optional bias, and its sizes. */
 export interface Linear {
+  /** Weight (out, in), in the backend's dtype. */
   w: Buf;
+  /** Bias (out), or null when the layer has none. */
   b: Buf | null;
   /** out_features (N of the matmul). */
   out: number;
@@ -31,24 +33,35 @@ export interface Linear {
 
 /** A layernorm's parameters. */
 export interface Norm {
+  /** (n_embd) scale. */
   weight: Buf;
+  /** (n_embd) shift, or null when the model has no biases. */
   bias: Buf | null;
+  /** Added to the variance (the config's layer_norm_eps). */
   eps: number;
 }
 
 /** One transformer block's weights, named as nanoGPT names them. */
 export interface Block {
+  /** Layernorm of attn's input (applied by its matmul). */
   ln_1: Norm;
+  /** attn.c_attn: x -> q | k | v, (3C, C). */
   attn: Linear;
+  /** attn.c_proj: attention output -> residual stream, (C, C). */
   proj: Linear;
+  /** Layernorm of fc's input (applied by its matmul). */
   ln_2: Norm;
+  /** mlp.c_fc: x -> hidden with GELU, (4C, C). */
   fc: Linear;
+  /** mlp.c_proj: hidden -> residual stream, (C, 4C). */
   fc2: Linear;
 }
 
 /** Activation buffers a step writes, sized for `rows` token rows and `logit_rows` rows of logits. */
 export interface Workspace {
+  /** Token rows a step may compute at most. */
   rows: number;
+  /** Rows of logits a step may compute at most. */
   logit_rows: number;
   /** Residual stream (rows, C). */
   x: Buf;
@@ -82,6 +95,7 @@ export interface StepInput {
 export interface LinearOptions {
   /** Layernorm the input rows first. */
   ln?: Norm;
+  /** Activation after the bias (default "none"). */
   act?: Activation;
   /** out += result (the residual add) instead of out = result. */
   residual?: boolean;

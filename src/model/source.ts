@@ -34,9 +34,11 @@ export interface ModelSource extends Disposable {
   readonly origin: string;
   /** "nanogpt" (torch checkpoint), "hf" (config.json + safetensors) or "random". */
   readonly format: "nanogpt" | "hf" | "random";
+  /** Its hyperparameters. */
   readonly config: GPTConfig;
   /** Every canonical tensor; `lm_head` only when untied. */
   readonly tensors: Map<string, TensorSource>;
+  /** Its tokenizer: GPT-2's BPE, or a character table (nanoGPT's meta.pkl). */
   readonly tokenizer: TokenizerSpec;
   /**
    * What the checkpoint says about itself besides its weights: nanoGPT's `iter_num` and

@@ -29,6 +29,7 @@ export class NativeError extends Error {
   readonly api: string;
   /** Its nonzero status. */
   readonly status: number;
+  /** An error of native call `api` with nonzero `status`; `message` is used as it is. */
   constructor(api: string, status: number, message: string) {
     super(message);
     this.name = "NativeError";
@@ -163,7 +164,7 @@ export function native(explicit_path?: string): NativeLib {
 export interface PrepareNativeOptions {
   /** A built library to use as is (default: NGPT_LIB, then the checkout's or the remote's build). */
   lib_path?: string;
-  /** Cache root for a remote build (default: see native/env.ts cache_root). */
+  /** Cache root for a remote build (default: see util/env.ts cache_root). */
   cache_dir?: string;
   /** Progress messages (default: stderr). */
   log?: (msg: string) => void;

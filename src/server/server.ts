@@ -71,8 +71,11 @@ async function same_secret(a: string, b: string): Promise<boolean> {
 
 /** What the server needs of a loaded model (a Model from load_model has it all). */
 export interface Servable {
+  /** The engine every request goes through. */
   engine: Engine;
+  /** Turns prompts into token ids and tokens back into text. */
   tokenizer: Tokenizer;
+  /** The model's shape: its context (block_size) bounds prompt + max_tokens. */
   config: GPTConfig;
   /** Where the weights came from: the default model name. */
   origin: string;

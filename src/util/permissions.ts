@@ -9,6 +9,7 @@
 export class PermissionError extends Error {
   /** The flag that grants it ("--allow-ffi", "--allow-run", ...). */
   readonly flag: string;
+  /** The message reads "permission needed: `what` needs `flag`"; `options.cause` keeps Deno's error. */
   constructor(flag: string, what: string, options?: ErrorOptions) {
     super(`permission needed: ${what} needs ${flag} (run deno with ${flag}, or -A)`, options);
     this.name = "PermissionError";

@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 if [[ "${TESTS:-1}" == 1 ]]; then
   NGPT_TEST_TIMEOUT=100 OUT=$OUT timeout 130 bash tests/gpu/run_on_device.sh 2>&1 | tee "$OUT/tests.txt" | tail -12
 fi
-timeout "${BENCH_S:-170}" deno run -A --cached-only examples/bench.ts --device cuda --models gpt2,gpt2-xl --batches "$BATCHES" \
+timeout "${BENCH_S:-170}" deno run -A --cached-only --lock=.device/gpu.lock examples/bench.ts --device cuda --models gpt2,gpt2-xl --batches "$BATCHES" \
   --graphs on --prompt 64 --new 256 --json "$OUT/bench.json" >"$OUT/bench.txt" 2>"$OUT/bench.err"
 PYTHONUNBUFFERED=1 timeout "${PEER_S:-200}" python3 .device/torch_baseline.py --engines graph,gptfast --models gpt2,gpt2-xl \
   --batches "${PEER_BATCHES:-1,64,256}" --prompt 64 --new 256 >"$OUT/peer.jsonl" 2>"$OUT/peer.err"

@@ -15,11 +15,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 if [[ "${TESTS:-1}" == 1 ]]; then
   OUT=$OUT bash tests/gpu/run_on_device.sh 2>&1 | tee "$OUT/tests.txt" | tail -25
 fi
-bench() { deno run -A --cached-only examples/bench.ts --device cuda "$@"; }
+bench() { deno run -A --cached-only --lock=.device/gpu.lock examples/bench.ts --device cuda "$@"; }
 if [[ "${MEMORY:-0}" == 1 ]]; then
-  mkdir -p /tmp/gpt2m && deno run -A --cached-only tests/bench/load_memory.ts --make-gpt2 /tmp/gpt2m 2>/dev/null
+  mkdir -p /tmp/gpt2m && deno run -A --cached-only --lock=.device/gpu.lock tests/bench/load_memory.ts --make-gpt2 /tmp/gpt2m 2>/dev/null
   for m in embedded:shakespeare-char /tmp/gpt2m/gpt2-ckpt.pt /tmp/gpt2m/gpt2.safetensors; do
-    deno run -A --cached-only tests/bench/load_memory.ts --model "$m" --device cuda 2>&1 | tail -1 | tee -a "$OUT/memory.txt"
+    deno run -A --cached-only --lock=.device/gpu.lock tests/bench/load_memory.ts --model "$m" --device cuda 2>&1 | tail -1 | tee -a "$OUT/memory.txt"
   done
 fi
 if [[ "${PROFILE:-0}" == 1 ]]; then
@@ -29,7 +29,7 @@ if [[ "${PROFILE:-0}" == 1 ]]; then
     read -r m b p s <<<"$c"
     timeout 300 "$ncu" --profile-from-start off --clock-control none --csv --log-file "$OUT/ncu_${m}_b$b.csv" \
       --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
-      deno run -A --cached-only tests/gpu/profile_decode.ts --model "$m" --batch "$b" --prompt "$p" --steps "$s" \
+      deno run -A --cached-only --lock=.device/gpu.lock tests/gpu/profile_decode.ts --model "$m" --batch "$b" --prompt "$p" --steps "$s" \
       >"$OUT/ncu_${m}_b$b.log" 2>&1 || echo "ncu $c failed: $(tail -3 "$OUT/ncu_${m}_b$b.log")"
     python3 tests/gpu/ncu_summary.py "$OUT/ncu_${m}_b$b.csv" "$m b$b, KV from $p" >>"$OUT/profile.md" 2>&1
   done
@@ -43,7 +43,7 @@ if [[ "$MODE" == quick ]]; then
   exit 0
 fi
 [[ "$MODE" == none ]] && exit 0
-deno run -A --cached-only tests/gpu/host_bench.ts >"$OUT/host.txt" 2>&1
+deno run -A --cached-only --lock=.device/gpu.lock tests/gpu/host_bench.ts >"$OUT/host.txt" 2>&1
 PYTHONUNBUFFERED=1 timeout 300 python3 .device/torch_baseline.py --engines graph,gptfast --models gpt2,gpt2-xl \
   --batches "${PEER_BATCHES:-1,64,256}" --prompt 64 --new 256 >"$OUT/peer.jsonl" 2>"$OUT/peer.err"
 bench --models gpt2,gpt2-xl --batches "${BATCHES:-1,8,32,64,128,256,512}" --graphs "${GRAPHS:-both}" \

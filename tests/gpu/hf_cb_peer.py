@@ -4,7 +4,7 @@ with prompt lengths uniform in [P0, P1] and NEW new tokens each, random GPT-2 we
 end-of-text token ignored. Prints one JSON line per configuration tried (its defaults first, then
 with CUDA graphs asked for), with output tokens/s.
 
-  python3 tests/gpu/hf_cb_peer.py --model gpt2 --requests 500 --prompt 16,512 --new 128
+  python3 tests/gpu/hf_cb_peer.py --model gpt2 --requests 500 --prompt 16,512 --new 128 [--configs defaults,graphs]
 """
 import argparse, json, random, time, traceback
 import torch
@@ -19,6 +19,7 @@ def main():
     ap.add_argument("--prompt", default="16,512")
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--configs", default="defaults,graphs", help="which of defaults,graphs to run, in order")
     a = ap.parse_args()
     from transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig
     import transformers
@@ -30,7 +31,8 @@ def main():
     rnd = random.Random(a.seed)
     inputs = [[rnd.randrange(50257) for _ in range(rnd.randint(p0, p1))] for _ in range(a.requests)]
     base = dict(max_new_tokens=a.new, do_sample=False, eos_token_id=None, pad_token_id=0)
-    tries = [("defaults", {}), ("cuda graphs", {"use_cuda_graph": True})]
+    known = {"defaults": {}, "graphs": {"use_cuda_graph": True}}
+    tries = [(name, known[name]) for name in a.configs.split(",")]
     for name, extra in tries:
         row = {"engine": "hf-continuous-batching", "config": name, "model": a.model, "requests": a.requests,
                "new": a.new, "transformers": transformers.__version__, "device": torch.cuda.get_device_name()}

@@ -15,6 +15,23 @@ find "$tk/ranks" -type f ! -name 'gpt2.*' -delete
 # Packages the GPU machine's runs never load (the openai client: bench:serve --url and the server
 # tests; fast-check: the fuzz tests) would take half the transfer limit.
 rm -rf .device/deno-dir/npm/registry.npmjs.org/{openai,fast-check,pure-rand}
+# Deno caches every npm package of the lockfile at the first npm import, so the GPU runs pass
+# --lock=.device/gpu.lock: the lockfile cut to what is left (js-tiktoken and its dependencies).
+deno eval '
+const lock = JSON.parse(Deno.readTextFileSync("deno.lock"));
+const keep = new Set(["js-tiktoken"]);
+for (let grew = true; grew;) {
+  grew = false;
+  for (const [k, v] of Object.entries(lock.npm)) {
+    if (!keep.has(k.slice(0, k.lastIndexOf("@")))) continue;
+    for (const d of v.dependencies ?? []) if (!keep.has(d)) keep.add(d), grew = true;
+  }
+}
+const kept = (k) => keep.has(k.replace(/^npm:/, "").slice(0, k.replace(/^npm:/, "").lastIndexOf("@")));
+lock.specifiers = Object.fromEntries(Object.entries(lock.specifiers).filter(([k]) => kept(k)));
+lock.npm = Object.fromEntries(Object.entries(lock.npm).filter(([k]) => kept(k)));
+Deno.writeTextFileSync(".device/gpu.lock", JSON.stringify(lock, null, 2) + "\n");
+'
 cp ../shared/bench/torch_baseline.py .device/
 cp ../shared/data/tinyshakespeare/input.txt .device/
 du -sh .device zig-out models

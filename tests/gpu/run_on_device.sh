@@ -20,11 +20,15 @@ log=$OUT/log.txt
 : >"$log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$log"
 failed=0
+# The npm packages prepare_device.sh packed, as a lockfile (Deno otherwise asks for every package of
+# deno.lock at the first npm import, the test-only ones it left out included).
+lock=()
+[[ -f .device/gpu.lock ]] && lock=(--cached-only --lock=.device/gpu.lock)
 # (tests/nvrtc_compile_test.ts compiles every kernel without a GPU: CI runs it.)
 for f in tests/cuda_nocuda_test.ts tests/gpu/*_test.ts; do
   echo "=== $f" >>"$log"
   start=$SECONDS
-  if timeout "${NGPT_TEST_TIMEOUT:-150}" deno test -A --no-check "$f" >>"$log" 2>&1; then
+  if timeout "${NGPT_TEST_TIMEOUT:-150}" deno test -A --no-check "${lock[@]}" "$f" >>"$log" 2>&1; then
     echo "ok     $f ($((SECONDS - start)) s)"
   else
     failed=1

@@ -25,7 +25,9 @@ export type Dim3 = [number, number, number];
 
 /** Free and total device memory. */
 export interface MemInfo {
+  /** Bytes free on the device (cuMemGetInfo). */
   free_bytes: number;
+  /** Bytes of memory the device has. */
   total_bytes: number;
 }
 

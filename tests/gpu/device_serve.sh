@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One GPU-machine call for the serving numbers (issue 10's targets), everything on the same card in
+# the same call, most important first, each part under its own time limit (the device allows a few
+# minutes in all; HF's continuous batching needed more than 45 s for gpt2's set and 70 s for
+# gpt2-xl's, import and warm-up included, on an H200); results under $OUT/results.tgz:
+#   serve_<model>.json   bench:serve offline + closed (2,000 requests), Poisson at half saturation,
+#                        prefix cache on/off
+#   peerset_<model>.json ours on the peer's set (500 requests, 16-512 prompt, 128 new)
+#   hf_<model>.jsonl     HF transformers' continuous batching on that set (tests/gpu/hf_cb_peer.py)
+#   new.json, old.json   the closed-batch bench of this tree and of .old/ (an earlier tree with its
+#                        own zig-out, prepared by the caller), for the A/B
+#   eval_<dtype>.txt     deno task eval on the shakespeare validation split
+# Prepare with tests/gpu/prepare_device.sh (it writes .device/gpu.lock: the lockfile's npm packages
+# the GPU runs load, so Deno does not ask for the test-only ones it left out).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+xz -dc .device/deno.xz >/tmp/deno && chmod +x /tmp/deno
+export PATH=/tmp:$PATH DENO_DIR=$PWD/.device/deno-dir NGPT_CACHE=/tmp/ngpt-cache PYTHONUNBUFFERED=1
+OUT=${OUT:-$(mktemp -d)}
+run=(deno run -A --cached-only --lock=.device/gpu.lock)
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+stamp() { echo "$(date +%T) $*" | tee -a "$OUT/times.txt"; }
+
+for m in gpt2 gpt2-xl; do
+  stamp "serve $m"
+  limit=$([[ $m == gpt2 ]] && echo "${SERVE_S:-60}" || echo "${SERVE_XL_S:-100}")
+  timeout "$limit" "${run[@]}" examples/bench_serve.ts --device cuda --model $m \
+    --modes offline,closed,poisson,prefix --json "$OUT/serve_$m.json" >"$OUT/serve_$m.txt" 2>"$OUT/serve_$m.err"
+  stamp "peer set $m"
+  timeout "${PEERSET_S:-25}" "${run[@]}" examples/bench_serve.ts --device cuda --model $m \
+    --modes offline --requests 500 --prompt 16,512 --output 128,128 --json "$OUT/peerset_$m.json" \
+    >"$OUT/peerset_$m.txt" 2>"$OUT/peerset_$m.err"
+done
+stamp "hf gpt2"
+timeout "${HF_S:-90}" python3 tests/gpu/hf_cb_peer.py --model gpt2 --requests 500 --prompt 16,512 --new 128 \
+  >"$OUT/hf_gpt2.jsonl" 2>"$OUT/hf_gpt2.err"
+stamp "parity"
+timeout "${PARITY_S:-30}" deno test -A --no-check --cached-only --lock=.device/gpu.lock tests/gpu/parity_test.ts \
+  >"$OUT/parity.txt" 2>&1
+tail -3 "$OUT/parity.txt"
+stamp "closed-batch A/B"
+for tree in new old; do
+  dir=$([[ $tree == new ]] && echo . || echo .old)
+  [[ -d $dir/zig-out ]] || continue
+  lock=$([[ $tree == new ]] && echo "--lock=.device/gpu.lock" || echo "")
+  (cd "$dir" && NGPT_LIB=$PWD/zig-out/lib/libngpt.so timeout "${AB_S:-45}" deno run -A --cached-only $lock \
+    examples/bench.ts --device cuda --models gpt2,gpt2-xl --batches "${AB_BATCHES:-1,64,256}" --graphs on \
+    --steps 8 --prompt 64 --new 256 --json "$OUT/$tree.json" >"$OUT/$tree.txt" 2>"$OUT/$tree.err")
+done
+stamp "hf gpt2-xl"
+timeout "${HF_XL_S:-150}" python3 tests/gpu/hf_cb_peer.py --model gpt2-xl --requests 500 --prompt 16,512 --new 128 \
+  --configs "${HF_XL_CONFIGS:-defaults}" >"$OUT/hf_gpt2-xl.jsonl" 2>"$OUT/hf_gpt2-xl.err"
+for dtype in ${EVAL_DTYPES:-bf16}; do
+  stamp "eval $dtype"
+  timeout "${EVAL_S:-20}" "${run[@]}" examples/eval.ts --device cuda --dtype "$dtype" \
+    --text .device/input.txt --split val >"$OUT/eval_$dtype.txt" 2>"$OUT/eval_$dtype.err"
+done
+stamp "done"
+for m in gpt2 gpt2-xl; do grep -A12 "^mode" "$OUT/serve_$m.txt" "$OUT/peerset_$m.txt"; done
+grep -h "output_tok_s\|error" "$OUT"/hf_*.jsonl | cut -c1-300
+grep -h -A8 "^model" "$OUT/new.txt" "$OUT/old.txt" 2>/dev/null
+tail -1 "$OUT"/eval_*.txt
+# A call brings back a limited number of files: one archive, and the short summary above.
+(cd "$OUT" && tar -czf results.tgz -- *.json *.jsonl *.txt *.err 2>/dev/null && find . -maxdepth 1 -type f \
+  ! -name results.tgz ! -name times.txt -delete)
