@@ -5,7 +5,7 @@
  * NGPT_TEST_SEED to try another).
  */
 import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
-import type { Buf } from "../src/backend/backend.ts";
+import type { AttentionArgs, Buf } from "../src/backend/backend.ts";
 import { create_cpu_backend } from "../src/backend/cpu.ts";
 import { native } from "../src/native/lib.ts";
 import { rng, test_seed } from "./helpers/rng.ts";
@@ -323,7 +323,8 @@ function attention_case(spec: PagedSpec, r: () => number): void {
     positions: upload(c.positions, "positions"),
   };
   be.write(bufs.out, new Float32Array(c.rows * c.C).fill(7)); // rows not owned keep this
-  be.attention({
+  const most = Math.max(1, ...c.counts);
+  const args: AttentionArgs = {
     out: bufs.out,
     qkv: bufs.qkv,
     cache: { k: bufs.k, v: bufs.v },
@@ -342,9 +343,18 @@ function attention_case(spec: PagedSpec, r: () => number): void {
       row_seq: bufs.row_seq,
       positions: bufs.positions,
       rows: c.rows,
-      max_seq_rows: Math.max(1, ...c.counts),
+      max_seq_rows: most,
     }),
-  });
+  };
+  if (!c.decode && most > 1) {
+    // An understated bound would make the CUDA kernels skip rows: the CPU refuses it before any work.
+    assertThrows(
+      () => be.attention({ ...args, max_seq_rows: most - 1 }),
+      RangeError,
+      `above max_seq_rows ${most - 1}`,
+    );
+  }
+  be.attention(args);
   const name = `attention ${c.decode ? "decode" : "prefill"} H${c.H} D${c.D} bs${c.block_size} lengths ` +
     `${c.lengths} counts ${c.counts} (seed ${run_seed})`;
   assertEquals([...download_f32(bufs.k, c.k.length)], [...want.k], `${name}: k pool`);

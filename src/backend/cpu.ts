@@ -242,6 +242,18 @@ export class CpuBackend implements Backend {
     const op = "attention";
     check_attention(op, a, 4);
     const L = a.layout;
+    if (a.seq_start && a.max_seq_rows !== undefined) {
+      // The CUDA kernels launch max_seq_rows rows per sequence and skip any beyond: check the bound
+      // here, where seq_start is host memory, so the CPU tests catch a caller that understates it.
+      const starts = new Int32Array(a.B + 1);
+      this.read(a.seq_start, starts);
+      for (let b = 0; b < a.B; b++) {
+        const rows = starts[b + 1] - starts[b];
+        if (rows > a.max_seq_rows) {
+          throw new RangeError(`${op}: sequence ${b} has ${rows} rows, above max_seq_rows ${a.max_seq_rows}`);
+        }
+      }
+    }
     const s = this.#sym.ng_cpu_attention(
       a.out.ptr,
       a.qkv.ptr,
