@@ -14,6 +14,7 @@
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL, GPT2_SIZES, load_model, open_model } from "../mod.ts";
+import { run_cli } from "./cli.ts";
 
 /** The part of `text` a split keeps (nanoGPT's prepare.py: the first 90% trains, the rest validates). */
 export function split_text(text: string, split: string): string {
@@ -111,11 +112,4 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main(Deno.args));
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await run_cli(main);

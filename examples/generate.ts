@@ -8,6 +8,7 @@
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL, load_model, SAMPLING_DEFAULTS } from "../mod.ts";
+import { run_cli } from "./cli.ts";
 
 const HELP = `Usage: ./ngpt generate [--model PATH_OR_NAME] [options] [PROMPT]
    or: deno run -A examples/generate.ts [--model PATH_OR_NAME] [options] [PROMPT]
@@ -145,11 +146,4 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main(Deno.args));
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await run_cli(main);

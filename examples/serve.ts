@@ -10,6 +10,7 @@
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL, load_model } from "../mod.ts";
 import { serve } from "../src/server/server.ts";
+import { run_cli } from "./cli.ts";
 
 const HELP = `Usage: ./ngpt serve [options]   (or deno task serve, deno run -A examples/serve.ts)
 
@@ -103,11 +104,4 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main(Deno.args));
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await run_cli(main);

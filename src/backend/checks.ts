@@ -3,7 +3,7 @@
  * either: the op, the argument, what it holds and what it needed.
  * @module
  */
-import type { AttentionArgs, Buf } from "./backend.ts";
+import { type AttentionArgs, type Buf, type LogprobsArgs, MAX_TOP_LOGPROBS } from "./backend.ts";
 
 /** Throws unless every dimension is an integer in [min, 2^31 - 1] (min default 1). */
 export function check_dims(op: string, dims: Record<string, number>, min = 1): void {
@@ -52,4 +52,16 @@ export function check_attention(
   need(op, "block_table", a.block_table, a.B * max_blocks * 4, `${a.B} x ${max_blocks} int32`);
   need(op, "lengths", a.lengths, a.B * 4, `${a.B} int32`);
   return { rows, C };
+}
+
+/** Checks a logprobs call's sizes and buffers (the same on every backend). */
+export function check_logprobs(op: string, a: LogprobsArgs): void {
+  check_dims(op, { rows: a.rows, V: a.V, ld: a.ld });
+  check_dims(op, { top_n: a.top_n }, 0);
+  if (a.top_n > MAX_TOP_LOGPROBS || a.ld < a.V) {
+    throw new RangeError(`${op}: top_n ${a.top_n} (max ${MAX_TOP_LOGPROBS}) or ld ${a.ld} < V ${a.V}`);
+  }
+  need(op, "out", a.out, a.rows * (1 + 2 * a.top_n) * 4, `${a.rows} x ${1 + 2 * a.top_n} f32`);
+  need(op, "logits", a.logits, ((a.rows - 1) * a.ld + a.V) * 4, `${a.rows} rows of ${a.V} f32`);
+  need(op, "targets", a.targets, a.rows * 4, `${a.rows} int32`);
 }

@@ -20,12 +20,11 @@ import {
   type LogprobsArgs,
   type LoopLog,
   type MatmulArgs,
-  MAX_TOP_LOGPROBS,
   type SampleArgs,
   type ScatterArgs,
 } from "./backend.ts";
 import { as_bytes } from "./buf.ts";
-import { check_attention, check_dims, need } from "./checks.ts";
+import { check_attention, check_dims, check_logprobs, need } from "./checks.ts";
 import { native, type NativeLib } from "../native/lib.ts";
 import { check_keys } from "../util/check.ts";
 
@@ -323,14 +322,7 @@ export class CpuBackend implements Backend {
 
   logprobs(a: LogprobsArgs): void {
     const op = "logprobs";
-    check_dims(op, { rows: a.rows, V: a.V, ld: a.ld });
-    check_dims(op, { top_n: a.top_n }, 0);
-    if (a.top_n > MAX_TOP_LOGPROBS || a.ld < a.V) {
-      throw new RangeError(`${op}: top_n ${a.top_n} (max ${MAX_TOP_LOGPROBS}) or ld ${a.ld} < V ${a.V}`);
-    }
-    need(op, "out", a.out, a.rows * (1 + 2 * a.top_n) * 4, `${a.rows} x ${1 + 2 * a.top_n} f32`);
-    need(op, "logits", a.logits, ((a.rows - 1) * a.ld + a.V) * 4, `${a.rows} rows of ${a.V} f32`);
-    need(op, "targets", a.targets, a.rows * 4, `${a.rows} int32`);
+    check_logprobs(op, a);
     const s = this.#sym.ng_cpu_logprobs(a.out.ptr, a.logits.ptr, a.targets.ptr, a.rows, a.V, a.ld, a.top_n);
     this.#lib.check(s, "ng_cpu_logprobs");
   }

@@ -18,11 +18,10 @@ import {
   type LogprobsArgs,
   type LoopLog,
   type MatmulArgs,
-  MAX_TOP_LOGPROBS,
   type SampleArgs,
   type ScatterArgs,
 } from "../backend.ts";
-import { check_attention, check_dims, need } from "../checks.ts";
+import { check_attention, check_dims, check_logprobs, need } from "../checks.ts";
 import type { CudaContext, Dim3 } from "./driver.ts";
 import { ArgPack } from "./launch_args.ts";
 import { KERNEL_CONSTANTS, type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
@@ -352,14 +351,7 @@ export class KernelOps {
   /** logprobs: one block of LOGPROBS_THREADS threads per row. */
   logprobs(a: LogprobsArgs): void {
     const op = "logprobs";
-    check_dims(op, { rows: a.rows, V: a.V, ld: a.ld });
-    check_dims(op, { top_n: a.top_n }, 0);
-    if (a.top_n > MAX_TOP_LOGPROBS || a.ld < a.V) {
-      throw new RangeError(`${op}: top_n ${a.top_n} (max ${MAX_TOP_LOGPROBS}) or ld ${a.ld} < V ${a.V}`);
-    }
-    need(op, "out", a.out, a.rows * (1 + 2 * a.top_n) * 4, `${a.rows} x ${1 + 2 * a.top_n} f32`);
-    need(op, "logits", a.logits, ((a.rows - 1) * a.ld + a.V) * 4, `${a.rows} rows of ${a.V} f32`);
-    need(op, "targets", a.targets, a.rows * 4, `${a.rows} int32`);
+    check_logprobs(op, a);
     const f = this.#fn("logprobs");
     if (f === null) return;
     this.#args.reset("ng_logprobs").ptr(a.out).ptr(a.logits).ptr(a.targets).i32(a.V).i32(a.ld).i32(a.top_n);
