@@ -133,7 +133,8 @@ Deno.test("URL import: a fresh cache fetches and builds libngpt once, then gener
       const shared = await run_child(
         srv.url,
         GENERATE.replace("SPEC", JSON.stringify(ckpt)),
-        minimal_perms(srv.url, cache, [SHAKESPEARE]),
+        // Deno checks reads against the resolved path: grant the directory itself, not a link to it.
+        minimal_perms(srv.url, cache, [Deno.realPathSync(SHAKESPEARE)]),
         env,
       );
       assertEquals(shared.code, 0, shared.stderr);
