@@ -167,3 +167,18 @@ Deno.test("engine: steps_per_launch must be an integer in [1, 64]", async () => 
     "steps_per_launch",
   );
 });
+
+Deno.test("engine: a probe right after a request's result is served; while one runs it is refused", async () => {
+  using model = await load_model(CKPT, { device: "cpu" });
+  // With io_yield_ms (as the server runs it) the loop can still be parked in a timer when the result
+  // resolves: that is idle (nothing queued or in flight), not busy.
+  model.engine.io_yield_ms = 1;
+  const want = model.engine.prefill_logits([[1, 2, 3]])[0];
+  for (let i = 0; i < 5; i++) {
+    await model.generate("ROMEO:", { max_new_tokens: 100, temperature: 0 });
+    assertEquals(model.engine.prefill_logits([[1, 2, 3]])[0], want);
+  }
+  const running = model.generate("ROMEO:", { max_new_tokens: 20, temperature: 0 });
+  assertThrows(() => model.engine.prefill_logits([[1, 2, 3]]), Error, "prefill_logits needs an idle engine");
+  await running;
+});

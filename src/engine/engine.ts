@@ -915,7 +915,10 @@ export class Engine implements Disposable {
 
   #idle(what: string) {
     const st = this.#ensure_state();
-    if (this.#loop || st.sched.busy) throw new Error(`${what} needs an idle engine`);
+    // Idle: nothing queued, admitted or in flight. The loop itself may still be winding down (a
+    // request's result resolves inside it, and with io_yield_ms it can be parked in a timer): it has
+    // nothing left to launch, and a probe runs and cleans up synchronously before it resumes.
+    if (st.sched.busy || this.#inflight.length) throw new Error(`${what} needs an idle engine`);
     return st;
   }
 
