@@ -8,7 +8,7 @@
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL, load_model, SAMPLING_DEFAULTS } from "../mod.ts";
-import { run_cli } from "./cli.ts";
+import { flag_number, run_cli } from "./cli.ts";
 
 const HELP = `Usage: ./ngpt generate [--model PATH_OR_NAME] [options] [PROMPT]
    or: deno run -A examples/generate.ts [--model PATH_OR_NAME] [options] [PROMPT]
@@ -44,15 +44,6 @@ Options:
   --quiet                 no logs on stderr
   -h, --help              this help
 `;
-
-function num(name: string, v: string | undefined, int: boolean): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (v.trim() === "" || !Number.isFinite(n) || (int && !Number.isInteger(n))) {
-    throw new Error(`--${name} expects ${int ? "an integer" : "a number"}, got "${v}"`);
-  }
-  return n;
-}
 
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -92,25 +83,25 @@ async function main(argv: string[]): Promise<number> {
   const log = values.quiet ? undefined : (m: string) => console.error(m);
   const quiet = () => {};
   const opts = {
-    max_new_tokens: num("max-new-tokens", values["max-new-tokens"], true),
-    temperature: num("temperature", values.temperature, false),
-    top_k: num("top-k", values["top-k"], true),
-    top_p: num("top-p", values["top-p"], false),
-    seed: num("seed", values.seed, true),
+    max_new_tokens: flag_number("max-new-tokens", values["max-new-tokens"], true),
+    temperature: flag_number("temperature", values.temperature, false),
+    top_k: flag_number("top-k", values["top-k"], true),
+    top_p: flag_number("top-p", values["top-p"], false),
+    seed: flag_number("seed", values.seed, true),
     stop: values.stop,
     stop_at_eot: !values["no-eot"],
   };
-  const n_samples = num("num-samples", values["num-samples"], true) ?? 1;
+  const n_samples = flag_number("num-samples", values["num-samples"], true) ?? 1;
   if (n_samples < 1) throw new Error(`--num-samples must be >= 1, got ${n_samples}`);
   const t0 = performance.now();
   using model = await load_model(values.model ?? DEFAULT_MODEL, {
     device: values.device as "auto" | "cpu" | "cuda",
     dtype: values.dtype as "bf16" | "f16" | "f32" | undefined,
     graphs: !values["no-graphs"],
-    threads: num("threads", values.threads, true),
+    threads: flag_number("threads", values.threads, true),
     revision: values.revision,
     context_overflow: values.context as "slide" | "error",
-    steps_per_launch: num("steps-per-launch", values["steps-per-launch"], true),
+    steps_per_launch: flag_number("steps-per-launch", values["steps-per-launch"], true),
     log: log ?? quiet,
   });
   log?.(`loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s`);

@@ -10,7 +10,7 @@
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL, load_model } from "../mod.ts";
 import { serve } from "../src/server/server.ts";
-import { run_cli } from "./cli.ts";
+import { flag_number, run_cli } from "./cli.ts";
 
 const HELP = `Usage: ./ngpt serve [options]   (or deno task serve, deno run -A examples/serve.ts)
 
@@ -33,13 +33,6 @@ Options:
   --quiet                   no logs on stderr
   -h, --help                this help
 `;
-
-function int(name: string, v: string | undefined): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (v.trim() === "" || !Number.isInteger(n)) throw new Error(`--${name} expects an integer, got "${v}"`);
-  return n;
-}
 
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -68,14 +61,14 @@ async function main(argv: string[]): Promise<number> {
   }
   if (positionals.length) throw new Error(`unexpected argument "${positionals[0]}" (see --help)`);
   const log = values.quiet ? () => {} : (m: string) => console.error(m);
-  const fraction = Number(values["kv-memory-fraction"]);
+  const fraction = flag_number("kv-memory-fraction", values["kv-memory-fraction"], false);
   const model = await load_model(values.model, {
     device: values.device as "auto" | "cpu" | "cuda",
     dtype: values.dtype as "bf16" | "f16" | "f32" | undefined,
-    max_running: int("max-running", values["max-running"]),
-    max_waiting: int("max-waiting", values["max-waiting"]),
+    max_running: flag_number("max-running", values["max-running"], true),
+    max_waiting: flag_number("max-waiting", values["max-waiting"], true),
     kv_memory_fraction: fraction,
-    prefill_tokens: int("prefill-tokens", values["prefill-tokens"]),
+    prefill_tokens: flag_number("prefill-tokens", values["prefill-tokens"], true),
     prefix_caching: !values["no-prefix-caching"],
     io_yield_ms: 2,
     log,
@@ -84,7 +77,7 @@ async function main(argv: string[]): Promise<number> {
     model.engine.reserve();
     const server = serve(model, {
       host: values.host,
-      port: int("port", values.port),
+      port: flag_number("port", values.port, true),
       api_key: values["api-key"],
       model_id: values["model-name"] ?? values.model,
       handle_signals: true,

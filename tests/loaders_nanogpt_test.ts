@@ -6,7 +6,7 @@
  */
 import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
 import { fixture } from "./helpers/compare.ts";
-import { needs_shared, SHAKESPEARE } from "./helpers/shared.ts";
+import { needs_shared, SHAKESPEARE, SHAKESPEARE_CONFIG } from "./helpers/shared.ts";
 import { open_nanogpt } from "../src/loaders/nanogpt.ts";
 import { TorchCheckpoint, TorchTensor } from "../src/loaders/torch_checkpoint.ts";
 import { weight_shapes } from "../src/model/config.ts";
@@ -75,16 +75,7 @@ for (const file of ["ckpt.pt", "ckpt-slim.pt"]) {
     using src = await open_nanogpt(path);
     assertEquals(src.format, "nanogpt");
     assertEquals(src.origin, path);
-    assertEquals(src.config, {
-      n_layer: 4,
-      n_head: 4,
-      n_embd: 256,
-      block_size: 256,
-      vocab_size: 65,
-      bias: false,
-      activation: "gelu_erf",
-      layer_norm_eps: 1e-5,
-    });
+    assertEquals(src.config, SHAKESPEARE_CONFIG);
     const shapes = weight_shapes(src.config);
     assertEquals([...src.tensors.keys()].sort(), [...shapes.keys()].sort());
     for (const [name, t] of src.tensors) {

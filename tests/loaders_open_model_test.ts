@@ -1,7 +1,7 @@
 /** open_model: every kind of spec (file, out_dir, HF dir, random:, hub names through the cache). */
 import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
 import { fixture } from "./helpers/compare.ts";
-import { EMBEDDED, needs_shared, SHAKESPEARE } from "./helpers/shared.ts";
+import { EMBEDDED, needs_shared, SHAKESPEARE, SHAKESPEARE_CONFIG } from "./helpers/shared.ts";
 import { is_plausible_hub_name, open_model } from "../src/loaders/open_model.ts";
 import { gpt2_config } from "../src/model/config.ts";
 
@@ -13,16 +13,7 @@ Deno.test("open_model: the embedded model, its file and its directory (a convert
     using src = await open_model(spec);
     assertEquals(src.format, "nanogpt");
     assertEquals(src.origin, spec);
-    assertEquals(src.config, {
-      n_layer: 4,
-      n_head: 4,
-      n_embd: 256,
-      block_size: 256,
-      vocab_size: 65,
-      bias: false,
-      activation: "gelu_erf",
-      layer_norm_eps: 1e-5,
-    });
+    assertEquals(src.config, SHAKESPEARE_CONFIG);
     assertEquals(src.tokenizer.kind, "char");
     assertEquals(src.info, { iter_num: 4000, best_val_loss: 1.4496768712997437 });
   }

@@ -4,6 +4,7 @@
  * ignored, with one visible line saying why, when it is missing, except under CI=true, where a
  * missing `../shared` fails.
  */
+import type { GPTConfig } from "../../src/model/config.ts";
 
 /** models/shakespeare-char/ of the checkout: model.safetensors and reference.json. */
 export const EMBEDDED = decodeURIComponent(
@@ -53,6 +54,18 @@ export function needs_shared(name: string): { name: string; ignore: boolean } {
 
 /** The shared shakespeare-char checkout directory (with ckpt.pt, ckpt-slim.pt, meta.pkl, reference.json). */
 export const SHAKESPEARE = `${SHARED_ROOT}models/shakespeare-char/`;
+
+/** The shakespeare-char model's config, as every form of it (checkpoint, converted, embedded) loads. */
+export const SHAKESPEARE_CONFIG: GPTConfig = {
+  n_layer: 4,
+  n_head: 4,
+  n_embd: 256,
+  block_size: 256,
+  vocab_size: 65,
+  bias: false,
+  activation: "gelu_erf",
+  layer_norm_eps: 1e-5,
+};
 
 /** The reference of the shakespeare-char model (embedded copy of the shared one). */
 export interface ShakespeareReference {
