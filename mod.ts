@@ -36,6 +36,7 @@ export {
   type FinishReason,
   type GenerateRequest,
   type GenerateResult,
+  type LaunchTrace,
   QueueFullError,
   type RequestEvent,
   type RequestHandle,

@@ -5,12 +5,14 @@
  * prefix-cache hit ratio; as a table, JSON and a chart of latency against request rate.
  *
  *   deno task bench:serve [--model gpt2] [--device cuda] [--dtype bf16] [--requests 2000]
- *       [--prompt 16,512] [--output 16,256] [--modes offline,closed,poisson,prefix] [--rates 5,10,20]
- *       [--max-running 256] [--url http://host:port] [--json F] [--svg F] [--seed 0]
+ *       [--prompt 16,512] [--output 16,256] [--modes offline,closed,closed-free,poisson,prefix] [--rates 5,10,20]
+ *       [--max-running 256] [--prefill-tokens N] [--prefill-seqs N] [--url http://host:port] [--json F]
+ *       [--svg F] [--trace F] [--seed 0]
  *
  * Modes: `offline` submits every request at once (continuous batching); `closed` runs them as
- * closed batches of max_running requests, each starting when the last has finished (what
- * generate_batch did before continuous batching); `poisson` lets them arrive as a Poisson process
+ * closed batches of max_running requests, each starting when the last has finished and every slot
+ * held until the batch's longest request ends (what generate_batch did before continuous
+ * batching); `closed-free` is the same with finished requests leaving early; `poisson` lets them arrive as a Poisson process
  * at each of --rates requests/s (`--rates half` picks half the offline saturation rate); `prefix`
  * runs --prefix-requests requests sharing a --prefix-tokens prefix with a --suffix-tokens suffix,
  * with and without the prefix cache. Prompt and output lengths are uniform in the given ranges;
@@ -27,6 +29,7 @@ import {
   type GenerateRequest,
   GPT,
   GPT2_SIZES,
+  type LaunchTrace,
   open_model,
 } from "../mod.ts";
 import { create_tokenizer } from "../src/tokenizer/tokenizer.ts";
@@ -48,12 +51,14 @@ const { values } = parseArgs({
     "poisson-requests": { type: "string", default: "500" },
     "max-running": { type: "string", default: "256" },
     "prefill-tokens": { type: "string" },
+    "prefill-seqs": { type: "string" },
     "prefix-requests": { type: "string", default: "256" },
     "prefix-tokens": { type: "string", default: "768" },
     "suffix-tokens": { type: "string", default: "32" },
     "prefix-output": { type: "string", default: "32" },
     url: { type: "string" },
     json: { type: "string" },
+    trace: { type: "string" },
     svg: { type: "string" },
     seed: { type: "string", default: "0" },
     help: { type: "boolean", short: "h", default: false },
@@ -62,7 +67,7 @@ const { values } = parseArgs({
 if (values.help) {
   console.log(
     "deno task bench:serve [--model gpt2] [--device cuda] [--requests 2000] [--prompt 16,512] [--output 16,256] " +
-      "[--modes offline,closed,poisson,prefix] [--rates half|5,10] [--max-running 256] [--url U] [--json F] [--svg F]",
+      "[--modes offline,closed,closed-free,poisson,prefix] [--rates half|5,10] [--max-running 256] [--url U] [--json F] [--svg F]",
   );
   Deno.exit(0);
 }
@@ -145,22 +150,28 @@ const request = (j: Job): GenerateRequest => ({
   stop_at_eot: false,
 });
 
-/** Runs one request through the engine, timing its tokens. */
-async function timed_engine(engine: Engine, j: Job): Promise<Timing> {
+/**
+ * Runs one request through the engine, timing its tokens. With `hold` (closed batches as
+ * generate_batch ran them before continuous batching) it keeps its slot generating until `hold`
+ * tokens, as a finished sequence did until the batch's longest ended; only its own are counted.
+ */
+async function timed_engine(engine: Engine, j: Job, hold = j.max_new_tokens): Promise<Timing> {
   const t0 = performance.now();
-  const h = engine.submit(request(j));
-  let last = t0, first = 0, n = 0;
+  const h = engine.submit(request({ ...j, max_new_tokens: Math.max(hold, j.max_new_tokens) }));
+  let last = t0, first = 0, n = 0, end = 0;
   const itl: number[] = [];
   for await (const ev of h.events()) {
-    if (ev.tokens.length === 0) continue;
+    const take = Math.min(ev.tokens.length, j.max_new_tokens - n);
+    if (take <= 0) continue;
     const now = performance.now();
     if (!first) first = now;
-    else for (let i = 0; i < ev.tokens.length; i++) itl.push((now - last) / ev.tokens.length);
+    else for (let i = 0; i < take; i++) itl.push((now - last) / ev.tokens.length);
     last = now;
-    n += ev.tokens.length;
+    n += take;
+    if (n === j.max_new_tokens) end = now;
   }
   await h.result;
-  return { ttft: first - t0, itl, e2e: performance.now() - t0, output: n };
+  return { ttft: first - t0, itl, e2e: (end || performance.now()) - t0, output: n };
 }
 
 /** Runs one request against a server (streamed), timing its tokens. */
@@ -238,6 +249,9 @@ async function poisson<T>(
 }
 
 const results: RunResult[] = [];
+/** --trace: every timed run's launches (Engine.on_launch), written as JSON lines. */
+const launches: (LaunchTrace & { mode: string })[] = [];
+const tracer = (mode: string) => values.trace ? (t: LaunchTrace) => void launches.push({ mode, ...t }) : null;
 const modes = values.modes.split(",");
 const seed = Number(values.seed);
 
@@ -286,6 +300,7 @@ if (values.url) {
     max_running: MAX_RUNNING,
     kv_memory_fraction: 0.9,
     ...(values["prefill-tokens"] ? { prefill_tokens: Number(values["prefill-tokens"]) } : {}),
+    ...(values["prefill-seqs"] ? { prefill_seqs: Number(values["prefill-seqs"]) } : {}),
   };
   const js = jobs(N, V, seed);
   let saturation = 0;
@@ -296,6 +311,7 @@ if (values.url) {
       jobs(Math.min(N, 2 * MAX_RUNNING), V, seed + 1).map((j) => engine.generate([request(j)])),
     );
     if (modes.includes("offline")) {
+      engine.on_launch = tracer("offline");
       const t0 = performance.now();
       const ts = await Promise.all(js.map((j) => timed_engine(engine, j)));
       const r = summarize("offline", device, ts, (performance.now() - t0) / 1000);
@@ -310,13 +326,19 @@ if (values.url) {
       saturation = r.req_s;
       results.push(r);
     }
-    if (modes.includes("closed")) {
+    // Closed batches of max_running requests, each starting when the last has finished: `closed`
+    // holds every slot until the batch's longest request ends (generate_batch before continuous
+    // batching); `closed-free` lets a finished request leave (closed batches through this engine).
+    for (const mode of ["closed", "closed-free"].filter((m) => modes.includes(m))) {
+      engine.on_launch = tracer(mode);
       const t0 = performance.now();
       const ts: Timing[] = [];
       for (let i = 0; i < js.length; i += MAX_RUNNING) {
-        ts.push(...await Promise.all(js.slice(i, i + MAX_RUNNING).map((j) => timed_engine(engine, j))));
+        const batch = js.slice(i, i + MAX_RUNNING);
+        const hold = mode === "closed" ? Math.max(...batch.map((j) => j.max_new_tokens)) : 0;
+        ts.push(...await Promise.all(batch.map((j) => timed_engine(engine, j, hold))));
       }
-      results.push(summarize("closed", device, ts, (performance.now() - t0) / 1000));
+      results.push(summarize(mode, device, ts, (performance.now() - t0) / 1000));
     }
     if (modes.includes("poisson")) {
       const rates = values.rates === "half"
@@ -327,6 +349,7 @@ if (values.url) {
       // 500 gpt2 requests asked to arrive at 402/s within 1.2 s took 16 s (31 requests/s).
       engine.io_yield_ms = 2;
       for (const rate of rates) {
+        engine.on_launch = tracer(`poisson ${rate.toFixed(1)}`);
         if (!(rate > 0)) throw new Error(`--rates: ${rate} is not a rate (run offline first for "half")`);
         const t0 = performance.now();
         const p = await poisson(
@@ -357,6 +380,7 @@ if (values.url) {
       // and tunes no GEMM shapes (on an H200 without it, the cached run was the slower one).
       await Promise.all(workload().map((j) => timed_engine(engine, j)));
       engine.pool!.stats.queried_tokens = engine.pool!.stats.hit_tokens = 0;
+      engine.on_launch = tracer(prefix_caching ? "prefix-cached" : "prefix-uncached");
       const t0 = performance.now();
       const ts = await Promise.all(pj.map((j) => timed_engine(engine, j)));
       const res = summarize(
@@ -396,6 +420,12 @@ for (const r of results) {
 }
 if (values.json) {
   Deno.writeTextFileSync(values.json, JSON.stringify({ date: new Date().toISOString(), results }, null, 2));
+}
+if (values.trace) {
+  Deno.writeTextFileSync(
+    values.trace,
+    launches.map((l) => JSON.stringify(l)).join("\n") + "\n",
+  );
 }
 if (values.svg) {
   const series: Series[] = ["ttft p99", "itl p99", "e2e p50"].map((name) => ({ name, points: [] }));

@@ -15,6 +15,10 @@ import {
   load_model,
 } from "../mod.ts";
 import { BlockPool, LruList, prefix_keys } from "../src/engine/kv_cache.ts";
+import { Scheduler } from "../src/engine/scheduler.ts";
+import { Sequence } from "../src/engine/request.ts";
+import { resolve_sampling } from "../src/engine/sampling.ts";
+import type { Tokenizer } from "../src/tokenizer/tokenizer.ts";
 import { rng, test_seed } from "./helpers/rng.ts";
 import { prepare_native } from "../src/native/lib.ts";
 
@@ -257,4 +261,83 @@ Deno.test("engine: the overlapped pipeline (one launch behind) gives the synchro
   using tight = await load_model(DEFAULT_MODEL, { backend: overlapped(cpu), kv_memory: 20 * BLOCK_BYTES });
   assertEquals((await tight.generate_batch(REQUESTS)).map(essence), plain.slice(0, REQUESTS.length));
   assert(tight.engine.preemptions > 0, "the tight pool never preempted");
+});
+
+/** A scheduler over a pool of 64 blocks of 16 positions, and sequences for it (no model). */
+function bare_scheduler(slots: number, prefill_tokens: number) {
+  const sched = new Scheduler(new BlockPool(64, 16, { prefix_caching: true }), {
+    slots,
+    context: 256,
+    prefill_tokens,
+    prefill_seqs: 8,
+    steps_per_launch: 8,
+    max_waiting: 0,
+  });
+  const tokenizer = { encode: () => [], decode: () => "", eot_token: 0 } as unknown as Tokenizer;
+  let id = 0;
+  const seq = (prompt: number[], max_new_tokens = 100) =>
+    new Sequence(
+      id++,
+      { ...resolve_sampling({ temperature: 0, max_new_tokens }), logprobs: -1, prompt_logprobs: false },
+      prompt,
+      tokenizer,
+      false,
+    );
+  /** Plans a launch and marks it done as the engine would. */
+  const launch = () => {
+    const plan = sched.plan();
+    assert(!("needs_drain" in plan));
+    for (const c of plan.prefill) sched.computed(c);
+    for (const s of plan.decode?.by_slot ?? []) if (s) s.len += plan.decode!.k;
+    // Collected at once: the tokens of the launch are generated.
+    for (const c of plan.prefill) if (c.final) c.seq.generated.push(0);
+    for (const s of plan.decode?.by_slot ?? []) if (s) s.generated.push(...new Array(plan.decode!.k).fill(0));
+    return plan;
+  };
+  return { sched, seq, launch };
+}
+
+Deno.test("scheduler: one decode step per launch while admitted prompts wait beyond the chunk budget", () => {
+  const { sched, seq, launch } = bare_scheduler(4, 32);
+  const prompt = (n: number, from: number) => Array.from({ length: n }, (_, i) => i + from);
+  sched.add(seq(prompt(20, 0)));
+  sched.admit();
+  // One prompt within the budget: its final chunk and K decode steps in one launch.
+  assertEquals(launch().decode?.k, 8);
+  sched.add(seq(prompt(40, 100)));
+  sched.add(seq(prompt(40, 200)));
+  sched.add(seq(prompt(40, 300)));
+  sched.admit();
+  // 120 prompt tokens, 32 a launch: one step per launch while more than one more chunk waits.
+  const ks = [launch(), launch(), launch(), launch()].map((p) => [
+    p.prefill.reduce((a, c) => a + c.n, 0),
+    p.decode?.k,
+  ]);
+  assertEquals(ks, [[32, 1], [32, 1], [32, 8], [24, 8]]);
+});
+
+Deno.test("scheduler: requests sharing a cached prefix are admitted together; a prefix being computed is waited for", () => {
+  const { sched, seq, launch } = bare_scheduler(8, 512);
+  const prefix = Array.from({ length: 64 }, (_, i) => 1000 + i);
+  // Suffixes of a whole block: each request's last full block is its own (the case that waited).
+  const suffix = (i: number) => Array.from({ length: 16 }, (_, j) => 16 * i + j);
+  const first = seq([...prefix, ...suffix(0)]);
+  sched.add(first);
+  sched.add(seq([...prefix, ...suffix(1)]));
+  // The second shares blocks the first is computing: it waits one launch for them.
+  assertEquals(sched.admit(), [first]);
+  launch();
+  for (let i = 2; i < 7; i++) sched.add(seq([...prefix, ...suffix(i)]));
+  const admitted = sched.admit();
+  assertEquals(admitted.length, 6, "each request's own last block made the next one wait");
+  assertEquals(admitted.map((s) => s.computed), [64, 64, 64, 64, 64, 64]);
+  sched.pool.check();
+});
+
+Deno.test("scheduler: fewer tokens wanted than steps per launch take the largest power of two that fits", () => {
+  const { sched, seq, launch } = bare_scheduler(4, 64);
+  sched.add(seq(Array.from({ length: 20 }, (_, i) => i), 8));
+  sched.admit();
+  // The prefill's token, then 7 more: 4, 2, 1 (not seven one-step launches).
+  assertEquals([launch(), launch(), launch()].map((p) => p.decode?.k), [4, 2, 1]);
 });

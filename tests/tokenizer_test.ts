@@ -1,6 +1,8 @@
 /** Tokenizers: GPT-2 BPE (js-tiktoken ranks) and nanoGPT's character vocabulary from meta.pkl. */
 import { assert, assertEquals, assertRejects, assertThrows } from "./helpers/assert.ts";
 import { create_tokenizer } from "../src/tokenizer/tokenizer.ts";
+import { TextStream } from "../src/engine/text_stream.ts";
+import { rng, test_seed } from "./helpers/rng.ts";
 import { load_char_vocab } from "../src/loaders/nanogpt.ts";
 import { open_model } from "../src/loaders/open_model.ts";
 import { DEFAULT_MODEL } from "../src/load.ts";
@@ -116,4 +118,26 @@ Deno.test("char: inconsistent stoi/itos is rejected", async () => {
     Error,
     `stoi["b"] = 1 but itos[1] = "c"`,
   );
+});
+
+Deno.test("TextStream: token by token, the text of the whole byte stream (split characters, bad bytes, BOM)", async () => {
+  const tok = await create_tokenizer({ kind: "gpt2" });
+  const r = rng(test_seed());
+  // Text with multi-byte characters, whose tokens split some of them; plus random ids (the first
+  // 256 hold single bytes, many not valid alone) and a BOM.
+  const base = tok.encode("héllo wörld ✓ 日本語のテキスト 🙂🚀 \uFEFFend");
+  for (let trial = 0; trial < 200; trial++) {
+    const ids = trial % 2 === 0 ? [...base] : [];
+    for (let i = 0; i < 40; i++) {
+      ids.push(r() < 0.5 ? Math.floor(r() * 256) : Math.floor(r() * tok.vocab_size));
+    }
+    if (trial % 3 === 0) ids.reverse();
+    const ts = new TextStream(tok, []);
+    let out = "";
+    for (const id of ids) out += ts.push(id);
+    out += ts.finish();
+    const want = new TextDecoder("utf-8", { ignoreBOM: true }).decode(tok.decode_bytes(ids));
+    assertEquals(out, want, `ids ${JSON.stringify(ids)}`);
+    assertEquals(ts.text, want);
+  }
 });

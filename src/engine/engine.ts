@@ -59,7 +59,10 @@ export interface EngineOptions {
   max_waiting?: number;
   /** Prompt tokens one prefill launch computes at most: a long prompt is chunked (default 2048 on CUDA, 512 on the CPU). */
   prefill_tokens?: number;
-  /** Prompts one prefill launch takes at most (default 32). */
+  /**
+   * Prompts one prefill launch takes at most (default 64: 256 gpt2 requests sharing a cached
+   * prefix left 32-token suffixes, 1,024 rows a launch at 32 of them).
+   */
   prefill_seqs?: number;
   /** Positions per KV block (default 16). */
   block_size?: number;
@@ -146,6 +149,26 @@ interface Launch {
   host_ms: number;
 }
 
+/** What one launch did and cost on the host (Engine.on_launch), in milliseconds. */
+export interface LaunchTrace {
+  /** When it was enqueued (performance.now()). */
+  t_launch: number;
+  /** Prompt tokens it prefilled. */
+  prefill_rows: number;
+  /** Sequences those came from. */
+  prefill_seqs: number;
+  /** Decoding sequences. */
+  decode_batch: number;
+  /** Decode steps each ran. */
+  k: number;
+  /** Host time to enqueue it. */
+  host_ms: number;
+  /** Time blocked waiting for its outputs when it was collected. */
+  wait_ms: number;
+  /** Host time turning its outputs into events. */
+  collect_ms: number;
+}
+
 function weighted_median(xs: [number, number][]): number {
   const s = [...xs].sort((a, b) => a[0] - b[0]);
   const half = s.reduce((t, x) => t + x[1], 0) / 2;
@@ -191,6 +214,8 @@ export class Engine implements Disposable {
    * server raises it so its sockets are served while the engine works).
    */
   io_yield_ms: number;
+  /** Called as each launch is collected (benchmarks and profiling; unset: nothing recorded). */
+  on_launch: ((t: LaunchTrace) => void) | null = null;
   #state: DeviceState | null = null;
   #sched: Scheduler | null = null;
   #steps: Steps | null = null;
@@ -218,7 +243,7 @@ export class Engine implements Disposable {
       max_running: check_int("max_running", opts.max_running ?? (cuda ? 256 : 64), 1, 4096),
       max_waiting: check_int("max_waiting", opts.max_waiting ?? 0, 0),
       prefill_tokens: check_int("prefill_tokens", opts.prefill_tokens ?? (cuda ? 2048 : 512), 16, 65536),
-      prefill_seqs: check_int("prefill_seqs", opts.prefill_seqs ?? 32, 1, 1024),
+      prefill_seqs: check_int("prefill_seqs", opts.prefill_seqs ?? 64, 1, 1024),
       block_size: check_int("block_size", opts.block_size ?? 16, 1, 1024),
       kv_memory: opts.kv_memory === undefined ? null : check_int("kv_memory", opts.kv_memory, 1),
       kv_memory_fraction: opts.kv_memory_fraction ?? 0.5,
@@ -467,6 +492,9 @@ export class Engine implements Disposable {
 
   async #run_loop(): Promise<void> {
     const sched = this.#sched!;
+    // Requests submitted in the same task as the one that started the loop join its first launch
+    // (without this, the first launch held the first request alone).
+    await null;
     let last_io = performance.now();
     try {
       while (sched.busy || this.#inflight.length) {
@@ -692,6 +720,18 @@ export class Engine implements Disposable {
           if (dec.lp) lps.push(this.#lp_entry(dec.lp, (j * S + i) * LOGPROB_WORDS, s));
         }
         this.#accept(s, toks, dec.lp ? lps : null, now);
+      });
+    }
+    if (this.on_launch) {
+      this.on_launch({
+        t_launch: l.t_launch,
+        prefill_rows: l.prefill?.chunks.reduce((a, c) => a + c.n, 0) ?? 0,
+        prefill_seqs: l.prefill?.chunks.length ?? 0,
+        decode_batch: l.decode?.by_slot.filter((s) => s).length ?? 0,
+        k: l.decode?.k ?? 0,
+        host_ms: l.host_ms,
+        wait_ms: waited,
+        collect_ms: performance.now() - th,
       });
     }
     if (this.#period.t_first && l.decode) {

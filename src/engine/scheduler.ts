@@ -114,24 +114,34 @@ export class Scheduler {
   admit(skip: ReadonlySet<Sequence> = new Set()): Sequence[] {
     const out: Sequence[] = [];
     const headroom = Math.ceil(this.pool.num_blocks / 100);
-    // First blocks of prompts being computed now: a request that starts the same waits until they
-    // are in the prefix cache, instead of computing the shared prefix again (n samples of one
-    // prompt, a common system prompt).
-    const computing = new Set(
-      this.running.filter((s) => s.status === "prefill" && s.keys.length).map((s) => s.keys[0]),
-    );
+    // Prompt blocks being computed now (not yet in the prefix cache): a request whose next
+    // uncached block is one of them waits until it is cached, instead of computing the shared
+    // prefix again (n samples of one prompt, a common system prompt). Only that block counts: with
+    // the first block instead, every request sharing a cached system prompt waited for the one
+    // before it to prefill its own last block (on an H200, 256 such gpt2 requests ran 4x slower
+    // with the cache than without).
+    const computing = new Set<string>();
+    const computes = (s: Sequence) => {
+      for (let i = Math.floor(s.computed / this.pool.block_size); i < s.keys.length; i++) {
+        computing.add(s.keys[i]);
+      }
+    };
+    for (const s of this.running) if (s.status === "prefill") computes(s);
     while (this.waiting.length) {
       const seq = this.waiting[0];
       if (skip.has(seq)) break;
-      if (
-        this.pool.prefix_caching && seq.keys.length && computing.has(seq.keys[0]) && !seq.req.prompt_logprobs
-      ) break;
       const slot = this.slots.indexOf(null);
       if (slot < 0) break;
       const total = this.#blocks_for(seq.target.length);
-      const cached = seq.keys.length && !seq.req.prompt_logprobs
-        ? this.pool.lookup(seq.target, seq.keys, this.#shareable(seq))
-        : [];
+      const shared = seq.keys.length > 0 && !seq.req.prompt_logprobs;
+      const cached = shared ? this.pool.lookup(seq.target, seq.keys, this.#shareable(seq)) : [];
+      if (
+        shared && this.pool.prefix_caching && cached.length < this.#shareable(seq) &&
+        computing.has(seq.keys[cached.length])
+      ) {
+        this.pool.release_all(cached);
+        break;
+      }
       const fresh = total - cached.length;
       // Keep a little room for the running sequences to grow; with none running, all of it.
       const idle = this.slots.every((s) => s === null);
@@ -149,9 +159,7 @@ export class Scheduler {
       seq.admitted = ++this.#admissions;
       this.slots[slot] = seq;
       out.push(seq);
-      if (seq.keys.length && seq.computed < seq.keys.length * this.pool.block_size) {
-        computing.add(seq.keys[0]);
-      }
+      computes(seq);
     }
     return out;
   }
@@ -179,8 +187,18 @@ export class Scheduler {
       len(s) < context
     );
     const want = Math.max(0, ...active.map((s) => s.req.max_new_tokens - produced(s)));
-    const room = active.every((s) => len(s) + K <= context);
-    const k = K > 1 && want >= K && room ? K : 1;
+    // While admitted prompts need more than one more prefill launch, one decode step per launch:
+    // with K steps, prefill ran one chunk per K steps and the slots it was filling sat idle
+    // (gpt2-xl on an H200: 2,048 prompt tokens per 8 decode steps of ~7 ms capped prefill near
+    // 30k tokens/s). With one launch left K stays: a burst of arrivals at moderate load then costs
+    // no one-step launches, whose one token waits for a whole chunk (inter-token latency's tail).
+    const steps = this.#prefill_launches_left(prefill) > 1 ? 1 : K;
+    // Fewer than K tokens wanted: the largest power of two that fits (a few step graphs, and a
+    // tail of 7 tokens in 3 launches, not 7).
+    const fits = (k: number) => k <= Math.max(1, want) && active.every((s) => len(s) + k <= context);
+    let k = 1;
+    if (fits(steps)) k = steps;
+    else for (let p = 2; p < steps; p *= 2) if (fits(p)) k = p;
     if (!this.#grow(active, active.map((s) => len(s) + k))) {
       if (!drained) return { needs_drain: "preempt" };
       return this.#preempt_and_plan();
@@ -190,6 +208,19 @@ export class Scheduler {
       k,
     };
     return { prefill, decode };
+  }
+
+  /** Prefill launches still needed after `chunks` (the chunk budget and the sequence limit). */
+  #prefill_launches_left(chunks: PrefillChunk[]): number {
+    const { prefill_tokens, prefill_seqs } = this.opts;
+    const in_launch = new Map(chunks.map((c) => [c.seq, c.n]));
+    let tokens = 0, seqs = 0;
+    for (const s of this.running) {
+      if (s.status !== "prefill" || s.ended) continue;
+      const left = s.target.length - s.computed - (in_launch.get(s) ?? 0);
+      if (left > 0) tokens += left, seqs++;
+    }
+    return Math.max(Math.ceil(tokens / prefill_tokens), Math.ceil(seqs / prefill_seqs));
   }
 
   /** Allocates the blocks `seqs` need to hold `ends[i]` positions each; false (nothing taken) when the pool is short. */

@@ -20,26 +20,47 @@ OUT=${OUT:-$(mktemp -d)}
 run=(deno run -A --cached-only --lock=.device/gpu.lock)
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 stamp() { echo "$(date +%T) $*" | tee -a "$OUT/times.txt"; }
+# PARTS picks what runs (default all): serve peerset hf parity ab hfxl eval prefill.
+PARTS=" ${PARTS:-serve peerset hf parity ab hfxl eval} "
+part() { [[ $PARTS == *" $1 "* ]]; }
 
 for m in gpt2 gpt2-xl; do
+  part prefill || continue
+  # Prefill alone (bench.ts TTFT): 2,048 prompt tokens as 4 x 512, 16 x 128 and 32 x 64.
+  stamp "prefill $m"
+  for bp in 4:512 16:128 32:64; do
+    timeout 40 "${run[@]}" examples/bench.ts --device cuda --models $m --batches ${bp%:*} --prompt ${bp#*:} \
+      --new 8 --graphs on --steps 8 2>&1 | grep -A1 "^model" | tail -1 | tee -a "$OUT/prefill.txt"
+  done
+done
+for m in gpt2 gpt2-xl; do
+  part serve || continue
   stamp "serve $m"
   limit=$([[ $m == gpt2 ]] && echo "${SERVE_S:-60}" || echo "${SERVE_XL_S:-100}")
   timeout "$limit" "${run[@]}" examples/bench_serve.ts --device cuda --model $m \
-    --modes offline,closed,poisson,prefix --json "$OUT/serve_$m.json" >"$OUT/serve_$m.txt" 2>"$OUT/serve_$m.err"
+    --modes "${SERVE_MODES:-offline,closed,closed-free,poisson,prefix}" --json "$OUT/serve_$m.json" \
+    --trace "$OUT/trace_$m.jsonl" \
+    >"$OUT/serve_$m.txt" 2>"$OUT/serve_$m.err"
+done
+for m in gpt2 gpt2-xl; do
+  part peerset || continue
   stamp "peer set $m"
   timeout "${PEERSET_S:-25}" "${run[@]}" examples/bench_serve.ts --device cuda --model $m \
     --modes offline --requests 500 --prompt 16,512 --output 128,128 --json "$OUT/peerset_$m.json" \
     >"$OUT/peerset_$m.txt" 2>"$OUT/peerset_$m.err"
 done
-stamp "hf gpt2"
-timeout "${HF_S:-90}" python3 tests/gpu/hf_cb_peer.py --model gpt2 --requests 500 --prompt 16,512 --new 128 \
+part hf && stamp "hf gpt2" && timeout "${HF_S:-90}" python3 tests/gpu/hf_cb_peer.py --model gpt2 --requests 500 --prompt 16,512 --new 128 \
+  --configs "${HF_CONFIGS:-defaults,graphs}" \
   >"$OUT/hf_gpt2.jsonl" 2>"$OUT/hf_gpt2.err"
-stamp "parity"
-timeout "${PARITY_S:-30}" deno test -A --no-check --cached-only --lock=.device/gpu.lock tests/gpu/parity_test.ts \
-  >"$OUT/parity.txt" 2>&1
-tail -3 "$OUT/parity.txt"
-stamp "closed-batch A/B"
+if part parity; then
+  stamp "parity"
+  timeout "${PARITY_S:-30}" deno test -A --no-check --cached-only --lock=.device/gpu.lock tests/gpu/parity_test.ts \
+    >"$OUT/parity.txt" 2>&1
+  tail -3 "$OUT/parity.txt"
+fi
+part ab && stamp "closed-batch A/B"
 for tree in new old; do
+  part ab || continue
   dir=$([[ $tree == new ]] && echo . || echo .old)
   [[ -d $dir/zig-out ]] || continue
   lock=$([[ $tree == new ]] && echo "--lock=.device/gpu.lock" || echo "")
@@ -47,15 +68,16 @@ for tree in new old; do
     examples/bench.ts --device cuda --models gpt2,gpt2-xl --batches "${AB_BATCHES:-1,64,256}" --graphs on \
     --steps 8 --prompt 64 --new 256 --json "$OUT/$tree.json" >"$OUT/$tree.txt" 2>"$OUT/$tree.err")
 done
-stamp "hf gpt2-xl"
-timeout "${HF_XL_S:-150}" python3 tests/gpu/hf_cb_peer.py --model gpt2-xl --requests 500 --prompt 16,512 --new 128 \
+part hfxl && stamp "hf gpt2-xl" && timeout "${HF_XL_S:-150}" python3 tests/gpu/hf_cb_peer.py --model gpt2-xl --requests 500 --prompt 16,512 --new 128 \
   --configs "${HF_XL_CONFIGS:-defaults}" >"$OUT/hf_gpt2-xl.jsonl" 2>"$OUT/hf_gpt2-xl.err"
 for dtype in ${EVAL_DTYPES:-bf16}; do
+  part eval || continue
   stamp "eval $dtype"
   timeout "${EVAL_S:-20}" "${run[@]}" examples/eval.ts --device cuda --dtype "$dtype" \
     --text .device/input.txt --split val >"$OUT/eval_$dtype.txt" 2>"$OUT/eval_$dtype.err"
 done
 stamp "done"
+cat "$OUT/prefill.txt" 2>/dev/null
 for m in gpt2 gpt2-xl; do grep -A12 "^mode" "$OUT/serve_$m.txt" "$OUT/peerset_$m.txt"; done
 grep -h "output_tok_s\|error" "$OUT"/hf_*.jsonl | cut -c1-300
 grep -h -A8 "^model" "$OUT/new.txt" "$OUT/old.txt" 2>/dev/null
