@@ -62,6 +62,7 @@ export {
   type LinearOptions,
   type Norm,
   type StepInput,
+  type WeightFormat,
   type Workspace,
 } from "./src/model/gpt.ts";
 export type { Block } from "./src/model/gpt.ts";

@@ -3,7 +3,7 @@
  * without, for GPT-2 sizes (random weights) or any model path.
  *
  *   deno task bench [--device cpu|cuda|auto] [--models gpt2,gpt2-xl] [--batches 1,8,64]
- *                   [--prompt 64] [--new 256] [--graphs both|on|off] [--dtype bf16]
+ *                   [--prompt 64] [--new 256] [--graphs both|on|off] [--dtype bf16] [--weights int8]
  *                   [--json out.json] [--svg chart.svg] [--peer peer.jsonl]
  *
  * Each batch runs as a closed batch through the engine: B slots, every prompt prefilled in one launch,
@@ -58,6 +58,7 @@ const { values } = parseArgs({
     new: { type: "string", default: "256" },
     graphs: { type: "string", default: "both" },
     dtype: { type: "string" },
+    weights: { type: "string", default: "dtype" },
     json: { type: "string" },
     svg: { type: "string" },
     peer: { type: "string" },
@@ -70,7 +71,7 @@ if (values.help) {
   console.log(
     "deno task bench [--device cpu|cuda|auto] [--models gpt2,...,shakespeare,PATH] [--batches 1,8] " +
       "[--prompt 64] [--new 256] [--graphs both|on|off] [--steps 8 (decode steps per launch; 1,8 runs both)] " +
-      "[--dtype bf16|f16|f32] [--json F] [--svg F] [--peer F]",
+      "[--dtype bf16|f16|f32] [--weights dtype|int8] [--json F] [--svg F] [--peer F]",
   );
   Deno.exit(0);
 }
@@ -109,8 +110,9 @@ for (const m of values.models.split(",")) {
       threads: values.threads ? Number(values.threads) : undefined,
     });
     const mem0 = used_bytes(backend);
-    using gpt = await GPT.load(backend, source);
-    const base_name = is_cuda ? (graphs ? "ngpt" : "ngpt-nographs") : "ngpt-cpu";
+    using gpt = await GPT.load(backend, source, { weights: values.weights as "dtype" | "int8" });
+    const base_name = (is_cuda ? (graphs ? "ngpt" : "ngpt-nographs") : "ngpt-cpu") +
+      (gpt.weights === "int8" ? "-int8" : "");
     console.error(
       `${m}: ${backend.device_name}, ${base_name}, weights ${(gpt.weight_bytes / 2 ** 20).toFixed(0)} MiB`,
     );

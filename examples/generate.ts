@@ -27,6 +27,7 @@ Model (--model, default ${DEFAULT_MODEL}):
 Options:
   --device auto|cpu|cuda  where to run (default auto: CUDA when a device works, else the CPU)
   --dtype bf16|f16|f32    storage type on CUDA (default bf16; the CPU runs f32)
+  --weights dtype|int8    blocks' linear weights: the dtype, or int8 (per-row scales)
   --no-graphs             launch kernels one by one instead of one CUDA graph per step
   --steps-per-launch N    decode steps recorded into one launch (default 8; 1 = one per step)
   --max-new-tokens N      tokens to generate (default ${SAMPLING_DEFAULTS.max_new_tokens})
@@ -53,6 +54,7 @@ async function main(argv: string[]): Promise<number> {
       model: { type: "string" },
       device: { type: "string", default: "auto" },
       dtype: { type: "string" },
+      weights: { type: "string" },
       "no-graphs": { type: "boolean", default: false },
       "steps-per-launch": { type: "string" },
       "max-new-tokens": { type: "string" },
@@ -97,6 +99,7 @@ async function main(argv: string[]): Promise<number> {
   using model = await load_model(values.model ?? DEFAULT_MODEL, {
     device: values.device as "auto" | "cpu" | "cuda",
     dtype: values.dtype as "bf16" | "f16" | "f32" | undefined,
+    weights: values.weights as "dtype" | "int8" | undefined,
     graphs: !values["no-graphs"],
     threads: flag_number("threads", values.threads, true),
     revision: values.revision,

@@ -18,7 +18,7 @@ import type { RequestOptions } from "./engine/request.ts";
 import { open_model } from "./loaders/open_model.ts";
 import { create_tokenizer, type Tokenizer } from "./tokenizer/tokenizer.ts";
 import type { GPTConfig } from "./model/config.ts";
-import { GPT } from "./model/gpt.ts";
+import { GPT, type WeightFormat } from "./model/gpt.ts";
 import { prepare_native } from "./native/lib.ts";
 import { check_choice, check_keys } from "./util/check.ts";
 
@@ -31,6 +31,11 @@ export interface LoadOptions extends EngineOptions {
   device?: DeviceKind;
   /** Storage type on CUDA (default "bf16"); the CPU backend computes in "f32" only. */
   dtype?: DType;
+  /**
+   * How the transformer blocks' linear weights are stored: "dtype" (default) or "int8" (weight-only,
+   * per-output-row scales, quantized at load; on CUDA not yet run on a GPU).
+   */
+  weights?: WeightFormat;
   /** CUDA graphs for every step (default true); false launches kernels one by one. */
   graphs?: boolean;
   /** CPU threads (default: all cores). */
@@ -56,6 +61,7 @@ export interface LoadOptions extends EngineOptions {
 export const LOAD_OPTION_KEYS: readonly (keyof LoadOptions)[] = [
   "device",
   "dtype",
+  "weights",
   "graphs",
   "threads",
   "cuda_device",
@@ -246,8 +252,12 @@ export async function load_model(spec: string = DEFAULT_MODEL, opts: LoadOptions
   // Everything made here is freed if a later step fails; on success the Model owns it.
   using stack = new DisposableStack();
   const backend = opts.backend ?? stack.use(create_backend(opts));
-  opts.log?.(`loading ${source.origin} onto ${backend.device_name} (${backend.dtype})`);
-  const gpt = stack.use(await GPT.load(backend, source));
+  opts.log?.(
+    `loading ${source.origin} onto ${backend.device_name} (${backend.dtype}${
+      opts.weights === "int8" ? ", int8 weights" : ""
+    })`,
+  );
+  const gpt = stack.use(await GPT.load(backend, source, { weights: opts.weights }));
   const engine_opts = Object.fromEntries(
     ENGINE_OPTION_KEYS.map((k) => [k, opts[k]]).filter(([, v]) => v !== undefined),
   );

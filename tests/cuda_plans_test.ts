@@ -85,6 +85,14 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
       }
     }
   }
+  // Int8 weights: the W8 variant of the same bound, with the same grid (a lane's vector covers the
+  // same K elements of x and w).
+  for (const M of [1, 3, 16]) {
+    const plain = gemv_launch(mm(M, 2304, 768), "bf16", 132, 232448);
+    const w8 = gemv_launch(mm(M, 2304, 768, { w_scale: buf }), "bf16", 132, 232448);
+    assertEquals(w8.kernel, plain.kernel.replace("gemv_m", "gemv_w8_m"));
+    assertEquals({ ...w8, kernel: plain.kernel }, plain);
+  }
   const flags = (more: Partial<MatmulArgs>) => gemv_launch(mm(1, 8, 8, more), "bf16", 132, 232448).flags;
   assertEquals(
     [

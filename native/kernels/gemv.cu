@@ -19,6 +19,24 @@
 // Needs K % NG_VEC == 0, 16-byte aligned x, w, ln_w, ln_b, M * K * sizeof(st_t) bytes of dynamic
 // shared memory, blockDim.x = 32 * ks * (row groups per tile) <= 256 (the host checks and sizes).
 // flags: bits 0-1 activation (0 none, 1 GELU erf, 2 GELU tanh), bit 2 accumulate, bit 3 f32 out.
+// With -DNG_GEMV_W8=1 (weight-only int8, W8A16), w holds int8 values and w_scale one f32 scale per
+// row: a lane's weight vector is NG_VEC int8 values (NG_VEC bytes, the same elements as one x
+// vector), and each (row, m) sum is multiplied by its row's scale before the bias. w_scale is
+// ignored (null) without it.
+#ifndef NG_GEMV_W8
+#define NG_GEMV_W8 0
+#endif
+#if NG_GEMV_W8
+typedef signed char wt_t;
+#if NG_VEC == 8
+typedef uint2 wvec_t;
+#else
+typedef unsigned int wvec_t;
+#endif
+#else
+typedef st_t wt_t;
+typedef uint4 wvec_t;
+#endif
 
 // Rows per group, warps per block and rows of x: -D options from the kernel table (kernels.ts).
 #if !defined(NG_GEMV_MT) || !defined(NG_GEMV_ROWS) || !defined(NG_GEMV_MAX_WARPS)
@@ -44,6 +62,43 @@ __device__ __forceinline__ uint4 gemv_load_stream(const st_t* p) {
       : "l"(p));
   return r;
 }
+
+#if NG_GEMV_W8
+// NG_VEC int8 weights (8 or 4 bytes), read once: through the non-coherent path, not kept in L1.
+__device__ __forceinline__ wvec_t gemv_load_w(const wt_t* p) {
+#if NG_VEC == 8
+  uint2 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
+#else
+  unsigned int r;
+  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(r) : "l"(p));
+#endif
+  return r;
+}
+
+// The signed byte b of a 32-bit word as f32.
+__device__ __forceinline__ float gemv_s8(unsigned int w, int b) { return (float)(signed char)(w >> (8 * b)); }
+
+// A weight vector's NG_VEC int8 values as f32.
+__device__ __forceinline__ void gemv_unpack_w(wvec_t u, float* f) {
+#if NG_VEC == 8
+#pragma unroll
+  for (int b = 0; b < 4; b++) {
+    f[b] = gemv_s8(u.x, b);
+    f[4 + b] = gemv_s8(u.y, b);
+  }
+#else
+#pragma unroll
+  for (int b = 0; b < 4; b++) f[b] = gemv_s8(u, b);
+#endif
+}
+
+__device__ __forceinline__ wvec_t gemv_zero_w() { return wvec_t{}; }
+#else
+__device__ __forceinline__ wvec_t gemv_load_w(const wt_t* p) { return gemv_load_stream(p); }
+__device__ __forceinline__ void gemv_unpack_w(wvec_t u, float* f) { unpack_vec(u, f); }
+__device__ __forceinline__ wvec_t gemv_zero_w() { return make_uint4(0, 0, 0, 0); }
+#endif
 
 // NG_VEC f32 values rounded to st_t, as one 16-byte vector.
 __device__ __forceinline__ uint4 gemv_pack(const float* f) {
@@ -90,16 +145,16 @@ struct GemvReduce {
 // Loads a chunk: vectors v0 + i * step (i < U) of the R weight rows from n0 (rows past N repeat
 // row N - 1; vectors past the row are zeros).
 template <int U>
-__device__ __forceinline__ void gemv_issue(uint4 (&raw)[U][NG_GEMV_ROWS], const st_t* __restrict__ w, int n0,
+__device__ __forceinline__ void gemv_issue(wvec_t (&raw)[U][NG_GEMV_ROWS], const wt_t* __restrict__ w, int n0,
                                            int v0, int step, int N, int K) {
   const int nvec = K / NG_VEC;
 #pragma unroll
   for (int r = 0; r < NG_GEMV_ROWS; r++) {
-    const st_t* row = w + (size_t)(n0 + r < N ? n0 + r : N - 1) * K;
+    const wt_t* row = w + (size_t)(n0 + r < N ? n0 + r : N - 1) * K;
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int v = v0 + u * step;
-      raw[u][r] = v < nvec ? gemv_load_stream(row + (size_t)v * NG_VEC) : make_uint4(0, 0, 0, 0);
+      raw[u][r] = v < nvec ? gemv_load_w(row + (size_t)v * NG_VEC) : gemv_zero_w();
     }
   }
 }
@@ -162,7 +217,8 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* __restrict__ 
 // The whole kernel for M <= MT (rows m >= M repeat row M - 1 and are not stored).
 template <int MT>
 __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restrict__ x,
-                                     const st_t* __restrict__ w, const st_t* __restrict__ bias,
+                                     const wt_t* __restrict__ w, const float* __restrict__ w_scale,
+                                     const st_t* __restrict__ bias,
                                      const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b, int M,
                                      int N, int K, float eps, int flags, int ks) {
   constexpr int R = NG_GEMV_ROWS;
@@ -180,7 +236,7 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restr
   const int groups = (N + R - 1) / R, tiles = (groups + per_tile - 1) / per_tile;
   int tile = blockIdx.x;
   int g = tile * per_tile + warp / ks;
-  uint4 raw[U][R];
+  wvec_t raw[U][R];
   if (tile < tiles && g < groups) gemv_issue<U>(raw, w, g * R, v_first, step, N, K);
   // Weights are never written by a step: their first loads go out before waiting for the kernel
   // that produced x (programmatic dependent launch), hiding their latency behind its tail.
@@ -204,7 +260,7 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restr
           if (v >= nvec) break;
           float wf[R][NG_VEC];
 #pragma unroll
-          for (int r = 0; r < R; r++) unpack_vec(raw[u][r], wf[r]);
+          for (int r = 0; r < R; r++) gemv_unpack_w(raw[u][r], wf[r]);
 #pragma unroll
           for (int m = 0; m < MT; m++) {
             float xv[NG_VEC];
@@ -243,7 +299,7 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restr
         const int i = (lane / LANES) * HELD + j;
         const int r = i / MT, m = i % MT, n = n0 + r;
         if (m >= M || n >= N) continue;
-        float y = acc[j] + (bias ? to_f32(bias[n]) : 0.0f);
+        float y = (NG_GEMV_W8 ? acc[j] * w_scale[n] : acc[j]) + (bias ? to_f32(bias[n]) : 0.0f);
         const size_t o = (size_t)m * N + n;
         if (flags & NG_GEMV_OUT_F32) {
           reinterpret_cast<float*>(out)[o] = y;
@@ -263,8 +319,8 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restr
 }
 
 extern "C" __global__ void NG_GEMV_BOUNDS
-ng_gemv(void* __restrict__ out, const st_t* __restrict__ x, const st_t* __restrict__ w,
-        const st_t* __restrict__ bias, const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b, int M,
-        int N, int K, float eps, int flags, int ks) {
-  gemv<NG_GEMV_MT>(out, x, w, bias, ln_w, ln_b, M, N, K, eps, flags, ks);
+ng_gemv(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __restrict__ w,
+        const float* __restrict__ w_scale, const st_t* __restrict__ bias, const st_t* __restrict__ ln_w,
+        const st_t* __restrict__ ln_b, int M, int N, int K, float eps, int flags, int ks) {
+  gemv<NG_GEMV_MT>(out, x, w, w_scale, bias, ln_w, ln_b, M, N, K, eps, flags, ks);
 }

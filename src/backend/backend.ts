@@ -113,8 +113,10 @@ export interface MatmulArgs {
   out: Buf;
   /** (M, K) input rows. */
   x: Buf;
-  /** (N, K) weight, stored (out_features, in_features). */
+  /** (N, K) weight, stored (out_features, in_features): backend.dtype, or int8 with `w_scale`. */
   w: Buf;
+  /** (N) f32 scales of an int8 `w` (weight-only quantization): row n's weight is w[n, :] * w_scale[n]. */
+  w_scale?: Buf | null;
   /** (N) bias, or null for none. */
   bias: Buf | null;
   /** Rows of x and out (token rows). */

@@ -221,12 +221,16 @@ export class CpuBackend implements Backend {
     if (a.ln) a = { ...a, x: this.#normed_input(a), ln: undefined };
     need(op, "out", a.out, a.M * a.N * 4, `${a.M} x ${a.N} f32`);
     need(op, "x", a.x, a.M * a.K * 4, `${a.M} x ${a.K} f32`);
-    need(op, "w", a.w, a.N * a.K * 4, `${a.N} x ${a.K} f32`);
+    if (a.w_scale) {
+      need(op, "w", a.w, a.N * a.K, `${a.N} x ${a.K} int8`);
+      need(op, "w_scale", a.w_scale, a.N * 4, `${a.N} f32`);
+    } else need(op, "w", a.w, a.N * a.K * 4, `${a.N} x ${a.K} f32`);
     if (a.bias) need(op, "bias", a.bias, a.N * 4, `${a.N} f32`);
     const s = this.#sym.ng_cpu_matmul(
       a.out.ptr,
       a.x.ptr,
       a.w.ptr,
+      a.w_scale?.ptr ?? 0n,
       a.bias?.ptr ?? 0n,
       a.M,
       a.N,

@@ -283,10 +283,18 @@ export class CudaBackend implements Backend {
       this.#ops.gemv(a);
       return;
     }
+    if (a.w_scale) a = { ...a, w: this.#dequantized_weight(a), w_scale: null };
     if (a.ln) a = { ...a, x: this.#normed_input(a), ln: undefined };
     const p = this.#mm.plan(a, this.#ops.mode !== "capture", this.#stream, this.autotune);
     if (this.#ops.mode !== "prepare") this.#mm.run(a, p, this.#stream);
     if (p.post_gelu !== "none") this.#ops.bias_gelu(a.out, null, a.M * a.N, a.N, p.post_gelu);
+  }
+
+  /** The cuBLASLt path's int8 weight times its row scales, in the storage dtype (matmul scratch). */
+  #dequantized_weight(a: MatmulArgs): Buf {
+    const out = this.#mm.weight_scratch(a.N * a.K * dtype_bytes(this.dtype), this.#ops.mode !== "capture");
+    this.#ops.dequant_rows(out, a.w, a.w_scale!, a.N, a.K);
+    return out;
   }
 
   /** The cuBLASLt path's input: layernorm(a.x) into the matmul scratch (grown outside capture). */

@@ -222,9 +222,14 @@ export class DeviceState implements Disposable {
       be.write(this.pre_next, new Int32Array(opts.prefill_seqs));
       this.pre_lp = a(opts.prefill_seqs * LOGPROB_WORDS * 4, "prefill logprobs");
       this.prompt_lp = a(opts.prefill_tokens * LOGPROB_WORDS * 4, "prompt logprobs");
+      // Logit rows: the decode slots, the prefill's final rows, and the chunk in which prompt
+      // logprobs (scoring, eval) run the LM head and log-softmax over a launch's rows. At 16 rows
+      // (eval's batch) that was a 16-row GEMM over the whole LM head per 16 rows: gpt2 scored 184k
+      // tokens/s on an H200. 1,024 rows of gpt2 logits are 206 MB; the CPU keeps small chunks.
+      const score_rows = Math.min(opts.prefill_tokens, be.kind === "cuda" ? 1024 : 64);
       this.ws = model.alloc_workspace(
         Math.max(opts.slots, opts.prefill_tokens),
-        Math.max(opts.slots, opts.prefill_seqs),
+        Math.max(opts.slots, opts.prefill_seqs, score_rows),
       );
     } catch (e) {
       this.#free_owned();

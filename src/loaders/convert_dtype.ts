@@ -4,15 +4,7 @@
  * @module
  */
 import type { DType } from "../backend/backend.ts";
-
-function to_f32(bytes: Uint8Array, dtype: DType, n: number): Float32Array {
-  const copy = bytes.slice(0, n * (dtype === "f32" ? 4 : 2)).buffer;
-  if (dtype === "f32") return new Float32Array(copy);
-  if (dtype === "f16") return Float32Array.from(new Float16Array(copy));
-  const out = new Float32Array(n), bits = new Uint32Array(out.buffer), src = new Uint16Array(copy);
-  for (let i = 0; i < n; i++) bits[i] = src[i] << 16;
-  return out;
-}
+import { to_f32 } from "../backend/host_dtype.ts";
 
 /** `n` elements of `bytes` (in `from`) as bytes of `to`. */
 export function convert_dtype(bytes: Uint8Array, from: DType, to: DType, n: number): Uint8Array {

@@ -8,7 +8,9 @@
  */
 import type { Activation, Backend, Buf } from "../backend/backend.ts";
 import { dtype_bytes } from "../backend/backend.ts";
-import type { ModelSource } from "./source.ts";
+import type { ModelSource, TensorSource } from "./source.ts";
+import { to_f32 } from "../backend/host_dtype.ts";
+import { quantize_rows, transpose } from "./quantize.ts";
 import { type GPTConfig, validate_config, weight_shapes } from "./config.ts";
 
 /** Rows of the LM head and the logits are padded to a multiple of this. */
@@ -21,8 +23,10 @@ export function padded_vocab(vocab_size: number): number {
 
 /** A linear layer: weight (out_features, in_features), optional bias, and its sizes. */
 export interface Linear {
-  /** Weight (out, in), in the backend's dtype. */
+  /** Weight (out, in), in the backend's dtype, or int8 when `scale` is set. */
   w: Buf;
+  /** (out) f32 per-row scales of an int8 weight, or null. */
+  scale: Buf | null;
   /** Bias (out), or null when the layer has none. */
   b: Buf | null;
   /** out_features (N of the matmul). */
@@ -91,6 +95,16 @@ export interface StepInput {
   logit_rows: { idx: Buf; n: number } | null;
 }
 
+/**
+ * How the transformer blocks' linear weights are stored: in the backend's dtype, or "int8"
+ * (per-output-row scales, quantized at load time; the embeddings, layernorms, biases and the LM
+ * head, tied to the token embedding, keep the backend's dtype).
+ */
+export type WeightFormat = "dtype" | "int8";
+
+/** The weights `GPT.load` quantizes with `weights: "int8"`: the four linear layers of each block. */
+const QUANTIZED = /^h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$/;
+
 /** How `linear` applies a layer. */
 export interface LinearOptions {
   /** Layernorm the input rows first. */
@@ -111,6 +125,8 @@ export class GPT implements Disposable {
   readonly backend: Backend;
   /** Bytes of its weights on the backend. */
   readonly weight_bytes: number;
+  /** How its blocks' linear weights are stored. */
+  readonly weights: WeightFormat;
   /**
    * The vocabulary rounded up to a multiple of VOCAB_ALIGN: the rows of the LM head (wte or
    * lm_head, zero past vocab_size) and of the logits. GPT-2's 50257 rows leave every logits row
@@ -125,9 +141,10 @@ export class GPT implements Disposable {
   #lm_head: Linear;
   #owned: Buf[];
 
-  private constructor(backend: Backend, config: GPTConfig, bufs: Map<string, Buf>) {
+  private constructor(backend: Backend, config: GPTConfig, bufs: Map<string, Buf>, weights: WeightFormat) {
     this.backend = backend;
     this.config = config;
+    this.weights = weights;
     this.vocab_padded = padded_vocab(config.vocab_size);
     this.#owned = [...bufs.values()];
     this.weight_bytes = this.#owned.reduce((s, b) => s + b.bytes, 0);
@@ -144,6 +161,7 @@ export class GPT implements Disposable {
     });
     const linear = (p: string, out: number, inp: number): Linear => ({
       w: get(`${p}.weight`),
+      scale: bufs.get(`${p}.weight.scale`) ?? null,
       b: bufs.get(`${p}.bias`) ?? null,
       out,
       in: inp,
@@ -159,14 +177,29 @@ export class GPT implements Disposable {
       fc2: linear(`h.${i}.mlp.c_proj`, C, 4 * C),
     }));
     this.#ln_f = norm("ln_f");
-    this.#lm_head = { w: bufs.get("lm_head") ?? this.#wte, b: null, out: this.vocab_padded, in: C };
+    this.#lm_head = {
+      w: bufs.get("lm_head") ?? this.#wte,
+      scale: null,
+      b: null,
+      out: this.vocab_padded,
+      in: C,
+    };
   }
 
   /**
    * Loads a model's weights onto `backend`, tensor by tensor (each is read, converted and written
-   * before the next is read). On any failure everything allocated so far is freed.
+   * before the next is read), the blocks' linear weights quantized to int8 with `weights: "int8"`.
+   * On any failure everything allocated so far is freed.
    */
-  static async load(backend: Backend, source: ModelSource): Promise<GPT> {
+  static async load(
+    backend: Backend,
+    source: ModelSource,
+    opts: { weights?: WeightFormat } = {},
+  ): Promise<GPT> {
+    const weights = opts.weights ?? "dtype";
+    if (weights !== "dtype" && weights !== "int8") {
+      throw new RangeError(`weights must be "dtype" or "int8", got ${JSON.stringify(weights)}`);
+    }
     const config = source.config;
     validate_config(config, `config of ${source.origin}`);
     const shapes = weight_shapes(config);
@@ -189,6 +222,16 @@ export class GPT implements Disposable {
           );
         }
         // The LM head's rows (wte when tied) are padded with zeros to the padded vocabulary.
+        if (weights === "int8" && QUANTIZED.test(name)) {
+          const { q, scale } = GPT.#quantize(t, bytes, shape[0], shape[1]);
+          const qb = backend.alloc(q.byteLength, `weight ${name} (int8)`);
+          bufs.set(name, qb);
+          backend.write(qb, q);
+          const sb = backend.alloc(scale.byteLength, `weight ${name} (int8 scales)`);
+          bufs.set(`${name}.scale`, sb);
+          backend.write(sb, scale);
+          continue;
+        }
         const es = dtype_bytes(backend.dtype);
         const pad = name === "wte" || name === "lm_head"
           ? (padded_vocab(config.vocab_size) - shape[0]) * shape[1]
@@ -198,11 +241,17 @@ export class GPT implements Disposable {
         backend.write_weight(buf, bytes, t.dtype, n, t.stored_transposed);
         if (pad > 0) backend.write(buf, new Uint8Array(pad * es), n * es);
       }
-      return new GPT(backend, config, bufs);
+      return new GPT(backend, config, bufs, weights);
     } catch (e) {
       for (const b of bufs.values()) backend.free(b);
       throw e;
     }
+  }
+
+  /** A (rows, cols) linear weight's int8 values and row scales, from its stored bytes. */
+  static #quantize(t: TensorSource, bytes: Uint8Array, rows: number, cols: number) {
+    const f = to_f32(bytes, t.dtype, rows * cols);
+    return quantize_rows(t.stored_transposed ? transpose(f, rows, cols) : f, rows, cols);
   }
 
   /** Bytes of activations a workspace for `rows` token rows and `logit_rows` logit rows needs. */
@@ -249,6 +298,7 @@ export class GPT implements Disposable {
       out,
       x,
       w: layer.w,
+      w_scale: layer.scale,
       bias: layer.b,
       M: rows,
       N: layer.out,

@@ -6,7 +6,7 @@
  */
 
 /** Version of the exported C ABI: a hash of every signature below (native/abi.zig holds the same). */
-export const NATIVE_ABI_VERSION = 300374432;
+export const NATIVE_ABI_VERSION = 571183121;
 
 /** Every exported function of libngpt. */
 export const native_symbols = {
@@ -28,8 +28,8 @@ export const native_symbols = {
   ng_cpu_layernorm: { parameters: ["u64", "u64", "u64", "u64", "u32", "u32", "f32"], result: "i32" },
   /** Log-probabilities of `rows` rows (see the file comment); fails when top_n > max_top_n or V < top_n, or a target is >= V. (native/cpu/logprobs.zig) */
   ng_cpu_logprobs: { parameters: ["u64", "u64", "u64", "u32", "u32", "u32", "u32"], result: "i32" },
-  /** Matrix multiply with bias and activation epilogue (see MatmulArgs in src/backend/backend.ts). act: 0 none, 1 gelu_erf, 2 gelu_tanh; accumulate != 0 adds into out (act must be 0); bias 0 = none. out must not overlap x or w. (native/cpu/matmul.zig) */
-  ng_cpu_matmul: { parameters: ["u64", "u64", "u64", "u64", "u32", "u32", "u32", "u32", "u32"], result: "i32" },
+  /** Matrix multiply with bias and activation epilogue (see MatmulArgs in src/backend/backend.ts). act: 0 none, 1 gelu_erf, 2 gelu_tanh; accumulate != 0 adds into out (act must be 0); bias 0 = none; scale 0 = f32 weights, else w is int8 (N, K) and scale (N) f32 per-row scales. out must not overlap x or w. (native/cpu/matmul.zig) */
+  ng_cpu_matmul: { parameters: ["u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32", "u32", "u32"], result: "i32" },
   /** Samples the next token of each of B sequences from f32 logits (B rows of V, `ld` floats apart) into tokens_out (int32). Fails on a negative length or n_new, a NaN temperature or top_p, or non-finite logits (the lowest such sequence is named). (native/cpu/sample.zig) */
   ng_cpu_sample: { parameters: ["u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32"], result: "i32" },
   /** Scatters n int32 values; fails (writing nothing) when an index is >= dst_len. (native/cpu/scatter.zig) */

@@ -6,7 +6,7 @@
  * to each, so NVRTC needs no include path. A variant is a kernel plus its specialisation:
  * the storage dtype (-DNG_DTYPE=0 f32, 1 f16, 2 bf16) and, for attention, the head size
  * (-DNG_HEAD_DIM). An entry's fixed `defines` make further kernels of one file (gemv_m1 ..
- * gemv_m16: gemv.cu for M up to 1 .. 16).
+ * gemv_m16: gemv.cu for M up to 1 .. 16; gemv_w8_m*: the same over int8 weights).
  * @module
  */
 import { type DType, DTYPE_CODE } from "../backend.ts";
@@ -53,12 +53,17 @@ export const KERNEL_CONSTANTS = {
 } as const;
 
 const K = KERNEL_CONSTANTS;
-const gemv = (mt: number) => ({
+const gemv = (mt: number, w8 = false) => ({
   file: "gemv.cu",
   entry: "ng_gemv",
   dtype: true,
   head_dim: false,
-  defines: [`NG_GEMV_MT=${mt}`, `NG_GEMV_ROWS=${K.GEMV_ROWS}`, `NG_GEMV_MAX_WARPS=${K.GEMV_MAX_WARPS}`],
+  defines: [
+    `NG_GEMV_MT=${mt}`,
+    `NG_GEMV_ROWS=${K.GEMV_ROWS}`,
+    `NG_GEMV_MAX_WARPS=${K.GEMV_MAX_WARPS}`,
+    ...(w8 ? ["NG_GEMV_W8=1"] : []),
+  ],
 });
 
 /** Every kernel, by op name. */
@@ -72,6 +77,14 @@ export const KERNELS = {
   gemv_m4: gemv(4),
   gemv_m8: gemv(8),
   gemv_m16: gemv(16),
+  // The same over int8 weights with per-row scales (weight-only quantization).
+  gemv_w8_m1: gemv(1, true),
+  gemv_w8_m2: gemv(2, true),
+  gemv_w8_m4: gemv(4, true),
+  gemv_w8_m8: gemv(8, true),
+  gemv_w8_m16: gemv(16, true),
+  // Int8 weight rows times their scales into the storage dtype (large-batch matmuls of int8 weights).
+  dequant_rows: { file: "dequant_rows.cu", entry: "ng_dequant_rows", dtype: true, head_dim: false },
   kv_append: { file: "kv_append.cu", entry: "ng_kv_append", dtype: true, head_dim: false },
   attention_prefill: {
     file: "attention_prefill.cu",

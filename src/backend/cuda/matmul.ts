@@ -76,12 +76,12 @@ const GEMV_STATIC_SMEM = 4096;
 /** Dynamic shared memory a gemv launch may use without raising the function's limit (48 KiB in all). */
 export const GEMV_DEFAULT_SMEM = (48 << 10) - GEMV_STATIC_SMEM;
 /** The gemv variants: the bound on M, and the 16-byte vectors per row a lane loads at once (U in gemv.cu). */
-const GEMV_VARIANTS: readonly [number, KernelName, number][] = [
-  [1, "gemv_m1", 4],
-  [2, "gemv_m2", 4],
-  [4, "gemv_m4", 2],
-  [8, "gemv_m8", 2],
-  [16, "gemv_m16", 1],
+const GEMV_VARIANTS: readonly [number, KernelName, number, KernelName][] = [
+  [1, "gemv_m1", 4, "gemv_w8_m1"],
+  [2, "gemv_m2", 4, "gemv_w8_m2"],
+  [4, "gemv_m4", 2, "gemv_w8_m4"],
+  [8, "gemv_m8", 2, "gemv_w8_m8"],
+  [16, "gemv_m16", 1, "gemv_w8_m16"],
 ];
 /** Output width from which a matmul counts as wide (the LM head): gemv up to GEMV_WIDE_MAX_M. */
 const GEMV_WIDE_N = 16384;
@@ -156,7 +156,9 @@ export interface GemvLaunch {
 export function gemv_launch(a: MatmulArgs, dtype: DType, sm_count: number, smem_per_sm: number): GemvLaunch {
   const v = GEMV_VARIANTS.find(([m]) => a.M <= m);
   if (!v) throw new Error(`internal: gemv for M=${a.M} above ${GEMV_MAX_M}`);
-  const [, kernel, per_lane] = v;
+  // Int8 weights (w_scale): the W8 variant, same grid (a lane's vector covers the same K elements).
+  const [, kernel16, per_lane, kernel8] = v;
+  const kernel = a.w_scale ? kernel8 : kernel16;
   const row_bytes = a.K * dtype_bytes(dtype), nvec = row_bytes / 16, smem_bytes = a.M * row_bytes;
   const groups = Math.ceil(a.N / GEMV_ROWS);
   const flags = ACTIVATION_CODE[a.act] | (a.accumulate ? 4 : 0) | (a.out_f32 ? 8 : 0);
@@ -220,6 +222,8 @@ export class Matmuls {
   #plans = new Map<string, MatmulPlan>();
   /** Layernormed inputs of the cuBLASLt path; only the last is used, older ones stay for old graphs. */
   #scratch: Buf[] = [];
+  /** Dequantized int8 weights of the cuBLASLt path; likewise. */
+  #w_scratch: Buf[] = [];
 
   constructor(ctx: CudaContext, dtype: DType) {
     this.#ctx = ctx;
@@ -263,10 +267,14 @@ export class Matmuls {
     const es = this.#dtype === "f32" ? 4 : 2;
     const checks: [string, { bytes: number; label: string }, number][] = [
       ["x", a.x, a.M * a.K * es],
-      ["w", a.w, a.N * a.K * es],
+      ["w", a.w, a.N * a.K * (a.w_scale ? 1 : es)],
       ["out", a.out, a.M * a.N * (a.out_f32 ? 4 : es)],
     ];
     if (a.bias) checks.push(["bias", a.bias, a.N * es]);
+    if (a.w_scale) {
+      if (a.K % 4 !== 0) throw new Error(`${what}: int8 weights need K a multiple of 4`);
+      checks.push(["w_scale", a.w_scale, a.N * 4]);
+    }
     if (a.ln) {
       if (!(a.ln.eps >= 0)) throw new Error(`${what}: ln.eps must be a non-negative number, got ${a.ln.eps}`);
       checks.push(["ln.weight", a.ln.weight, a.K * es]);
@@ -424,6 +432,21 @@ export class Matmuls {
    * A buffer of at least `bytes` for a layernormed matmul input: the last one when big enough,
    * else a new one, which only `may_grow` (outside graph capture) allows.
    */
+  /**
+   * A buffer of at least `bytes` for a dequantized weight (grown outside capture; older ones stay
+   * for the graphs that use them).
+   */
+  weight_scratch(bytes: number, may_grow: boolean): Buf {
+    const last = this.#w_scratch[this.#w_scratch.length - 1];
+    if (last && last.bytes >= bytes) return last;
+    if (!may_grow) {
+      throw new Error("internal: matmul weight scratch grew during graph capture (dry run skipped?)");
+    }
+    const buf = { ptr: this.#ctx.mem_alloc(bytes), bytes, label: "matmul dequantized weight" };
+    this.#w_scratch.push(buf);
+    return buf;
+  }
+
   input_scratch(bytes: number, may_grow: boolean): Buf {
     const last = this.#scratch[this.#scratch.length - 1];
     if (last && last.bytes >= bytes) return last;
@@ -439,8 +462,9 @@ export class Matmuls {
   /** Destroys the plans, the handle, the workspace and the scratch buffers. */
   dispose(): void {
     const s = this.#ctx.lib.symbols;
-    for (const b of this.#scratch) this.#ctx.mem_free(b.ptr);
+    for (const b of [...this.#scratch, ...this.#w_scratch]) this.#ctx.mem_free(b.ptr);
     this.#scratch = [];
+    this.#w_scratch = [];
     for (const p of this.#plans.values()) s.ng_cublaslt_plan_destroy(p.plan);
     this.#plans.clear();
     this.#ctx.lib.check(s.ng_cublaslt_destroy(this.#ctx.ctx, this.#handle), "ng_cublaslt_destroy");

@@ -196,6 +196,15 @@ export class KernelOps {
     this.#launch(f, [a.rows, 1, 1], [256, 1, 1]);
   }
 
+  /** out (N, K) in the storage dtype = q (int8) times each row's f32 scale. */
+  dequant_rows(out: Buf, q: Buf, scale: Buf, N: number, K: number): void {
+    const f = this.#fn("dequant_rows");
+    if (f === null) return;
+    const blocks = Math.max(1, Math.min(Math.ceil(N * K / 4 / 256), this.#ctx.sm_count * 8));
+    this.#args.reset("ng_dequant_rows").ptr(out).ptr(q).ptr(scale).i32(N).i32(K);
+    this.#launch(f, [blocks, 1, 1], [256, 1, 1]);
+  }
+
   /** In place: x = act(x + bias) over `n` elements in rows of N. */
   bias_gelu(x: Buf, bias: Buf | null, n: number, N: number, act: Activation): void {
     const f = this.#fn("bias_gelu");
@@ -217,7 +226,8 @@ export class KernelOps {
       this.#gemv_smem.set(f, l.smem_bytes);
     }
     if (this.mode === "prepare") return;
-    this.#args.reset("ng_gemv").ptr(a.out).ptr(a.x).ptr(a.w).ptr(a.bias).ptr(a.ln?.weight ?? null)
+    this.#args.reset("ng_gemv").ptr(a.out).ptr(a.x).ptr(a.w).ptr(a.w_scale ?? null).ptr(a.bias)
+      .ptr(a.ln?.weight ?? null)
       .ptr(a.ln?.bias ?? null).i32(a.M).i32(a.N).i32(a.K).f32(a.ln?.eps ?? 0).i32(l.flags).i32(l.ks);
     this.#ctx.launch(f, [l.blocks, 1, 1], [l.threads, 1, 1], l.smem_bytes, this.#stream, this.#args);
   }
