@@ -53,6 +53,7 @@ export {
   type Sequence,
 } from "./src/engine/request.ts";
 export type { TextStream } from "./src/engine/text_stream.ts";
+export type { KvDtype } from "./src/engine/device_state.ts";
 export { type ResolvedSampling, SAMPLING_DEFAULTS, type SamplingOptions } from "./src/engine/sampling.ts";
 export { BlockPool, type PrefixCacheStats } from "./src/engine/kv_cache.ts";
 export { EngineMetrics, Histogram } from "./src/engine/metrics.ts";

@@ -6,7 +6,8 @@
  * stdout is JSON: {"loss", "perplexity", "tokens", "tok_s"}; progress goes to stderr.
  *
  *   deno task eval [--model M] --text FILE [--split all|train|val] [--device auto|cpu|cuda]
- *                  [--dtype bf16|f16|f32] [--weights dtype|int8] [--batch 16] [--window N]
+ *                  [--dtype bf16|f16|f32] [--weights dtype|int8] [--kv-dtype dtype|int8] [--batch 16]
+ *                  [--window N]
  *
  * On CUDA the logits never exist for all positions at once: each launch's rows go through the LM
  * head and a log-softmax in chunks (src/engine/step.ts).
@@ -55,13 +56,14 @@ async function main(argv: string[]): Promise<number> {
   if (values.help) {
     console.log(
       "deno task eval [--model M] --text FILE [--split all|train|val] [--device auto|cpu|cuda] [--dtype bf16|f16|f32] " +
-        "[--weights dtype|int8] [--batch 16] [--window N]",
+        "[--weights dtype|int8] [--kv-dtype dtype|int8] [--batch 16] [--window N]",
     );
     return 0;
   }
   if (!values.text) throw new Error("--text FILE is required");
-  if (values["kv-dtype"] !== undefined) {
-    throw new Error(`--kv-dtype ${values["kv-dtype"]}: 8-bit KV caches are not implemented yet`);
+  const kv_dtype = values["kv-dtype"] ?? "dtype";
+  if (kv_dtype !== "dtype" && kv_dtype !== "int8") {
+    throw new Error(`--kv-dtype must be dtype or int8, got "${values["kv-dtype"]}"`);
   }
   const weights = values.weights ?? "dtype";
   if (weights !== "dtype" && weights !== "int8") {
@@ -86,6 +88,7 @@ async function main(argv: string[]): Promise<number> {
     device: values.device as "auto" | "cpu" | "cuda",
     dtype: values.dtype as "bf16" | "f16" | "f32" | undefined,
     weights,
+    kv_dtype,
     prefill_tokens: batch * window,
     prefill_seqs: batch,
     max_running: batch,

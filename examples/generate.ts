@@ -28,6 +28,7 @@ Options:
   --device auto|cpu|cuda  where to run (default auto: CUDA when a device works, else the CPU)
   --dtype bf16|f16|f32    storage type on CUDA (default bf16; the CPU runs f32)
   --weights dtype|int8    blocks' linear weights: the dtype, or int8 (per-row scales)
+  --kv-dtype dtype|int8   KV cache: the dtype, or int8 with per-row scales (CPU only so far)
   --no-graphs             launch kernels one by one instead of one CUDA graph per step
   --steps-per-launch N    decode steps recorded into one launch (default 8; 1 = one per step)
   --max-new-tokens N      tokens to generate (default ${SAMPLING_DEFAULTS.max_new_tokens})
@@ -55,6 +56,7 @@ async function main(argv: string[]): Promise<number> {
       device: { type: "string", default: "auto" },
       dtype: { type: "string" },
       weights: { type: "string" },
+      "kv-dtype": { type: "string" },
       "no-graphs": { type: "boolean", default: false },
       "steps-per-launch": { type: "string" },
       "max-new-tokens": { type: "string" },
@@ -100,6 +102,7 @@ async function main(argv: string[]): Promise<number> {
     device: values.device as "auto" | "cpu" | "cuda",
     dtype: values.dtype as "bf16" | "f16" | "f32" | undefined,
     weights: values.weights as "dtype" | "int8" | undefined,
+    kv_dtype: values["kv-dtype"] as "dtype" | "int8" | undefined,
     graphs: !values["no-graphs"],
     threads: flag_number("threads", values.threads, true),
     revision: values.revision,

@@ -23,6 +23,7 @@ Options:
   --device auto|cpu|cuda    where to run (default auto)
   --dtype bf16|f16|f32      storage type on CUDA (default bf16)
   --weights dtype|int8      blocks' linear weights: the dtype, or int8 (per-row scales)
+  --kv-dtype dtype|int8     KV cache: the dtype, or int8 with per-row scales (CPU only so far)
   --host H                  interface to bind (default 127.0.0.1)
   --port P                  port (default 8000; 0 picks a free one)
   --api-key KEY             require 'Authorization: Bearer KEY' on /v1/ (default: none)
@@ -45,6 +46,7 @@ async function main(argv: string[]): Promise<number> {
       device: { type: "string", default: "auto" },
       dtype: { type: "string" },
       weights: { type: "string" },
+      "kv-dtype": { type: "string" },
       host: { type: "string", default: "127.0.0.1" },
       port: { type: "string", default: "8000" },
       "api-key": { type: "string" },
@@ -68,6 +70,7 @@ async function main(argv: string[]): Promise<number> {
     device: values.device as "auto" | "cpu" | "cuda",
     dtype: values.dtype as "bf16" | "f16" | "f32" | undefined,
     weights: values.weights as "dtype" | "int8" | undefined,
+    kv_dtype: values["kv-dtype"] as "dtype" | "int8" | undefined,
     max_running: flag_number("max-running", values["max-running"], true),
     max_waiting: flag_number("max-waiting", values["max-waiting"], true),
     kv_memory_fraction: fraction,

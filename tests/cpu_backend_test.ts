@@ -387,6 +387,124 @@ Deno.test("cpu: paged attention appends to the pools and attends causally (decod
   dec({ H: 3, D: 16, block_size: 4, max_len: 40, lengths: [0, 17, 9, 39], counts: [1, 0, 1, 1] });
 });
 
+/** Rows of D values as int8 with one scale each (s = max |x| / 127, in f32), and back. */
+function quantize_kv_rows(x: Float32Array, D: number): { q: Int8Array; s: Float32Array; back: Float32Array } {
+  const n = x.length / D,
+    q = new Int8Array(x.length),
+    s = new Float32Array(n),
+    back = new Float32Array(x.length);
+  for (let r = 0; r < n; r++) {
+    let m = 0;
+    for (let d = 0; d < D; d++) m = Math.max(m, Math.abs(x[r * D + d]));
+    s[r] = Math.fround(m / 127);
+    for (let d = 0; d < D; d++) {
+      q[r * D + d] = s[r] === 0 ? 0 : Math.max(-127, Math.min(127, Math.round(x[r * D + d] / s[r])));
+      back[r * D + d] = q[r * D + d] * s[r];
+    }
+  }
+  return { q, s, back };
+}
+
+/** The same call with an int8 cache: pools and appended rows are its values; outputs as attention over them. */
+function attention_case_int8(spec: PagedSpec, r: () => number): void {
+  const c = make_paged_case(spec, r);
+  const k0 = quantize_kv_rows(c.k, c.D), v0 = quantize_kv_rows(c.v, c.D);
+  // What the append stores: each row's k and v of each head, quantized and read back.
+  const qkv = Float32Array.from(c.qkv);
+  for (let row = 0; row < c.rows; row++) {
+    const kv = qkv.subarray(row * 3 * c.C + c.C, (row + 1) * 3 * c.C);
+    kv.set(quantize_kv_rows(Float32Array.from(kv), c.D).back);
+  }
+  const want = attention_reference({ ...c, qkv, k: k0.back, v: v0.back });
+  const scale_bytes = c.num_blocks * c.H * c.block_size * 4;
+  const bufs = {
+    out: be.alloc(c.rows * c.C * 4, "attn out"),
+    qkv: upload(c.qkv, "qkv"),
+    k: be.alloc(c.k.length, "k pool int8"),
+    v: be.alloc(c.v.length, "v pool int8"),
+    ks: upload(k0.s, "k scales"),
+    vs: upload(v0.s, "v scales"),
+    table: upload(c.table, "block table"),
+    lengths: upload(Int32Array.from(c.lengths), "attn lengths"),
+    n_new: upload(Int32Array.from(c.counts), "attn n_new"),
+    seq_start: upload(c.seq_start, "seq_start"),
+    row_seq: upload(c.row_seq, "row_seq"),
+    positions: upload(c.positions, "positions"),
+  };
+  be.write(bufs.k, k0.q);
+  be.write(bufs.v, v0.q);
+  assertEquals(bufs.ks.bytes, scale_bytes);
+  be.attention({
+    out: bufs.out,
+    qkv: bufs.qkv,
+    cache: { k: bufs.k, v: bufs.v, k_scale: bufs.ks, v_scale: bufs.vs },
+    layout: {
+      num_blocks: c.num_blocks,
+      block_size: c.block_size,
+      n_head: c.H,
+      head_dim: c.D,
+      max_blocks: c.max_blocks,
+    },
+    block_table: bufs.table,
+    lengths: bufs.lengths,
+    B: c.B,
+    ...(c.decode ? { n_new: bufs.n_new, max_len: c.max_len } : {
+      seq_start: bufs.seq_start,
+      row_seq: bufs.row_seq,
+      positions: bufs.positions,
+      rows: c.rows,
+      max_seq_rows: Math.max(1, ...c.counts),
+    }),
+  });
+  const name = `int8 attention ${c.decode ? "decode" : "prefill"} H${c.H} D${c.D} (seed ${run_seed})`;
+  for (const [pool, scales, ref] of [[bufs.k, bufs.ks, want.k], [bufs.v, bufs.vs, want.v]] as const) {
+    const q = new Int8Array(ref.length), sc = download_f32(scales, ref.length / c.D);
+    be.read(pool, q);
+    for (let i = 0; i < ref.length; i++) {
+      const step = sc[Math.floor(i / c.D)];
+      assert(Math.abs(q[i] * step - ref[i]) <= 1.001 * step + 1e-12, `${name}: pool value ${i}`);
+    }
+  }
+  const out = download_f32(bufs.out, c.rows * c.C);
+  const got: number[] = [], exp: number[] = [];
+  want.out.forEach((x, i) => {
+    if (!Number.isNaN(x)) got.push(out[i]), exp.push(x);
+  });
+  assert_close(got, exp, name, 1e-3);
+  free_all(...Object.values(bufs));
+}
+
+Deno.test("cpu: an int8 KV cache stores rows with per-row scales and attends over their values", () => {
+  const r = rng(run_seed ^ 0x1818);
+  attention_case_int8({
+    H: 3,
+    D: 16,
+    block_size: 4,
+    max_len: 24,
+    lengths: [0, 7, 3],
+    counts: [5, 2, 0],
+    decode: false,
+  }, r);
+  attention_case_int8({
+    H: 2,
+    D: 64,
+    block_size: 16,
+    max_len: 160,
+    lengths: [150, 0],
+    counts: [1, 3],
+    decode: false,
+  }, r);
+  attention_case_int8({
+    H: 4,
+    D: 64,
+    block_size: 16,
+    max_len: 300,
+    lengths: [299, 5],
+    counts: [1, 1],
+    decode: true,
+  }, r);
+});
+
 Deno.test("cpu: attention rejects bad lengths, counts and blocks with a clear error", () => {
   const c = make_paged_case({
     H: 2,

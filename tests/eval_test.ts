@@ -49,10 +49,15 @@ async function eval_val(...extra: string[]): Promise<{ loss: number; perplexity:
 
 Deno.test(
   needs_shared(
-    "eval: the embedded model's validation loss is within 0.02 of its best_val_loss; int8 weights within 0.01 of it",
+    "eval: the embedded model's validation loss is within 0.02 of its best_val_loss; int8 weights and KV within issue 11's gates",
   ),
   async () => {
-    const [r, q] = await Promise.all([eval_val(), eval_val("--weights", "int8")]);
+    const [r, q, kv, both] = await Promise.all([
+      eval_val(),
+      eval_val("--weights", "int8"),
+      eval_val("--kv-dtype", "int8"),
+      eval_val("--weights", "int8", "--kv-dtype", "int8"),
+    ]);
     using model = await load_model(DEFAULT_MODEL, { device: "cpu" });
     const best = model.info.best_val_loss;
     assert(Math.abs(r.loss - best) < 0.02, `val loss ${r.loss} vs best_val_loss ${best}`);
@@ -62,5 +67,11 @@ Deno.test(
     assertEquals(q.tokens, r.tokens);
     assert(q.loss - r.loss <= 0.01, `int8 weights: val loss ${q.loss} vs ${r.loss} in f32`);
     assert(q.loss !== r.loss, "int8 weights gave the f32 loss exactly: were they quantized?");
+    // And for an 8-bit KV cache: 0.01; both together: 0.02.
+    assert(kv.loss - r.loss <= 0.01 && kv.loss !== r.loss, `int8 KV: val loss ${kv.loss} vs ${r.loss}`);
+    assert(
+      both.loss - r.loss <= 0.02 && both.loss !== q.loss,
+      `int8 weights and KV: ${both.loss} vs ${r.loss}`,
+    );
   },
 );

@@ -341,3 +341,28 @@ Deno.test("scheduler: fewer tokens wanted than steps per launch take the largest
   // The prefill's token, then 7 more: 4, 2, 1 (not seven one-step launches).
   assertEquals([launch(), launch(), launch()].map((p) => p.decode?.k), [4, 2, 1]);
 });
+
+Deno.test("scheduler: an int8 KV cache sizes its pool by its own block bytes, and preemption recomputes the same tokens", async () => {
+  const wide = [];
+  {
+    using model = await load_model(DEFAULT_MODEL, { device: "cpu", kv_dtype: "int8" });
+    wide.push(...(await model.generate_batch(REQUESTS)).map(essence));
+  }
+  using model = await load_model(DEFAULT_MODEL, { device: "cpu", kv_dtype: "int8", kv_memory: 1 });
+  const c = model.config;
+  // One byte a value, plus an f32 scale per row of head_dim values, for K and V in every layer.
+  const block = 2 * c.n_layer * 16 * c.n_embd + 2 * c.n_layer * 16 * c.n_head * 4;
+  assert(block < BLOCK_BYTES / 3, `int8 block of ${block} bytes against ${BLOCK_BYTES} in f32`);
+  await assertRejects(() => model.generate("ROMEO:"), RangeError, `blocks of ${block} bytes`);
+  using tight = await load_model(DEFAULT_MODEL, {
+    device: "cpu",
+    kv_dtype: "int8",
+    kv_memory: 20 * block,
+    steps_per_launch: 4,
+  });
+  assertEquals((await tight.generate_batch(REQUESTS)).map(essence), wide);
+  assertEquals(tight.engine.pool!.num_blocks, 20);
+  assertEquals(tight.engine.kv_bytes, 20 * block);
+  assert(tight.engine.preemptions > 0, "the tight pool never preempted");
+  assertEquals(tight.engine.pool!.held, 0);
+});

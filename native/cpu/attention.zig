@@ -9,6 +9,10 @@
 //! gets a zero output row. First the k and v of every owned row are written to the pools; then each
 //! query attends to positions 0..lengths[b]+t with an online (flash-style) softmax in f32 over
 //! blocks of keys gathered into per-worker scratch. Tasks are (sequence, head, block of queries).
+//!
+//! With scale pools (an int8 KV cache) the pools hold int8 values and k_scale / v_scale one f32
+//! scale per (block, head, row): a row is appended as round(x / s) with s = max |x| / 127, and
+//! read back as q * s when gathered.
 const std = @import("std");
 const err = @import("../err.zig");
 const pool = @import("pool.zig");
@@ -26,8 +30,11 @@ const query_block: usize = 8;
 const Job = struct {
     out: [*]f32,
     qkv: [*]const f32,
-    k_pool: [*]f32,
-    v_pool: [*]f32,
+    /// Pool addresses: f32 rows, or int8 rows when the scales are set.
+    k_pool: usize,
+    v_pool: usize,
+    k_scale: ?[*]f32,
+    v_scale: ?[*]f32,
     table: [*]const i32,
     lengths: [*]const i32,
     n_new: ?[*]const i32,
@@ -57,6 +64,31 @@ const Job = struct {
     }
 };
 
+/// Writes D values at element offset r of a pool (f32, or int8 with its row's scale).
+fn put_row(pool_addr: usize, scale: ?[*]f32, r: usize, src: [*]const f32, D: usize) void {
+    if (scale) |sc| {
+        const q: [*]i8 = @ptrFromInt(pool_addr);
+        var m: f32 = 0;
+        for (0..D) |d| m = @max(m, @abs(src[d]));
+        const s = m / 127.0;
+        sc[r / D] = s;
+        for (0..D) |d| q[r + d] = if (s == 0) 0 else @intFromFloat(@max(-127.0, @min(127.0, @round(src[d] / s))));
+    } else {
+        const f: [*]f32 = @ptrFromInt(pool_addr);
+        @memcpy(f[r .. r + D], src[0..D]);
+    }
+}
+
+/// Value d of the row at element offset r of a pool.
+inline fn get(pool_addr: usize, scale: ?[*]const f32, r: usize, d: usize, D: usize) f32 {
+    if (scale) |sc| {
+        const q: [*]const i8 = @ptrFromInt(pool_addr);
+        return @as(f32, @floatFromInt(q[r + d])) * sc[r / D];
+    }
+    const f: [*]const f32 = @ptrFromInt(pool_addr);
+    return f[r + d];
+}
+
 /// Cache append of sequence b's rows.
 fn append_task(j: *const Job, b: usize, _: usize) void {
     const C = j.H * j.D;
@@ -66,8 +98,8 @@ fn append_task(j: *const Job, b: usize, _: usize) void {
         const src = j.qkv + (s + t) * 3 * C;
         for (0..j.H) |h| {
             const dst = j.row(b, h, len + t);
-            @memcpy(j.k_pool[dst .. dst + j.D], src[C + h * j.D .. C + (h + 1) * j.D]);
-            @memcpy(j.v_pool[dst .. dst + j.D], src[2 * C + h * j.D .. 2 * C + (h + 1) * j.D]);
+            put_row(j.k_pool, j.k_scale, dst, src + C + h * j.D, j.D);
+            put_row(j.v_pool, j.v_scale, dst, src + 2 * C + h * j.D, j.D);
         }
     }
 }
@@ -151,8 +183,13 @@ fn attend_queries(j: *const Job, ws: []f32, b: usize, h: usize, t0: usize, nq: u
         const nk = @min(key_block, n_keys - k0);
         for (0..nk) |kk| {
             const r = j.row(b, h, k0 + kk);
-            @memcpy(vb[kk * D .. (kk + 1) * D], j.v_pool[r .. r + D]);
-            for (0..D) |d| kt[d * key_block + kk] = j.k_pool[r + d];
+            if (j.v_scale == null) {
+                const vp: [*]const f32 = @ptrFromInt(j.v_pool);
+                @memcpy(vb[kk * D .. (kk + 1) * D], vp[r .. r + D]);
+            } else for (0..D) |d| {
+                vb[kk * D + d] = get(j.v_pool, j.v_scale, r, d, D);
+            }
+            for (0..D) |d| kt[d * key_block + kk] = get(j.k_pool, j.k_scale, r, d, D);
         }
         for (0..D) |d| @memset(kt[d * key_block + nk .. (d + 1) * key_block], 0);
         for (0..nq) |qi| {
@@ -219,10 +256,11 @@ fn attend_task(j: *const Job, task: usize, worker: usize) void {
 /// Appends the k, v of every row a sequence owns into its pool blocks and computes causal
 /// attention for those rows (see the file comment). `seq_start` 0: one row per sequence, n_new[b]
 /// of them (a decode step); else B + 1 row offsets (a packed prefill) and n_new unused.
+/// k_scale / v_scale 0: f32 pools; else int8 pools with one f32 scale per (block, head, row).
 /// Fails (writing nothing) when a length or count is negative, a sequence runs past its
 /// max_blocks * block_size positions or names a block outside the pool, or head_dim is 0 or above
 /// max_head_dim.
-export fn ng_cpu_attention(out: u64, qkv: u64, k_pool: u64, v_pool: u64, block_table: u64, lengths: u64, n_new: u64, seq_start: u64, B: u32, n_head: u32, head_dim: u32, block_size: u32, max_blocks: u32, num_blocks: u32) i32 {
+export fn ng_cpu_attention(out: u64, qkv: u64, k_pool: u64, v_pool: u64, k_scale: u64, v_scale: u64, block_table: u64, lengths: u64, n_new: u64, seq_start: u64, B: u32, n_head: u32, head_dim: u32, block_size: u32, max_blocks: u32, num_blocks: u32) i32 {
     if (head_dim == 0 or head_dim > max_head_dim) {
         return err.set(1, "ng_cpu_attention: head_dim {d} is not in 1..{d}", .{ head_dim, max_head_dim });
     }
@@ -231,8 +269,10 @@ export fn ng_cpu_attention(out: u64, qkv: u64, k_pool: u64, v_pool: u64, block_t
     var j = Job{
         .out = @ptrFromInt(out),
         .qkv = @ptrFromInt(qkv),
-        .k_pool = @ptrFromInt(k_pool),
-        .v_pool = @ptrFromInt(v_pool),
+        .k_pool = k_pool,
+        .v_pool = v_pool,
+        .k_scale = if (k_scale == 0) null else @ptrFromInt(k_scale),
+        .v_scale = if (v_scale == 0) null else @ptrFromInt(v_scale),
         .table = @ptrFromInt(block_table),
         .lengths = @ptrFromInt(lengths),
         .n_new = if (n_new == 0) null else @ptrFromInt(n_new),
@@ -249,6 +289,7 @@ export fn ng_cpu_attention(out: u64, qkv: u64, k_pool: u64, v_pool: u64, block_t
         .n_scratch = 0,
     };
     if (j.seq_start == null and j.n_new == null) return err.set(1, "ng_cpu_attention: needs n_new or seq_start", .{});
+    if ((j.k_scale == null) != (j.v_scale == null)) return err.set(1, "ng_cpu_attention: k_scale and v_scale go together", .{});
     var longest: usize = 0;
     const cap = @as(i64, max_blocks) * block_size;
     for (0..B) |b| {

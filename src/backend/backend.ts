@@ -137,10 +137,17 @@ export interface MatmulArgs {
 
 /** One layer's paged KV cache: K and V pools of (num_blocks, n_head, block_size, head_dim) each. */
 export interface KvLayer {
-  /** The layer's K pool (num_blocks, n_head, block_size, head_dim), in backend.dtype. */
+  /** The layer's K pool (num_blocks, n_head, block_size, head_dim), in backend.dtype (int8 with scales). */
   k: Buf;
   /** The layer's V pool, shaped as k. */
   v: Buf;
+  /**
+   * An int8 cache: f32 scales of the K rows, (num_blocks, n_head, block_size), one per row of
+   * head_dim values (a row is stored as round(x / s), s = max |x| / 127). Absent: pools in backend.dtype.
+   */
+  k_scale?: Buf;
+  /** The V rows' scales, shaped as k_scale. */
+  v_scale?: Buf;
 }
 
 /** The shape of the paged KV cache, shared by every layer and every attention call. */

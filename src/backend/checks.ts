@@ -46,9 +46,18 @@ export function check_attention(
   }
   need(op, "qkv", a.qkv, rows * 3 * C * es, `${rows} x ${3 * C} elements`);
   need(op, "out", a.out, rows * C * es, `${rows} x ${C} elements`);
-  const pool = num_blocks * H * block_size * D * es;
-  need(op, "cache.k", a.cache.k, pool, `${num_blocks} blocks of ${H} x ${block_size} x ${D}`);
-  need(op, "cache.v", a.cache.v, pool, `${num_blocks} blocks of ${H} x ${block_size} x ${D}`);
+  const int8 = a.cache.k_scale !== undefined;
+  if (int8 !== (a.cache.v_scale !== undefined)) {
+    throw new TypeError(`${op}: cache.k_scale and cache.v_scale go together`);
+  }
+  const rows_in_pool = num_blocks * H * block_size, pool = rows_in_pool * D * (int8 ? 1 : es);
+  const what = `${num_blocks} blocks of ${H} x ${block_size} x ${D}${int8 ? " int8" : ""}`;
+  need(op, "cache.k", a.cache.k, pool, what);
+  need(op, "cache.v", a.cache.v, pool, what);
+  if (int8) {
+    need(op, "cache.k_scale", a.cache.k_scale!, rows_in_pool * 4, `${rows_in_pool} f32`);
+    need(op, "cache.v_scale", a.cache.v_scale!, rows_in_pool * 4, `${rows_in_pool} f32`);
+  }
   need(op, "block_table", a.block_table, a.B * max_blocks * 4, `${a.B} x ${max_blocks} int32`);
   need(op, "lengths", a.lengths, a.B * 4, `${a.B} int32`);
   return { rows, C };

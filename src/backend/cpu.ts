@@ -262,6 +262,8 @@ export class CpuBackend implements Backend {
       a.qkv.ptr,
       a.cache.k.ptr,
       a.cache.v.ptr,
+      a.cache.k_scale?.ptr ?? 0n,
+      a.cache.v_scale?.ptr ?? 0n,
       a.block_table.ptr,
       a.lengths.ptr,
       a.seq_start ? 0n : a.n_new!.ptr,

@@ -5,10 +5,11 @@
  * graphs) point into these buffers, so they stay valid until the state is disposed.
  * @module
  */
-import type { Backend, Buf, KvLayer, KvLayout } from "../backend/backend.ts";
+import type { Backend, Buf, DType, KvLayer, KvLayout } from "../backend/backend.ts";
 import { dtype_bytes } from "../backend/backend.ts";
 import { split_buf, split_bytes, sub_buf } from "../backend/buf.ts";
 import type { GPT, Workspace } from "../model/gpt.ts";
+import type { GPTConfig } from "../model/config.ts";
 import { MAX_LOGPROBS } from "./request.ts";
 
 /** Floats per row of logprob output: the chosen token's, then MAX_LOGPROBS (id, logprob) pairs. */
@@ -26,6 +27,17 @@ export interface DeviceStateOptions {
   prefill_seqs: number;
   /** Rows of the token log: the most decode steps one launch runs. */
   log_steps: number;
+  /** KV storage: the backend's dtype, or int8 with one f32 scale per row of head_dim values. */
+  kv_dtype: KvDtype;
+}
+
+/** How the KV cache is stored (EngineOptions.kv_dtype). */
+export type KvDtype = "dtype" | "int8";
+
+/** Bytes one KV block takes over all layers (K and V, and the int8 cache's scales). */
+export function kv_block_bytes(c: GPTConfig, block_size: number, dtype: DType, kv_dtype: KvDtype): number {
+  const values = 2 * c.n_layer * block_size * c.n_embd * (kv_dtype === "int8" ? 1 : dtype_bytes(dtype));
+  return values + (kv_dtype === "int8" ? 2 * c.n_layer * block_size * c.n_head * 4 : 0);
 }
 
 /** The decode slots' per-sequence arrays (device views) and their host mirror, written in one copy. */
@@ -183,9 +195,10 @@ export class DeviceState implements Disposable {
       head_dim: c.n_embd / c.n_head,
       max_blocks,
     };
-    const es = dtype_bytes(be.dtype);
-    const pool_bytes = opts.num_blocks * opts.block_size * c.n_embd * es;
-    this.kv_bytes = 2 * c.n_layer * pool_bytes;
+    const int8 = opts.kv_dtype === "int8";
+    const pool_bytes = opts.num_blocks * opts.block_size * c.n_embd * (int8 ? 1 : dtype_bytes(be.dtype));
+    const scale_bytes = int8 ? opts.num_blocks * opts.block_size * c.n_head * 4 : 0;
+    this.kv_bytes = opts.num_blocks * kv_block_bytes(c, opts.block_size, be.dtype, opts.kv_dtype);
     const a = (bytes: number, label: string) => {
       const b = be.alloc(bytes, label);
       this.#owned.push(b);
@@ -194,7 +207,15 @@ export class DeviceState implements Disposable {
     try {
       this.kv = [];
       for (let l = 0; l < c.n_layer; l++) {
-        this.kv.push({ k: a(pool_bytes, `kv pool layer ${l} k`), v: a(pool_bytes, `kv pool layer ${l} v`) });
+        const layer: KvLayer = {
+          k: a(pool_bytes, `kv pool layer ${l} k`),
+          v: a(pool_bytes, `kv pool layer ${l} v`),
+        };
+        if (int8) {
+          layer.k_scale = a(scale_bytes, `kv scales layer ${l} k`);
+          layer.v_scale = a(scale_bytes, `kv scales layer ${l} v`);
+        }
+        this.kv.push(layer);
       }
       const sw = slot_words(opts.slots, max_blocks);
       this.slot_host = new HostArrays(sw);

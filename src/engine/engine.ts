@@ -18,7 +18,7 @@ import type { GPT } from "../model/gpt.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import { check_choice, check_int, check_keys } from "../util/check.ts";
 import { batch_bucket, length_bucket, rows_bucket, seqs_bucket } from "./buckets.ts";
-import { DeviceState, LOGPROB_WORDS } from "./device_state.ts";
+import { DeviceState, kv_block_bytes, type KvDtype, LOGPROB_WORDS } from "./device_state.ts";
 import { BlockPool } from "./kv_cache.ts";
 import { EngineMetrics } from "./metrics.ts";
 import {
@@ -73,6 +73,11 @@ export interface EngineOptions {
   /** Reuse the KV of prompt prefixes other requests computed (default true). */
   prefix_caching?: boolean;
   /**
+   * How the KV cache is stored: "dtype" (default, the backend's dtype) or "int8" (one f32 scale
+   * per row of head_dim values: about half the bytes of a 16-bit cache; the CPU backend only so far).
+   */
+  kv_dtype?: KvDtype;
+  /**
    * Milliseconds of work between yields to the event loop's I/O (default 0: only promise jobs run
    * between launches, for the least overhead). A server sets a few ms so sockets are served while
    * the engine works.
@@ -92,6 +97,7 @@ export const ENGINE_OPTION_KEYS: readonly (keyof EngineOptions)[] = [
   "kv_memory",
   "kv_memory_fraction",
   "prefix_caching",
+  "kv_dtype",
   "io_yield_ms",
 ];
 
@@ -248,8 +254,12 @@ export class Engine implements Disposable {
       kv_memory: opts.kv_memory === undefined ? null : check_int("kv_memory", opts.kv_memory, 1),
       kv_memory_fraction: opts.kv_memory_fraction ?? 0.5,
       prefix_caching: opts.prefix_caching ?? true,
+      kv_dtype: check_choice("kv_dtype", opts.kv_dtype ?? "dtype", ["dtype", "int8"]),
       io_yield_ms: check_int("io_yield_ms", opts.io_yield_ms ?? 0, 0, 1000),
     };
+    if (o.kv_dtype === "int8" && cuda) {
+      throw new Error('kv_dtype "int8": an int8 KV cache is implemented on the CPU backend only so far');
+    }
     if (!(o.kv_memory_fraction > 0 && o.kv_memory_fraction <= 1)) {
       throw new RangeError(`kv_memory_fraction must be in (0, 1], got ${o.kv_memory_fraction}`);
     }
@@ -290,7 +300,7 @@ export class Engine implements Disposable {
     }
     const o = this.options, c = this.model.config, be = this.model.backend;
     const max_blocks = Math.ceil(c.block_size / o.block_size);
-    const block_bytes = 2 * c.n_layer * o.block_size * c.n_embd * (be.dtype === "f32" ? 4 : 2);
+    const block_bytes = kv_block_bytes(c, o.block_size, be.dtype, o.kv_dtype);
     const enough = o.max_running * max_blocks + 1;
     const free = be.free_bytes();
     const budget = o.kv_memory ?? (free === null ? 1 << 30 : Math.floor(free * o.kv_memory_fraction));
@@ -308,6 +318,7 @@ export class Engine implements Disposable {
       prefill_tokens: o.prefill_tokens,
       prefill_seqs: o.prefill_seqs,
       log_steps: o.steps_per_launch,
+      kv_dtype: o.kv_dtype,
     });
     this.#state = state;
     this.#steps = new Steps(this.model, state);

@@ -6,7 +6,7 @@
  */
 
 /** Version of the exported C ABI: a hash of every signature below (native/abi.zig holds the same). */
-export const NATIVE_ABI_VERSION = 571183121;
+export const NATIVE_ABI_VERSION = 500186447;
 
 /** Every exported function of libngpt. */
 export const native_symbols = {
@@ -16,8 +16,8 @@ export const native_symbols = {
   ng_convert_buf: { parameters: ["u64", "u32", "buffer", "u32", "u64", "u64", "u64"], result: "i32" },
   /** Adds n_new to lengths for B sequences; fails (changing nothing) on a negative n_new or when a length would overflow i32. (native/cpu/advance.zig) */
   ng_cpu_advance: { parameters: ["u64", "u64", "u32"], result: "i32" },
-  /** Appends the k, v of every row a sequence owns into its pool blocks and computes causal attention for those rows (see the file comment). `seq_start` 0: one row per sequence, n_new[b] of them (a decode step); else B + 1 row offsets (a packed prefill) and n_new unused. Fails (writing nothing) when a length or count is negative, a sequence runs past its max_blocks * block_size positions or names a block outside the pool, or head_dim is 0 or above max_head_dim. (native/cpu/attention.zig) */
-  ng_cpu_attention: { parameters: ["u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32", "u32", "u32", "u32"], result: "i32" },
+  /** Appends the k, v of every row a sequence owns into its pool blocks and computes causal attention for those rows (see the file comment). `seq_start` 0: one row per sequence, n_new[b] of them (a decode step); else B + 1 row offsets (a packed prefill) and n_new unused. k_scale / v_scale 0: f32 pools; else int8 pools with one f32 scale per (block, head, row). Fails (writing nothing) when a length or count is negative, a sequence runs past its max_blocks * block_size positions or names a block outside the pool, or head_dim is 0 or above max_head_dim. (native/cpu/attention.zig) */
+  ng_cpu_attention: { parameters: ["u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32", "u32", "u32", "u32"], result: "i32" },
   /** Embeds `rows` token rows (see EmbedArgs in src/backend/backend.ts). Positions past max_pos-1 (padding rows) are clamped. Fails on a negative token id or position, or an id >= vocab. (native/cpu/embed.zig) */
   ng_cpu_embed: { parameters: ["u64", "u64", "u64", "u64", "u64", "u32", "u32", "u32", "u32"], result: "i32" },
   /** Copies rows idx[0..n] of x (rows of C floats; `x_rows` of them) into out; fails when an index is outside 0..x_rows. (native/cpu/gather.zig) */

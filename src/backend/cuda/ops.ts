@@ -258,6 +258,9 @@ export class KernelOps {
   attention(a: AttentionArgs): void {
     const op = "attention";
     const { rows, C } = check_attention(op, a, this.#es);
+    if (a.cache.k_scale) {
+      throw new Error(`${op}: an int8 KV cache is implemented on the CPU backend only so far`);
+    }
     const L = a.layout, D = L.head_dim, H = L.n_head, es = this.#es;
     if (D > MAX_HEAD_DIM) {
       throw new RangeError(`${op}: head_dim ${D} is above the ${MAX_HEAD_DIM} the kernels support`);
