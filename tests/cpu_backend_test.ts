@@ -5,12 +5,18 @@
  * NGPT_TEST_SEED to try another).
  */
 import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
-import type { AttentionArgs, Buf } from "../src/backend/backend.ts";
+import type { Buf } from "../src/backend/backend.ts";
 import { create_cpu_backend } from "../src/backend/cpu.ts";
 import { native } from "../src/native/lib.ts";
 import { rng, test_seed } from "./helpers/rng.ts";
 import { rel_l2 } from "./helpers/compare.ts";
-import { attention_reference, make_paged_case, type PagedSpec } from "./helpers/attention_ref.ts";
+import {
+  attention_reference,
+  make_paged_case,
+  paged_attention_args,
+  type PagedCase,
+  type PagedSpec,
+} from "./helpers/attention_ref.ts";
 
 const run_seed = test_seed();
 const be = create_cpu_backend({ threads: 2 });
@@ -306,6 +312,18 @@ Deno.test("cpu: gelu_erf and gelu_tanh are accurate over a wide range", () => {
   free_all(xb, w, out);
 });
 
+/** A case's block table, lengths and row arrays on the backend. */
+function upload_case_ints(c: PagedCase) {
+  return {
+    table: upload(c.table, "block table"),
+    lengths: upload(Int32Array.from(c.lengths), "attn lengths"),
+    n_new: upload(Int32Array.from(c.counts), "attn n_new"),
+    seq_start: upload(c.seq_start, "seq_start"),
+    row_seq: upload(c.row_seq, "row_seq"),
+    positions: upload(c.positions, "positions"),
+  };
+}
+
 /** Runs one paged attention call on the CPU backend and checks the pools and outputs against the reference. */
 function attention_case(spec: PagedSpec, r: () => number): void {
   const c = make_paged_case(spec, r);
@@ -315,37 +333,11 @@ function attention_case(spec: PagedSpec, r: () => number): void {
     qkv: upload(c.qkv, "qkv"),
     k: upload(c.k, "k pool"),
     v: upload(c.v, "v pool"),
-    table: upload(c.table, "block table"),
-    lengths: upload(Int32Array.from(c.lengths), "attn lengths"),
-    n_new: upload(Int32Array.from(c.counts), "attn n_new"),
-    seq_start: upload(c.seq_start, "seq_start"),
-    row_seq: upload(c.row_seq, "row_seq"),
-    positions: upload(c.positions, "positions"),
+    ...upload_case_ints(c),
   };
   be.write(bufs.out, new Float32Array(c.rows * c.C).fill(7)); // rows not owned keep this
   const most = Math.max(1, ...c.counts);
-  const args: AttentionArgs = {
-    out: bufs.out,
-    qkv: bufs.qkv,
-    cache: { k: bufs.k, v: bufs.v },
-    layout: {
-      num_blocks: c.num_blocks,
-      block_size: c.block_size,
-      n_head: c.H,
-      head_dim: c.D,
-      max_blocks: c.max_blocks,
-    },
-    block_table: bufs.table,
-    lengths: bufs.lengths,
-    B: c.B,
-    ...(c.decode ? { n_new: bufs.n_new, max_len: c.max_len } : {
-      seq_start: bufs.seq_start,
-      row_seq: bufs.row_seq,
-      positions: bufs.positions,
-      rows: c.rows,
-      max_seq_rows: most,
-    }),
-  };
+  const args = paged_attention_args(c, { ...bufs, cache: { k: bufs.k, v: bufs.v } });
   if (!c.decode && most > 1) {
     // An understated bound would make the CUDA kernels skip rows: the CPU refuses it before any work.
     assertThrows(
@@ -424,38 +416,14 @@ function attention_case_int8(spec: PagedSpec, r: () => number): void {
     v: be.alloc(c.v.length, "v pool int8"),
     ks: upload(k0.s, "k scales"),
     vs: upload(v0.s, "v scales"),
-    table: upload(c.table, "block table"),
-    lengths: upload(Int32Array.from(c.lengths), "attn lengths"),
-    n_new: upload(Int32Array.from(c.counts), "attn n_new"),
-    seq_start: upload(c.seq_start, "seq_start"),
-    row_seq: upload(c.row_seq, "row_seq"),
-    positions: upload(c.positions, "positions"),
+    ...upload_case_ints(c),
   };
   be.write(bufs.k, k0.q);
   be.write(bufs.v, v0.q);
   assertEquals(bufs.ks.bytes, scale_bytes);
-  be.attention({
-    out: bufs.out,
-    qkv: bufs.qkv,
-    cache: { k: bufs.k, v: bufs.v, k_scale: bufs.ks, v_scale: bufs.vs },
-    layout: {
-      num_blocks: c.num_blocks,
-      block_size: c.block_size,
-      n_head: c.H,
-      head_dim: c.D,
-      max_blocks: c.max_blocks,
-    },
-    block_table: bufs.table,
-    lengths: bufs.lengths,
-    B: c.B,
-    ...(c.decode ? { n_new: bufs.n_new, max_len: c.max_len } : {
-      seq_start: bufs.seq_start,
-      row_seq: bufs.row_seq,
-      positions: bufs.positions,
-      rows: c.rows,
-      max_seq_rows: Math.max(1, ...c.counts),
-    }),
-  });
+  be.attention(
+    paged_attention_args(c, { ...bufs, cache: { k: bufs.k, v: bufs.v, k_scale: bufs.ks, v_scale: bufs.vs } }),
+  );
   const name = `int8 attention ${c.decode ? "decode" : "prefill"} H${c.H} D${c.D} (seed ${run_seed})`;
   for (const [pool, scales, ref] of [[bufs.k, bufs.ks, want.k], [bufs.v, bufs.vs, want.v]] as const) {
     const q = new Int8Array(ref.length), sc = download_f32(scales, ref.length / c.D);

@@ -7,7 +7,12 @@ import { assert, assertEquals } from "../helpers/assert.ts";
 import type { DType } from "../../src/backend/backend.ts";
 import type { CudaBackend } from "../../src/backend/cuda.ts";
 import { decode_plan } from "../../src/backend/cuda/ops.ts";
-import { attention_reference, make_paged_case, type PagedSpec } from "../helpers/attention_ref.ts";
+import {
+  attention_reference,
+  make_paged_case,
+  paged_attention_args,
+  type PagedSpec,
+} from "../helpers/attention_ref.ts";
 import { test_seed } from "../helpers/rng.ts";
 import { backend, gpu_suite, read_f32, rel_l2, rng, tol, upload, upload_i32 } from "./gpu_helpers.ts";
 
@@ -33,28 +38,17 @@ function check(be: CudaBackend, spec: PagedSpec, seed: number, what: string): vo
   ];
   const [table, lengths, n_new, seq_start, row_seq, positions] = ints;
   const out = be.alloc(c.rows * c.C * es, "out");
-  be.attention({
+  be.attention(paged_attention_args(c, {
     out,
     qkv: qkv.buf,
     cache: { k: k.buf, v: v.buf },
-    layout: {
-      num_blocks: c.num_blocks,
-      block_size: c.block_size,
-      n_head: c.H,
-      head_dim: c.D,
-      max_blocks: c.max_blocks,
-    },
-    block_table: table,
+    table,
     lengths,
-    B: c.B,
-    ...(c.decode ? { n_new, max_len: c.max_len } : {
-      seq_start,
-      row_seq,
-      positions,
-      rows: c.rows,
-      max_seq_rows: Math.max(1, ...c.counts),
-    }),
-  });
+    n_new,
+    seq_start,
+    row_seq,
+    positions,
+  }));
   const name = `${what} (seed ${SEED})`;
   const kd = read_f32(be, k.buf, c.k.length), vd = read_f32(be, v.buf, c.v.length);
   assert(kd.every((x, i) => x === want.k[i]), `${name}: the k pool differs from the expected append`);

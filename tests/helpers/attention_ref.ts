@@ -5,6 +5,8 @@
  * and every owned row's output).
  */
 
+import type { AttentionArgs, Buf, KvLayer } from "../../src/backend/backend.ts";
+
 /** What a case is made of. */
 export interface PagedSpec {
   H: number;
@@ -150,4 +152,43 @@ export function attention_reference(c: PagedCase): { out: Float64Array; k: Float
     });
   }
   return { out, k, v };
+}
+
+/** The device buffers of a case's attention call. */
+export interface PagedBufs {
+  out: Buf;
+  qkv: Buf;
+  cache: KvLayer;
+  table: Buf;
+  lengths: Buf;
+  n_new: Buf;
+  seq_start: Buf;
+  row_seq: Buf;
+  positions: Buf;
+}
+
+/** A case's attention call over its buffers: a decode step or a packed prefill, as the case says. */
+export function paged_attention_args(c: PagedCase, b: PagedBufs): AttentionArgs {
+  return {
+    out: b.out,
+    qkv: b.qkv,
+    cache: b.cache,
+    layout: {
+      num_blocks: c.num_blocks,
+      block_size: c.block_size,
+      n_head: c.H,
+      head_dim: c.D,
+      max_blocks: c.max_blocks,
+    },
+    block_table: b.table,
+    lengths: b.lengths,
+    B: c.B,
+    ...(c.decode ? { n_new: b.n_new, max_len: c.max_len } : {
+      seq_start: b.seq_start,
+      row_seq: b.row_seq,
+      positions: b.positions,
+      rows: c.rows,
+      max_seq_rows: Math.max(1, ...c.counts),
+    }),
+  };
 }
