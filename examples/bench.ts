@@ -4,6 +4,7 @@
  *
  *   deno task bench [--device cpu|cuda|auto] [--models gpt2,gpt2-xl] [--batches 1,8,64]
  *                   [--prompt 64] [--new 256] [--graphs both|on|off] [--dtype bf16] [--weights int8]
+ *                   [--kv-dtype int8]
  *                   [--json out.json] [--svg chart.svg] [--peer peer.jsonl]
  *
  * Each batch runs as a closed batch through the engine: B slots, every prompt prefilled in one launch,
@@ -16,6 +17,7 @@ import { parseArgs } from "node:util";
 import { type Backend, create_backend, DEFAULT_MODEL, Engine, GPT, GPT2_SIZES, open_model } from "../mod.ts";
 import { cuda_status, CudaBackend } from "../src/backend/cuda.ts";
 import { create_tokenizer } from "../src/tokenizer/tokenizer.ts";
+import { kv_block_bytes, type KvDtype } from "../src/engine/device_state.ts";
 import { render_chart, type Series } from "./bench_chart.ts";
 
 /** One measurement. */
@@ -59,6 +61,7 @@ const { values } = parseArgs({
     graphs: { type: "string", default: "both" },
     dtype: { type: "string" },
     weights: { type: "string", default: "dtype" },
+    "kv-dtype": { type: "string", default: "dtype" },
     json: { type: "string" },
     svg: { type: "string" },
     peer: { type: "string" },
@@ -71,7 +74,7 @@ if (values.help) {
   console.log(
     "deno task bench [--device cpu|cuda|auto] [--models gpt2,...,shakespeare,PATH] [--batches 1,8] " +
       "[--prompt 64] [--new 256] [--graphs both|on|off] [--steps 8 (decode steps per launch; 1,8 runs both)] " +
-      "[--dtype bf16|f16|f32] [--weights dtype|int8] [--json F] [--svg F] [--peer F]",
+      "[--dtype bf16|f16|f32] [--weights dtype|int8] [--kv-dtype dtype|int8] [--json F] [--svg F] [--peer F]",
   );
   Deno.exit(0);
 }
@@ -112,7 +115,7 @@ for (const m of values.models.split(",")) {
     const mem0 = used_bytes(backend);
     using gpt = await GPT.load(backend, source, { weights: values.weights as "dtype" | "int8" });
     const base_name = (is_cuda ? (graphs ? "ngpt" : "ngpt-nographs") : "ngpt-cpu") +
-      (gpt.weights === "int8" ? "-int8" : "");
+      (gpt.weights === "int8" ? "-int8" : "") + (values["kv-dtype"] === "int8" ? "-kv8" : "");
     console.error(
       `${m}: ${backend.device_name}, ${base_name}, weights ${(gpt.weight_bytes / 2 ** 20).toFixed(0)} MiB`,
     );
@@ -137,7 +140,8 @@ for (const m of values.models.split(",")) {
         // A closed batch: B slots, every prompt prefilled in one launch, a KV pool of what the
         // batch needs (each sequence's blocks for P + N + K positions), no prefix cache.
         const c = gpt.config, bs = 16;
-        const block_bytes = 2 * c.n_layer * bs * c.n_embd * (backend.dtype === "f32" ? 4 : 2);
+        const kv_dtype = values["kv-dtype"] as KvDtype;
+        const block_bytes = kv_block_bytes(c, bs, backend.dtype, kv_dtype);
         const blocks = Math.max(Math.ceil(c.block_size / bs), B * Math.ceil((P + N + K) / bs));
         using engine = new Engine(gpt, tokenizer, {
           context_overflow: "error",
@@ -146,6 +150,7 @@ for (const m of values.models.split(",")) {
           prefill_tokens: Math.max(16, B * P),
           prefill_seqs: B,
           block_size: bs,
+          kv_dtype,
           kv_memory: (Math.ceil(blocks * 1.02) + 2) * block_bytes,
           // Every run computes its prompts: the repeated prompts would otherwise hit the cache.
           prefix_caching: false,
