@@ -28,7 +28,7 @@ Options:
   --device auto|cpu|cuda  where to run (default auto: CUDA when a device works, else the CPU)
   --dtype bf16|f16|f32    storage type on CUDA (default bf16; the CPU runs f32)
   --weights dtype|int8    blocks' linear weights: the dtype, or int8 (per-row scales)
-  --kv-dtype dtype|int8   KV cache: the dtype, or int8 with per-row scales (CPU only so far)
+  --kv-dtype dtype|int8   KV cache: the dtype, or int8 with per-row scales
   --no-graphs             launch kernels one by one instead of one CUDA graph per step
   --steps-per-launch N    decode steps recorded into one launch (default 8; 1 = one per step)
   --max-new-tokens N      tokens to generate (default ${SAMPLING_DEFAULTS.max_new_tokens})

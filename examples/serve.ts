@@ -23,7 +23,7 @@ Options:
   --device auto|cpu|cuda    where to run (default auto)
   --dtype bf16|f16|f32      storage type on CUDA (default bf16)
   --weights dtype|int8      blocks' linear weights: the dtype, or int8 (per-row scales)
-  --kv-dtype dtype|int8     KV cache: the dtype, or int8 with per-row scales (CPU only so far)
+  --kv-dtype dtype|int8     KV cache: the dtype, or int8 with per-row scales
   --host H                  interface to bind (default 127.0.0.1)
   --port P                  port (default 8000; 0 picks a free one)
   --api-key KEY             require 'Authorization: Bearer KEY' on /v1/ (default: none)

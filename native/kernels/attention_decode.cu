@@ -16,6 +16,16 @@
 // + c, :D] and (max, sum) to part_ml, which attention_combine merges. For n_new[b] == 0 the blocks of
 // chunk 0 write zero rows. Needs -DNG_HEAD_DIM=D (1..128).
 // Grid: (n_chunks, ceil(H / hpb), B); block: 32 * warps threads, warps <= MAXW, wph dividing warps.
+//
+// With -DNG_KV8=1 (an int8 cache, one f32 scale per pool row in k_scale / v_scale) a lane's K or V
+// vector is the W int8 values of the elements its q vector holds (W bytes), and each key group also
+// loads its key's two scales: the score is (q . k) * s_k and the value adds p * s_v * v. The new
+// token's k and v are quantized into the pools first (the block whose chunk holds pos, one warp per
+// head row, common.cuh ng_kv8_store_row) and, after a block barrier, read back from them like any
+// other key, so every key is the quantized one (as the CPU backend's attention.zig reads them).
+#ifndef NG_KV8
+#define NG_KV8 0
+#endif
 #ifndef NG_HEAD_DIM
 #error "attention_decode needs -DNG_HEAD_DIM"
 #endif
@@ -89,10 +99,43 @@ __device__ __forceinline__ void unpack(const vec_t& v, float* f) {
 #endif
 }
 
+// The pools' element and vector types: st_t and vec_t, or (int8 caches) int8 and W of them.
+#if NG_KV8
+typedef signed char kv_t;
+#if W == 8
+typedef uint2 kvec_t;
+#elif W == 4
+typedef unsigned int kvec_t;
+#elif W == 2
+typedef unsigned short kvec_t;
+#else
+typedef unsigned char kvec_t;
+#endif
+// The W int8 values of a pool vector as f32.
+__device__ __forceinline__ void unpack_kv(const kvec_t& v, float* f) {
+#if W == 8
+#pragma unroll
+  for (int e = 0; e < 4; e++) {
+    f[e] = (float)(signed char)(v.x >> (8 * e));
+    f[4 + e] = (float)(signed char)(v.y >> (8 * e));
+  }
+#else
+#pragma unroll
+  for (int e = 0; e < W; e++) f[e] = (float)(signed char)((unsigned int)v >> (8 * e));
+#endif
+}
+#else
+typedef st_t kv_t;
+typedef vec_t kvec_t;
+__device__ __forceinline__ void unpack_kv(const kvec_t& v, float* f) { unpack(v, f); }
+#endif
+
 // The pools, and where one head of one sequence finds its positions.
 struct KvHead {
-  const st_t* k;
-  const st_t* v;
+  const kv_t* k;
+  const kv_t* v;
+  const float* k_scale;  // int8 caches: one scale per pool row
+  const float* v_scale;
   const int* table;
   int h, H, bs_log2;
   __device__ __forceinline__ size_t row(int j) const { return kv_row(table, j, h, H, bs_log2, HD); }
@@ -102,26 +145,40 @@ struct KvHead {
 // the pools, except key pos, which comes from k_new / v_new (the new token, in qkv) or, when those
 // are null (before the PDL wait, while qkv may still be being written), is left zero for the caller to
 // fill in afterwards. Lanes past j1 or past the row get zeros.
-__device__ __forceinline__ void load_keys(vec_t (&kr)[U][VPL], vec_t (&vr)[U][VPL], const KvHead& kv,
-                                          const vec_t* k_new, const vec_t* v_new, int jb, int j1, int pos,
-                                          int g, int i) {
+// (int8 caches: every key from the pools, key pos included once it is written, i.e. unless
+// `before_append`; its scales into ks / vs, 0 where nothing is loaded.)
+__device__ __forceinline__ void load_keys(kvec_t (&kr)[U][VPL], kvec_t (&vr)[U][VPL], float (&ks)[U],
+                                          float (&vs)[U], const KvHead& kv, const vec_t* k_new,
+                                          const vec_t* v_new, int jb, int j1, int pos, int g, int i,
+                                          bool before_append) {
 #pragma unroll
   for (int u = 0; u < U; u++) {
     const int j = jb + u * KPI + g;
+#if NG_KV8
+    const bool is_new = false;
+    const bool load = j < j1 && !(before_append && j == pos);
+    const size_t off = load ? kv.row(j) : 0;
+    ks[u] = load ? kv.k_scale[off / HD] : 0.0f;
+    vs[u] = load ? kv.v_scale[off / HD] : 0.0f;
+    const kvec_t* kp = load ? reinterpret_cast<const kvec_t*>(kv.k + off) : nullptr;
+    const kvec_t* vp = reinterpret_cast<const kvec_t*>(kv.v + off);
+#else
     const bool is_new = j == pos;
     const size_t off = j < j1 && !is_new ? kv.row(j) : 0;
-    const vec_t* kp = is_new ? k_new : reinterpret_cast<const vec_t*>(kv.k + off);
-    const vec_t* vp = is_new ? v_new : reinterpret_cast<const vec_t*>(kv.v + off);
+    const kvec_t* kp = is_new ? k_new : reinterpret_cast<const kvec_t*>(kv.k + off);
+    const kvec_t* vp = is_new ? v_new : reinterpret_cast<const kvec_t*>(kv.v + off);
+#endif
 #pragma unroll
     for (int v = 0; v < VPL; v++) {
       const int vi = i + v * LPK;
-      kr[u][v] = vec_t{};
-      vr[u][v] = vec_t{};
+      kr[u][v] = kvec_t{};
+      vr[u][v] = kvec_t{};
       if (j < j1 && vi < NV && kp != nullptr) {
         kr[u][v] = kp[vi];
         vr[u][v] = vp[vi];
       }
     }
+    (void)is_new;
   }
 }
 
@@ -133,10 +190,18 @@ __device__ __forceinline__ float rescale(float m, float m_max) {
 
 extern "C" __global__ void __launch_bounds__(32 * MAXW)
 ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
-                    const st_t* __restrict__ qkv, st_t* __restrict__ k_pool, st_t* __restrict__ v_pool,
+                    const st_t* __restrict__ qkv, kv_t* __restrict__ k_pool, kv_t* __restrict__ v_pool,
                     const int* __restrict__ block_table, const int* __restrict__ lengths,
                     const int* __restrict__ n_new, int H, int max_T, int chunk, int wph, float scale_log2,
-                    int bs_log2, int mb) {
+                    int bs_log2, int mb
+#if NG_KV8
+                    , float* __restrict__ k_scale, float* __restrict__ v_scale
+#endif
+) {
+#if !NG_KV8
+  float* k_scale = nullptr;
+  float* v_scale = nullptr;
+#endif
   __shared__ float acc_s[MAXW][NV * W];
   __shared__ float m_s[MAXW], l_s[MAXW];
   const int c = blockIdx.x, b = blockIdx.z;
@@ -154,11 +219,12 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
   const int g = lane / LPK, i = lane - g * LPK;
   const bool active = h < H;  // warp-uniform
   const int* table = block_table + (size_t)b * mb;
-  const KvHead kv = {k_pool, v_pool, table, h, H, bs_log2};
+  const KvHead kv = {k_pool, v_pool, k_scale, v_scale, table, h, H, bs_log2};
   const int j_end = active && nn > 0 ? j1 : j0;
   const int jb0 = j0 + ws * (KPI * U);
-  vec_t kr[U][VPL], vr[U][VPL];
-  if (jb0 < j_end) load_keys(kr, vr, kv, nullptr, nullptr, jb0, j1, pos, g, i);
+  kvec_t kr[U][VPL], vr[U][VPL];
+  float ks[U], vs[U];  // int8 caches: the keys' scales
+  if (jb0 < j_end) load_keys(kr, vr, ks, vs, kv, nullptr, nullptr, jb0, j1, pos, g, i, true);
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   if (nn <= 0) {
@@ -171,6 +237,20 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
   }
   if (j0 >= len) return;
   const st_t* qkv_b = qkv + (size_t)b * 3 * C;
+#if NG_KV8
+  // The append, quantized (one warp per head row), then a barrier: key pos is read from the pools.
+  if (pos >= j0 && pos < j1) {  // block-uniform
+    for (int w = warp; w < 2 * hpb; w += warps) {  // warp-uniform
+      const bool is_v = w >= hpb;
+      const int hh = h0 + (is_v ? w - hpb : w);
+      if (hh >= H) continue;
+      const size_t row = kv_row(table, pos, hh, H, bs_log2, HD);
+      ng_kv8_store_row((is_v ? v_pool : k_pool) + row, (is_v ? v_scale : k_scale) + row / HD,
+                       qkv_b + (is_v ? 2 : 1) * C + hh * HD, HD, lane);
+    }
+    __syncthreads();
+  }
+#else
   // The append (nothing below reads cache row pos: key pos comes from qkv).
   if (pos >= j0 && pos < j1) {
     for (int x = tid; x < hpb * NV; x += blockDim.x) {
@@ -181,6 +261,7 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
       reinterpret_cast<vec_t*>(v_pool + row)[vi] = reinterpret_cast<const vec_t*>(qkv_b + 2 * C + hh * HD)[vi];
     }
   }
+#endif
   const st_t* q_row = qkv_b + h * HD;
   const vec_t* k_new = reinterpret_cast<const vec_t*>(q_row + C);
   const vec_t* v_new = reinterpret_cast<const vec_t*>(q_row + 2 * C);
@@ -200,17 +281,27 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
   float m = NG_NEG_INF, l = 0.0f;
   for (int jb = jb0; jb < j_end; jb += wph * (KPI * U)) {  // warp-uniform
     if (jb != jb0) {
-      load_keys(kr, vr, kv, k_new, v_new, jb, j1, pos, g, i);
+      load_keys(kr, vr, ks, vs, kv, k_new, v_new, jb, j1, pos, g, i, false);
     } else if (pos >= jb && pos < min(jb + KPI * U, j1)) {  // the first chunk holds the new key: fill it in
 #pragma unroll
       for (int u = 0; u < U; u++) {
         if (jb + u * KPI + g != pos) continue;
+#if NG_KV8
+        const size_t off = kv.row(pos);
+        ks[u] = kv.k_scale[off / HD];
+        vs[u] = kv.v_scale[off / HD];
+#endif
 #pragma unroll
         for (int v = 0; v < VPL; v++) {
           const int vi = i + v * LPK;
           if (vi < NV) {
+#if NG_KV8
+            kr[u][v] = reinterpret_cast<const kvec_t*>(kv.k + off)[vi];
+            vr[u][v] = reinterpret_cast<const kvec_t*>(kv.v + off)[vi];
+#else
             kr[u][v] = k_new[vi];
             vr[u][v] = v_new[vi];
+#endif
           }
         }
       }
@@ -223,12 +314,15 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
 #pragma unroll
       for (int v = 0; v < VPL; v++) {
         float kf[W];
-        unpack(kr[u][v], kf);
+        unpack_kv(kr[u][v], kf);
 #pragma unroll
         for (int e = 0; e < W; e++) a += q[v][e] * kf[e];
       }
 #pragma unroll
       for (int off = LPK / 2; off > 0; off >>= 1) a += __shfl_xor_sync(FULL, a, off);
+#if NG_KV8
+      a *= ks[u];
+#endif
       s[u] = jb + u * KPI + g < j1 ? a : NG_NEG_INF;
       m_new = fmaxf(m_new, s[u]);
     }
@@ -244,12 +338,17 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
       for (int u = 0; u < U; u++) {
         const float p = exp2f(s[u] - m_new);
         l += p;
+#if NG_KV8
+        const float pv = p * vs[u];
+#else
+        const float pv = p;
+#endif
 #pragma unroll
         for (int v = 0; v < VPL; v++) {
           float vf[W];
-          unpack(vr[u][v], vf);
+          unpack_kv(vr[u][v], vf);
 #pragma unroll
-          for (int e = 0; e < W; e++) acc[v][e] += p * vf[e];
+          for (int e = 0; e < W; e++) acc[v][e] += pv * vf[e];
         }
       }
       m = m_new;

@@ -7,6 +7,18 @@
 // owns BQ / 4 rows; lane j scores key j of the tile; lane d accumulates output dims d, d + 32, ...).
 // Needs -DNG_HEAD_DIM=D (1..128), -DNG_PREFILL_BQ and -DNG_PREFILL_THREADS (the kernel table's).
 // Grid: (ceil(max rows of a sequence / BQ), H, B); block: NG_PREFILL_THREADS threads.
+// With -DNG_KV8=1 the pools hold int8 with one f32 scale per row (k_scale, v_scale): a key's values
+// are read as q * s.
+#ifndef NG_KV8
+#define NG_KV8 0
+#endif
+#if NG_KV8
+typedef signed char kv_t;
+#define NG_KV_GET(pool, sc, off) ((float)(pool)[off] * (sc)[(off) / HD])
+#else
+typedef st_t kv_t;
+#define NG_KV_GET(pool, sc, off) to_f32((pool)[off])
+#endif
 #ifndef NG_HEAD_DIM
 #error "attention_prefill needs -DNG_HEAD_DIM"
 #endif
@@ -24,10 +36,18 @@
 #define DPL ((HD + 31) / 32)
 
 extern "C" __global__ void __launch_bounds__(NG_PREFILL_THREADS)
-ng_attention_prefill(st_t* __restrict__ out, const st_t* __restrict__ qkv, const st_t* __restrict__ k_pool,
-                     const st_t* __restrict__ v_pool, const int* __restrict__ block_table,
+ng_attention_prefill(st_t* __restrict__ out, const st_t* __restrict__ qkv, const kv_t* __restrict__ k_pool,
+                     const kv_t* __restrict__ v_pool, const int* __restrict__ block_table,
                      const int* __restrict__ lengths, const int* __restrict__ seq_start, int H, float scale,
-                     int bs_log2, int mb) {
+                     int bs_log2, int mb
+#if NG_KV8
+                     , const float* __restrict__ k_scale, const float* __restrict__ v_scale
+#endif
+) {
+#if !NG_KV8
+  const float* k_scale = nullptr;
+  const float* v_scale = nullptr;
+#endif
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   __shared__ float q_s[BQ][HD];
@@ -61,8 +81,8 @@ ng_attention_prefill(st_t* __restrict__ out, const st_t* __restrict__ qkv, const
       const int j = i / HD, d = i - j * HD;
       const bool ok = j0 + j < kv_len;
       const size_t off = ok ? kv_row(table, j0 + j, h, H, bs_log2, HD) + d : 0;
-      k_s[j][d] = ok ? to_f32(k_pool[off]) : 0.0f;
-      v_s[j][d] = ok ? to_f32(v_pool[off]) : 0.0f;
+      k_s[j][d] = ok ? NG_KV_GET(k_pool, k_scale, off) : 0.0f;
+      v_s[j][d] = ok ? NG_KV_GET(v_pool, v_scale, off) : 0.0f;
     }
     __syncthreads();
 #pragma unroll

@@ -145,6 +145,20 @@ __device__ __forceinline__ size_t kv_row(const int* table, int p, int h, int H, 
   return ((((size_t)blk * H + h) << bs_log2) + (p & ((1 << bs_log2) - 1))) * D;
 }
 
+// One row of an int8 KV cache: the D values of src as round(x / s), s = max |x| / 127 (0 for an
+// all-zero row), into dst, and s into *scale, as the CPU backend's attention.zig stores them. Every
+// lane of a warp calls it (lane: its lane).
+__device__ __forceinline__ void ng_kv8_store_row(signed char* dst, float* scale, const st_t* src, int D, int lane) {
+  float m = 0.0f;
+  for (int d = lane; d < D; d += 32) m = fmaxf(m, fabsf(to_f32(src[d])));
+  m = warp_max(m);
+  const float s = m / 127.0f;
+  for (int d = lane; d < D; d += 32) {
+    dst[d] = s == 0.0f ? 0 : (signed char)fmaxf(-127.0f, fminf(127.0f, roundf(to_f32(src[d]) / s)));
+  }
+  if (lane == 0) *scale = s;
+}
+
 // Programmatic dependent launch (sm_90+): every kernel is launched allowed to start while the
 // previous kernel on the stream finishes. ng_grid_dep_wait() blocks until that kernel (and so every
 // earlier one) has completed and its writes are visible: call it before reading anything an earlier

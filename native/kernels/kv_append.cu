@@ -4,6 +4,35 @@
 // block-table row. 16-byte copies when a head's row is a multiple of 16 bytes (qkv and the pools
 // 16-byte aligned), else one element at a time. Padding rows (row_seq -1) write nothing.
 // Grid: rows blocks, one per row; block: any multiple of 32 threads striding over the row.
+// With -DNG_KV8=1 (an int8 cache) the pools hold int8 and k_scale / v_scale one f32 per pool row:
+// a warp takes one head's k or v row, s = max |x| / 127 (a warp reduction), stores round(x / s)
+// and s (as the CPU backend's attention.zig does).
+#ifndef NG_KV8
+#define NG_KV8 0
+#endif
+#if NG_KV8
+extern "C" __global__ void ng_kv_append(signed char* __restrict__ k_pool, signed char* __restrict__ v_pool,
+                                        const st_t* __restrict__ qkv, const int* __restrict__ block_table,
+                                        const int* __restrict__ row_seq, const int* __restrict__ positions, int H,
+                                        int D, int bs_log2, int mb, float* __restrict__ k_scale,
+                                        float* __restrict__ v_scale) {
+  ng_grid_dep_wait();
+  ng_grid_dep_launch();
+  const int r = blockIdx.x, b = row_seq[r];
+  if (b < 0) return;
+  const int pos = positions[r];
+  const int* table = block_table + (size_t)b * mb;
+  const int C = H * D, lane = threadIdx.x & 31;
+  const st_t* k = qkv + (size_t)r * 3 * C + C;
+  for (int w = threadIdx.x >> 5; w < 2 * H; w += blockDim.x >> 5) {  // warp-uniform
+    const bool is_v = w >= H;
+    const int h = is_v ? w - H : w;
+    const st_t* src = k + (is_v ? C : 0) + h * D;
+    const size_t row = kv_row(table, pos, h, H, bs_log2, D);
+    ng_kv8_store_row((is_v ? v_pool : k_pool) + row, (is_v ? v_scale : k_scale) + row / D, src, D, lane);
+  }
+}
+#else
 extern "C" __global__ void ng_kv_append(st_t* __restrict__ k_pool, st_t* __restrict__ v_pool,
                                         const st_t* __restrict__ qkv, const int* __restrict__ block_table,
                                         const int* __restrict__ row_seq, const int* __restrict__ positions, int H,
@@ -34,3 +63,4 @@ extern "C" __global__ void ng_kv_append(st_t* __restrict__ k_pool, st_t* __restr
     v_pool[dst] = v[i];
   }
 }
+#endif

@@ -86,6 +86,28 @@ export const KERNELS = {
   // Int8 weight rows times their scales into the storage dtype (large-batch matmuls of int8 weights).
   dequant_rows: { file: "dequant_rows.cu", entry: "ng_dequant_rows", dtype: true, head_dim: false },
   kv_append: { file: "kv_append.cu", entry: "ng_kv_append", dtype: true, head_dim: false },
+  // The int8 KV cache's variants (-DNG_KV8: int8 pools, one f32 scale per row).
+  kv_append_kv8: {
+    file: "kv_append.cu",
+    entry: "ng_kv_append",
+    dtype: true,
+    head_dim: false,
+    defines: ["NG_KV8=1"],
+  },
+  attention_prefill_kv8: {
+    file: "attention_prefill.cu",
+    entry: "ng_attention_prefill",
+    dtype: true,
+    head_dim: true,
+    defines: [`NG_PREFILL_BQ=${K.PREFILL_BQ}`, `NG_PREFILL_THREADS=${K.PREFILL_THREADS}`, "NG_KV8=1"],
+  },
+  attention_decode_kv8: {
+    file: "attention_decode.cu",
+    entry: "ng_attention_decode",
+    dtype: true,
+    head_dim: true,
+    defines: ["NG_KV8=1"],
+  },
   attention_prefill: {
     file: "attention_prefill.cu",
     entry: "ng_attention_prefill",

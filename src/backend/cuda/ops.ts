@@ -258,38 +258,53 @@ export class KernelOps {
   attention(a: AttentionArgs): void {
     const op = "attention";
     const { rows, C } = check_attention(op, a, this.#es);
-    if (a.cache.k_scale) {
-      throw new Error(`${op}: an int8 KV cache is implemented on the CPU backend only so far`);
-    }
-    const L = a.layout, D = L.head_dim, H = L.n_head, es = this.#es;
+    const L = a.layout, D = L.head_dim, H = L.n_head, es = this.#es, kv8 = a.cache.k_scale !== undefined;
     if (D > MAX_HEAD_DIM) {
       throw new RangeError(`${op}: head_dim ${D} is above the ${MAX_HEAD_DIM} the kernels support`);
     }
     const bs_log2 = block_log2(op, L.block_size);
     const prefill = a.seq_start !== undefined;
     const vb = !prefill ? decode_vector_bytes(D * es) : (D * es) % 16 === 0 ? 16 : es;
-    for (const [name, buf] of [["qkv", a.qkv], ["cache.k", a.cache.k], ["cache.v", a.cache.v]] as const) {
-      if (buf.ptr % BigInt(vb) !== 0n) {
-        throw new RangeError(`${op}: ${name} "${buf.label}" must be ${vb}-byte aligned for head_dim ${D}`);
+    // An int8 pool's vectors hold as many elements as qkv's, so 1 / es of the bytes.
+    const pool_vb = kv8 ? Math.max(1, vb / es) : vb;
+    for (
+      const [name, buf, need_b] of [["qkv", a.qkv, vb], ["cache.k", a.cache.k, pool_vb], [
+        "cache.v",
+        a.cache.v,
+        pool_vb,
+      ]] as const
+    ) {
+      if (buf.ptr % BigInt(need_b) !== 0n) {
+        throw new RangeError(
+          `${op}: ${name} "${buf.label}" must be ${need_b}-byte aligned for head_dim ${D}`,
+        );
       }
     }
     if (!prefill) {
       this.#decode(a, bs_log2);
       return;
     }
-    // Tensor cores for f16/bf16 and head sizes a multiple of 16; CUDA cores otherwise.
-    const mma = this.#dtype !== "f32" && D % 16 === 0;
-    const append = this.#fn("kv_append");
-    const kernel = this.#fn(mma ? "attention_prefill_mma" : "attention_prefill", D);
+    // Tensor cores for f16/bf16 and head sizes a multiple of 16; CUDA cores otherwise, and for an
+    // int8 cache (whose tiles the MMA kernel does not dequantize).
+    const mma = this.#dtype !== "f32" && D % 16 === 0 && !kv8;
+    const append = this.#fn(kv8 ? "kv_append_kv8" : "kv_append");
+    const kernel = this.#fn(
+      mma ? "attention_prefill_mma" : kv8 ? "attention_prefill_kv8" : "attention_prefill",
+      D,
+    );
     if (append === null || kernel === null) return;
     this.#args.reset("ng_kv_append").ptr(a.cache.k).ptr(a.cache.v).ptr(a.qkv).ptr(a.block_table).ptr(
       a.row_seq!,
     )
       .ptr(a.positions!).i32(H).i32(D).i32(bs_log2).i32(L.max_blocks);
-    this.#launch(append, [rows, 1, 1], [threads_for(Math.ceil((C * es) / 16)), 1, 1]);
+    if (kv8) this.#args.ptr(a.cache.k_scale!).ptr(a.cache.v_scale!);
+    // Int8: a warp per head row (K and V); else a thread per 16-byte vector.
+    const append_threads = kv8 ? Math.min(1024, 32 * 2 * H) : threads_for(Math.ceil((C * es) / 16));
+    this.#launch(append, [rows, 1, 1], [append_threads, 1, 1]);
     this.#args.reset(mma ? "ng_attention_prefill_mma" : "ng_attention_prefill").ptr(a.out).ptr(a.qkv)
       .ptr(a.cache.k).ptr(a.cache.v).ptr(a.block_table).ptr(a.lengths).ptr(a.seq_start!).i32(H)
       .f32(1 / Math.sqrt(D)).i32(bs_log2).i32(L.max_blocks);
+    if (kv8) this.#args.ptr(a.cache.k_scale!).ptr(a.cache.v_scale!);
     const bq = mma ? K.PREFILL_MMA_BQ : K.PREFILL_BQ;
     const threads = mma ? K.PREFILL_MMA_THREADS : K.PREFILL_THREADS;
     this.#launch(kernel, [Math.ceil(a.max_seq_rows! / bq), H, a.B], [threads, 1, 1]);
@@ -302,12 +317,14 @@ export class KernelOps {
     const parts = a.B * H * plan.n_chunks;
     const scratch = plan.n_chunks > 1 ? this.#decode_scratch(parts * (D + 2) * 4) : 0n;
     const part_acc = scratch, part_ml = scratch === 0n ? 0n : scratch + BigInt(parts * D * 4);
-    const decode = this.#fn("attention_decode", D);
+    const kv8 = a.cache.k_scale !== undefined;
+    const decode = this.#fn(kv8 ? "attention_decode_kv8" : "attention_decode", D);
     const combine = plan.n_chunks > 1 ? this.#fn("attention_combine", D) : null;
     if (decode === null) return;
     this.#args.reset("ng_attention_decode").ptr(a.out).ptr(part_acc).ptr(part_ml).ptr(a.qkv).ptr(a.cache.k)
       .ptr(a.cache.v).ptr(a.block_table).ptr(a.lengths).ptr(a.n_new!).i32(H).i32(max_T).i32(plan.chunk)
       .i32(plan.warps_per_head).f32(Math.LOG2E / Math.sqrt(D)).i32(bs_log2).i32(L.max_blocks);
+    if (kv8) this.#args.ptr(a.cache.k_scale!).ptr(a.cache.v_scale!);
     const warps = plan.warps_per_head * plan.heads_per_block;
     this.#launch(decode, [plan.n_chunks, H / plan.heads_per_block, a.B], [32 * warps, 1, 1]);
     if (combine === null) return;
