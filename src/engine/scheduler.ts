@@ -203,10 +203,10 @@ export class Scheduler {
       if (!drained) return { needs_drain: "preempt" };
       return this.#preempt_and_plan();
     }
-    const decode = active.length === 0 ? null : {
-      by_slot: this.slots.map((s) => (s && active.includes(s) ? s : null)),
-      k,
-    };
+    const on = new Set(active);
+    const decode = active.length === 0
+      ? null
+      : { by_slot: this.slots.map((s) => (s && on.has(s) ? s : null)), k };
     return { prefill, decode };
   }
 
