@@ -11,32 +11,18 @@
 #define NG_KV8 0
 #endif
 #if NG_KV8
-extern "C" __global__ void ng_kv_append(signed char* __restrict__ k_pool, signed char* __restrict__ v_pool,
-                                        const st_t* __restrict__ qkv, const int* __restrict__ block_table,
-                                        const int* __restrict__ row_seq, const int* __restrict__ positions, int H,
-                                        int D, int bs_log2, int mb, float* __restrict__ k_scale,
-                                        float* __restrict__ v_scale) {
-  ng_grid_dep_wait();
-  ng_grid_dep_launch();
-  const int r = blockIdx.x, b = row_seq[r];
-  if (b < 0) return;
-  const int pos = positions[r];
-  const int* table = block_table + (size_t)b * mb;
-  const int C = H * D, lane = threadIdx.x & 31;
-  const st_t* k = qkv + (size_t)r * 3 * C + C;
-  for (int w = threadIdx.x >> 5; w < 2 * H; w += blockDim.x >> 5) {  // warp-uniform
-    const bool is_v = w >= H;
-    const int h = is_v ? w - H : w;
-    const st_t* src = k + (is_v ? C : 0) + h * D;
-    const size_t row = kv_row(table, pos, h, H, bs_log2, D);
-    ng_kv8_store_row((is_v ? v_pool : k_pool) + row, (is_v ? v_scale : k_scale) + row / D, src, D, lane);
-  }
-}
+typedef signed char kv_t;
 #else
-extern "C" __global__ void ng_kv_append(st_t* __restrict__ k_pool, st_t* __restrict__ v_pool,
+typedef st_t kv_t;
+#endif
+extern "C" __global__ void ng_kv_append(kv_t* __restrict__ k_pool, kv_t* __restrict__ v_pool,
                                         const st_t* __restrict__ qkv, const int* __restrict__ block_table,
                                         const int* __restrict__ row_seq, const int* __restrict__ positions, int H,
-                                        int D, int bs_log2, int mb) {
+                                        int D, int bs_log2, int mb
+#if NG_KV8
+                                        , float* __restrict__ k_scale, float* __restrict__ v_scale
+#endif
+) {
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   const int r = blockIdx.x, b = row_seq[r];
@@ -46,6 +32,15 @@ extern "C" __global__ void ng_kv_append(st_t* __restrict__ k_pool, st_t* __restr
   const int C = H * D;
   const st_t* k = qkv + (size_t)r * 3 * C + C;
   const st_t* v = k + C;
+#if NG_KV8
+  for (int w = threadIdx.x >> 5; w < 2 * H; w += blockDim.x >> 5) {  // warp-uniform
+    const bool is_v = w >= H;
+    const int h = is_v ? w - H : w;
+    const size_t row = kv_row(table, pos, h, H, bs_log2, D);
+    ng_kv8_store_row((is_v ? v_pool : k_pool) + row, (is_v ? v_scale : k_scale) + row / D, (is_v ? v : k) + h * D,
+                     D, threadIdx.x & 31);
+  }
+#else
   if ((D * NG_DTYPE_BYTES) % 16 == 0) {
     const int dv = D / NG_VEC;  // vectors per head row
     for (int i = threadIdx.x; i < H * dv; i += blockDim.x) {
@@ -62,5 +57,5 @@ extern "C" __global__ void ng_kv_append(st_t* __restrict__ k_pool, st_t* __restr
     k_pool[dst] = k[i];
     v_pool[dst] = v[i];
   }
-}
 #endif
+}
