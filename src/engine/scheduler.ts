@@ -120,8 +120,10 @@ export class Scheduler {
     // the first block instead, every request sharing a cached system prompt waited for the one
     // before it to prefill its own last block (on an H200, 256 such gpt2 requests ran 4x slower
     // with the cache than without).
+    if (this.waiting.length === 0) return out;
     const computing = new Set<string>();
     const computes = (s: Sequence) => {
+      if (!this.pool.prefix_caching) return;
       for (let i = Math.floor(s.computed / this.pool.block_size); i < s.keys.length; i++) {
         computing.add(s.keys[i]);
       }
