@@ -41,7 +41,14 @@ import { ASYNC_WRITE_BYTES, PinnedStaging, SMALL_WRITE_BYTES } from "./cuda/stag
 import { ReadRing } from "./cuda/read_ring.ts";
 import { KernelModules } from "./cuda/modules.ts";
 import { KernelOps } from "./cuda/ops.ts";
-import { default_gemv_policy, gemv_fits, gemv_preferred, type GemvPolicy, Matmuls } from "./cuda/matmul.ts";
+import {
+  default_gemv_policy,
+  gemv_fits,
+  GEMV_MAX_M,
+  gemv_preferred,
+  type GemvPolicy,
+  Matmuls,
+} from "./cuda/matmul.ts";
 import { type StepGraph, StepGraphs } from "./cuda/graphs.ts";
 import { cache_root, env } from "../util/env.ts";
 
@@ -278,7 +285,13 @@ export class CudaBackend implements Backend {
   matmul(a: MatmulArgs): void {
     this.#open("matmul");
     this.#mm.validate(a);
-    const wanted = this.gemv === "auto" ? gemv_preferred(a, this.dtype) : a.M <= this.gemv;
+    // Int8 weights: gemv whenever it fits (the other path dequantizes the whole layer first, so
+    // at small M it would read the weights in 16 bits once and write and read them again).
+    const wanted = a.w_scale
+      ? a.M <= GEMV_MAX_M
+      : this.gemv === "auto"
+      ? gemv_preferred(a, this.dtype)
+      : a.M <= this.gemv;
     if (wanted && gemv_fits(a, this.dtype, this.#ctx.smem_optin_bytes)) {
       this.#ops.gemv(a);
       return;
