@@ -61,14 +61,6 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (!values.text) throw new Error("--text FILE is required");
-  const kv_dtype = values["kv-dtype"] ?? "dtype";
-  if (kv_dtype !== "dtype" && kv_dtype !== "int8") {
-    throw new Error(`--kv-dtype must be dtype or int8, got "${values["kv-dtype"]}"`);
-  }
-  const weights = values.weights ?? "dtype";
-  if (weights !== "dtype" && weights !== "int8") {
-    throw new Error(`--weights must be dtype or int8, got "${values.weights}"`);
-  }
   const batch = Number(values.batch);
   if (!(Number.isInteger(batch) && batch >= 1)) {
     throw new Error(`--batch must be a positive integer, got "${values.batch}"`);
@@ -87,8 +79,9 @@ async function main(argv: string[]): Promise<number> {
   using model = await load_model(spec, {
     device: values.device as "auto" | "cpu" | "cuda",
     dtype: values.dtype as "bf16" | "f16" | "f32" | undefined,
-    weights,
-    kv_dtype,
+    // Checked by load_model: each names the option and its choices.
+    weights: values.weights as "dtype" | "int8" | undefined,
+    kv_dtype: values["kv-dtype"] as "dtype" | "int8" | undefined,
     prefill_tokens: batch * window,
     prefill_seqs: batch,
     max_running: batch,

@@ -305,7 +305,10 @@ export class CudaBackend implements Backend {
 
   /** The cuBLASLt path's int8 weight times its row scales, in the storage dtype (matmul scratch). */
   #dequantized_weight(a: MatmulArgs): Buf {
-    const out = this.#mm.weight_scratch(a.N * a.K * dtype_bytes(this.dtype), this.#ops.mode !== "capture");
+    const out = this.#mm.weight_scratch.get(
+      a.N * a.K * dtype_bytes(this.dtype),
+      this.#ops.mode !== "capture",
+    );
     this.#ops.dequant_rows(out, a.w, a.w_scale!, a.N, a.K);
     return out;
   }
@@ -313,7 +316,7 @@ export class CudaBackend implements Backend {
   /** The cuBLASLt path's input: layernorm(a.x) into the matmul scratch (grown outside capture). */
   #normed_input(a: MatmulArgs): Buf {
     const ln = a.ln!;
-    const out = this.#mm.input_scratch(a.M * a.K * dtype_bytes(this.dtype), this.#ops.mode !== "capture");
+    const out = this.#mm.input_scratch.get(a.M * a.K * dtype_bytes(this.dtype), this.#ops.mode !== "capture");
     this.#ops.layernorm({ out, x: a.x, weight: ln.weight, bias: ln.bias, rows: a.M, C: a.K, eps: ln.eps });
     return out;
   }

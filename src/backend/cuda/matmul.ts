@@ -14,6 +14,7 @@
  * `gemv_fits` and `gemv_launch` below decide and shape it.
  * @module
  */
+import { GrowingScratch } from "./scratch.ts";
 import {
   type Activation,
   ACTIVATION_CODE,
@@ -220,14 +221,16 @@ export class Matmuls {
   #handle: bigint;
   #workspace: bigint;
   #plans = new Map<string, MatmulPlan>();
-  /** Layernormed inputs of the cuBLASLt path; only the last is used, older ones stay for old graphs. */
-  #scratch: Buf[] = [];
-  /** Dequantized int8 weights of the cuBLASLt path; likewise. */
-  #w_scratch: Buf[] = [];
+  /** Layernormed inputs of the cuBLASLt path. */
+  readonly input_scratch: GrowingScratch;
+  /** Dequantized int8 weights of the cuBLASLt path (sized exactly: the largest layer). */
+  readonly weight_scratch: GrowingScratch;
 
   constructor(ctx: CudaContext, dtype: DType) {
     this.#ctx = ctx;
     this.#dtype = dtype;
+    this.input_scratch = new GrowingScratch(ctx, "matmul layernorm scratch", true);
+    this.weight_scratch = new GrowingScratch(ctx, "matmul dequantized weight scratch", false);
     load_cublaslt(ctx);
     const out = new BigUint64Array(1);
     ctx.lib.check(ctx.lib.symbols.ng_cublaslt_create(ctx.ctx, out), "ng_cublaslt_create");
@@ -432,39 +435,11 @@ export class Matmuls {
    * A buffer of at least `bytes` for a layernormed matmul input: the last one when big enough,
    * else a new one, which only `may_grow` (outside graph capture) allows.
    */
-  /**
-   * A buffer of at least `bytes` for a dequantized weight (grown outside capture; older ones stay
-   * for the graphs that use them).
-   */
-  weight_scratch(bytes: number, may_grow: boolean): Buf {
-    const last = this.#w_scratch[this.#w_scratch.length - 1];
-    if (last && last.bytes >= bytes) return last;
-    if (!may_grow) {
-      throw new Error("internal: matmul weight scratch grew during graph capture (dry run skipped?)");
-    }
-    const buf = { ptr: this.#ctx.mem_alloc(bytes), bytes, label: "matmul dequantized weight" };
-    this.#w_scratch.push(buf);
-    return buf;
-  }
-
-  input_scratch(bytes: number, may_grow: boolean): Buf {
-    const last = this.#scratch[this.#scratch.length - 1];
-    if (last && last.bytes >= bytes) return last;
-    if (!may_grow) {
-      throw new Error("internal: matmul layernorm scratch grew during graph capture (dry run skipped?)");
-    }
-    const size = Math.max(bytes, 2 * (last?.bytes ?? 0), 1 << 20);
-    const buf = { ptr: this.#ctx.mem_alloc(size), bytes: size, label: "matmul layernorm scratch" };
-    this.#scratch.push(buf);
-    return buf;
-  }
-
   /** Destroys the plans, the handle, the workspace and the scratch buffers. */
   dispose(): void {
     const s = this.#ctx.lib.symbols;
-    for (const b of [...this.#scratch, ...this.#w_scratch]) this.#ctx.mem_free(b.ptr);
-    this.#scratch = [];
-    this.#w_scratch = [];
+    this.input_scratch.dispose();
+    this.weight_scratch.dispose();
     for (const p of this.#plans.values()) s.ng_cublaslt_plan_destroy(p.plan);
     this.#plans.clear();
     this.#ctx.lib.check(s.ng_cublaslt_destroy(this.#ctx.ctx, this.#handle), "ng_cublaslt_destroy");

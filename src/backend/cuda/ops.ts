@@ -4,6 +4,7 @@
  * it does in "prepare" mode (run_step's dry run); in "capture" mode those must already exist.
  * @module
  */
+import { GrowingScratch } from "./scratch.ts";
 import {
   type Activation,
   ACTIVATION_CODE,
@@ -143,10 +144,12 @@ export class KernelOps {
   #args = new ArgPack();
   /** Dynamic shared memory each gemv function may use, where raised above GEMV_DEFAULT_SMEM. */
   #gemv_smem = new Map<bigint, number>();
-  #scratch: { ptr: bigint; bytes: number }[] = [];
+  /** The decode attention's partials when keys are split (attention_combine merges them). */
+  #scratch: GrowingScratch;
 
   constructor(ctx: CudaContext, modules: KernelModules, stream: bigint, dtype: DType) {
     this.#ctx = ctx;
+    this.#scratch = new GrowingScratch(ctx, "attention decode scratch", true);
     this.#modules = modules;
     this.#stream = stream;
     this.#es = dtype_bytes(dtype);
@@ -232,22 +235,9 @@ export class KernelOps {
     this.#ctx.launch(f, [l.blocks, 1, 1], [l.threads, 1, 1], l.smem_bytes, this.#stream, this.#args);
   }
 
-  /** Decode scratch of at least `bytes` (grown outside capture; older ones stay for old graphs). */
-  #decode_scratch(bytes: number): bigint {
-    const last = this.#scratch[this.#scratch.length - 1];
-    if (last && last.bytes >= bytes) return last.ptr;
-    if (this.mode === "capture") {
-      throw new Error("internal: attention decode scratch grew during graph capture (dry run skipped?)");
-    }
-    const size = Math.max(bytes, 2 * (last?.bytes ?? 0), 1 << 20);
-    const ptr = this.#ctx.mem_alloc(size);
-    this.#scratch.push({ ptr, bytes: size });
-    return ptr;
-  }
-
   /** Frees every decode scratch buffer but the newest (call when no graph uses them). */
   trim_scratch(): void {
-    while (this.#scratch.length > 1) this.#ctx.mem_free(this.#scratch.shift()!.ptr);
+    this.#scratch.trim();
   }
 
   /**
@@ -315,7 +305,9 @@ export class KernelOps {
     const L = a.layout, D = L.head_dim, H = L.n_head, max_T = a.max_len!;
     const plan = decode_plan(a.B, H, max_T, this.#ctx.sm_count, decode_max_wph());
     const parts = a.B * H * plan.n_chunks;
-    const scratch = plan.n_chunks > 1 ? this.#decode_scratch(parts * (D + 2) * 4) : 0n;
+    const scratch = plan.n_chunks > 1
+      ? this.#scratch.get(parts * (D + 2) * 4, this.mode !== "capture").ptr
+      : 0n;
     const part_acc = scratch, part_ml = scratch === 0n ? 0n : scratch + BigInt(parts * D * 4);
     const kv8 = a.cache.k_scale !== undefined;
     const decode = this.#fn(kv8 ? "attention_decode_kv8" : "attention_decode", D);
@@ -417,7 +409,6 @@ export class KernelOps {
 
   /** Frees the decode scratch. */
   dispose(): void {
-    for (const s of this.#scratch) this.#ctx.mem_free(s.ptr);
-    this.#scratch = [];
+    this.#scratch.dispose();
   }
 }
