@@ -21,7 +21,6 @@ import type { GPTConfig } from "./model/config.ts";
 import { GPT, type WeightFormat } from "./model/gpt.ts";
 import { prepare_native } from "./native/lib.ts";
 import { check_choice, check_keys } from "./util/check.ts";
-import { check_untested_8bit } from "./util/untested.ts";
 
 /** Where to run: "auto" picks CUDA when a device works, else the CPU. */
 export type DeviceKind = "auto" | "cpu" | "cuda";
@@ -34,7 +33,7 @@ export interface LoadOptions extends EngineOptions {
   dtype?: DType;
   /**
    * How the transformer blocks' linear weights are stored: "dtype" (default) or "int8" (weight-only,
-   * per-output-row scales, quantized at load; on CUDA not yet run on a GPU, see src/util/untested.ts).
+   * per-output-row scales, quantized at load).
    */
   weights?: WeightFormat;
   /** CUDA graphs for every step (default true); false launches kernels one by one. */
@@ -258,7 +257,6 @@ export async function load_model(spec: string = DEFAULT_MODEL, opts: LoadOptions
       opts.weights === "int8" ? ", int8 weights" : ""
     })`,
   );
-  if (opts.weights === "int8" && backend.kind === "cuda") check_untested_8bit('weights "int8"');
   const gpt = stack.use(await GPT.load(backend, source, { weights: opts.weights }));
   const engine_opts = Object.fromEntries(
     ENGINE_OPTION_KEYS.map((k) => [k, opts[k]]).filter(([, v]) => v !== undefined),

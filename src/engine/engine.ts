@@ -17,7 +17,6 @@ import type { Buf, PendingRead } from "../backend/backend.ts";
 import type { GPT } from "../model/gpt.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import { check_choice, check_int, check_keys } from "../util/check.ts";
-import { check_untested_8bit } from "../util/untested.ts";
 import { batch_bucket, length_bucket, rows_bucket, seqs_bucket } from "./buckets.ts";
 import { DeviceState, kv_block_bytes, type KvDtype, LOGPROB_WORDS } from "./device_state.ts";
 import { BlockPool } from "./kv_cache.ts";
@@ -75,8 +74,7 @@ export interface EngineOptions {
   prefix_caching?: boolean;
   /**
    * How the KV cache is stored: "dtype" (default, the backend's dtype) or "int8" (one f32 scale
-   * per row of head_dim values: about half the bytes of a 16-bit cache; on CUDA not yet run on a GPU,
-   * see src/util/untested.ts).
+   * per row of head_dim values: about half the bytes of a 16-bit cache).
    */
   kv_dtype?: KvDtype;
   /**
@@ -259,7 +257,6 @@ export class Engine implements Disposable {
       kv_dtype: check_choice("kv_dtype", opts.kv_dtype ?? "dtype", ["dtype", "int8"]),
       io_yield_ms: check_int("io_yield_ms", opts.io_yield_ms ?? 0, 0, 1000),
     };
-    if (o.kv_dtype === "int8" && cuda) check_untested_8bit('kv_dtype "int8"');
     if (!(o.kv_memory_fraction > 0 && o.kv_memory_fraction <= 1)) {
       throw new RangeError(`kv_memory_fraction must be in (0, 1], got ${o.kv_memory_fraction}`);
     }

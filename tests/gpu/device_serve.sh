@@ -20,9 +20,11 @@ OUT=${OUT:-$(mktemp -d)}
 run=(deno run -A --cached-only --lock=.device/gpu.lock)
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 stamp() { echo "$(date +%T) $*" | tee -a "$OUT/times.txt"; }
-# PARTS picks what runs (default all but int8): serve peerset hf parity ab hfxl eval prefill int8
+# PARTS picks what runs (default all but int8): serve peerset hf parity ab hfxl eval evalspeed prefill
+# int8
 # (int8: the 8-bit GPU tests, the eval gates with int8 weights and KV, and the decode bench of bf16,
-# int8 weights and int8 KV at batch 1, 8 and 256 beside torch_baseline.py's peers).
+# int8 weights and int8 KV at batch 1, 8 and 256 beside torch_baseline.py's peers; PEERS=0 leaves
+# the peers out).
 PARTS=" ${PARTS:-serve peerset hf parity ab hfxl eval} "
 part() { [[ $PARTS == *" $1 "* ]]; }
 
@@ -78,9 +80,14 @@ for dtype in ${EVAL_DTYPES:-bf16}; do
   timeout "${EVAL_S:-20}" "${run[@]}" examples/eval.ts --device cuda --dtype "$dtype" \
     --text .device/input.txt --split val >"$OUT/eval_$dtype.txt" 2>"$OUT/eval_$dtype.err"
 done
+if part evalspeed; then
+  # The speed bar: gpt2 (random weights), --batch 16, 1,024-token windows.
+  stamp "eval speed"
+  timeout "${EVAL_S:-30}" "${run[@]}" examples/eval.ts --device cuda --model gpt2 --batch 16 \
+    --text .device/input.txt 2>/dev/null | tail -1 | sed "s/^/eval gpt2 b16: /" | tee "$OUT/eval_speed.txt"
+fi
 if part int8; then
   stamp "int8"
-  export NGPT_UNTESTED_8BIT=1  # the 8-bit CUDA paths, off until a run like this one checks them
   timeout "${INT8_TEST_S:-60}" deno test -A --no-check --cached-only --lock=.device/gpu.lock tests/gpu/int8_test.ts \
     >"$OUT/int8_test.txt" 2>&1
   tail -3 "$OUT/int8_test.txt"
@@ -93,7 +100,7 @@ if part int8; then
       --prompt 64 --new 256 $q >"$OUT/bench_8bit.txt" 2>&1
     grep -A7 "^model" "$OUT/bench_8bit.txt" | tee -a "$OUT/bench_8bit_all.txt"
   done
-  timeout 120 python3 .device/torch_baseline.py --models gpt2,gpt2-xl --batches 1,8 --engines graph,gptfast \
+  [[ ${PEERS:-1} == 1 ]] && timeout 120 python3 .device/torch_baseline.py --models gpt2,gpt2-xl --batches 1,8 --engines graph,gptfast \
     --prompt 64 --new 256 >"$OUT/peers.jsonl" 2>"$OUT/peers.err"
   cut -c1-200 "$OUT/peers.jsonl"
 fi

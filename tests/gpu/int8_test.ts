@@ -1,8 +1,7 @@
 // 8-bit paths on CUDA against the CPU backend's references, which quantize the same way: int8
 // weights (the gemv W8 kernel for decode and small batches, dequantize + cuBLASLt for prefill) and
 // the int8 KV cache (kv_append, attention_prefill and attention_decode's NG_KV8 variants), alone and
-// together, through the prefill, the KV-cache decode and the engine's sampling. These paths are off
-// on CUDA unless NGPT_UNTESTED_8BIT=1 (src/util/untested.ts), which this file sets.
+// together, through the prefill, the KV-cache decode and the engine's sampling.
 import { assert, assertEquals } from "../helpers/assert.ts";
 import type { DType } from "../../src/backend/backend.ts";
 import { load_model } from "../../mod.ts";
@@ -10,8 +9,6 @@ import { fixture } from "../helpers/compare.ts";
 import { gpu_suite, rel_l2 } from "./gpu_helpers.ts";
 
 type Ref = { input_ids: number[]; logits: number[][] };
-
-Deno.env.set("NGPT_UNTESTED_8BIT", "1");
 
 gpu_suite("int8_test", () => {
   const hf = JSON.parse(Deno.readTextFileSync(fixture("hf_tiny.json"))) as Ref;
