@@ -58,6 +58,7 @@ export { type ResolvedSampling, SAMPLING_DEFAULTS, type SamplingOptions } from "
 export { BlockPool, type PrefixCacheStats } from "./src/engine/kv_cache.ts";
 export { EngineMetrics, Histogram } from "./src/engine/metrics.ts";
 export {
+  type FusedDecodeInput,
   GPT,
   type Linear,
   type LinearOptions,

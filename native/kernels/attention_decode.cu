@@ -188,25 +188,20 @@ __device__ __forceinline__ float rescale(float m, float m_max) {
   return m == NG_NEG_INF ? 0.0f : exp2f(m - m_max);
 }
 
-extern "C" __global__ void __launch_bounds__(32 * MAXW)
-ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
-                    const st_t* __restrict__ qkv, kv_t* __restrict__ k_pool, kv_t* __restrict__ v_pool,
-                    const int* __restrict__ block_table, const int* __restrict__ lengths,
-                    const int* __restrict__ n_new, int H, int max_T, int chunk, int wph, float scale_log2,
-                    int bs_log2, int mb
-#if NG_KV8
-                    , float* __restrict__ k_scale, float* __restrict__ v_scale
-#endif
-) {
-#if !NG_KV8
-  float* k_scale = nullptr;
-  float* v_scale = nullptr;
-#endif
+// The work of block (c, y, b) of the grid described above (n_chunks: the grid's x), callable from a
+// persistent kernel (decode_fused.cu) that loops over such blocks. `wait` is called once, where the
+// block must wait for the kernel (or phase) that wrote qkv: every thread calls it, before any return.
+template <typename Wait>
+__device__ __forceinline__ void attention_decode_block(
+    st_t* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
+    const st_t* NG_ACT_RESTRICT qkv, kv_t* __restrict__ k_pool, kv_t* __restrict__ v_pool,
+    const int* __restrict__ block_table, const int* __restrict__ lengths, const int* __restrict__ n_new, int H,
+    int max_T, int chunk, int wph, float scale_log2, int bs_log2, int mb, float* __restrict__ k_scale,
+    float* __restrict__ v_scale, int c, int y, int b, int n_chunks, Wait wait) {
   __shared__ float acc_s[MAXW][NV * W];
   __shared__ float m_s[MAXW], l_s[MAXW];
-  const int c = blockIdx.x, b = blockIdx.z;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, warps = blockDim.x >> 5;
-  const int hpb = warps / wph, h0 = blockIdx.y * hpb;  // heads of this block: h0 .. h0+hpb-1
+  const int hpb = warps / wph, h0 = y * hpb;  // heads of this block: h0 .. h0+hpb-1
   const int C = H * HD;
   // Before the PDL wait: lengths, n_new, the block table and the cached keys (rows < pos) were
   // written by earlier steps or copies, not by the kernel still running (the qkv matmul), so this
@@ -225,8 +220,7 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
   kvec_t kr[U][VPL], vr[U][VPL];
   float ks[U], vs[U];  // int8 caches: the keys' scales
   if (jb0 < j_end) load_keys(kr, vr, ks, vs, kv, nullptr, nullptr, jb0, j1, pos, g, i, true);
-  ng_grid_dep_wait();
-  ng_grid_dep_launch();
+  wait();
   if (nn <= 0) {
     if (c == 0) {
       for (int x = tid; x < hpb * HD; x += blockDim.x) {
@@ -397,7 +391,7 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
       L += l_s[w] * r;
       a += acc_s[w][d] * r;
     }
-    const size_t part = ((size_t)b * H + hh) * gridDim.x + c;
+    const size_t part = ((size_t)b * H + hh) * n_chunks + c;
     if (single) {
       out[(size_t)b * C + hh * HD + d] = from_f32(a / L);
     } else {
@@ -409,3 +403,27 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
     }
   }
 }
+
+#ifndef NG_FUSED
+extern "C" __global__ void __launch_bounds__(32 * MAXW)
+ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
+                    const st_t* __restrict__ qkv, kv_t* __restrict__ k_pool, kv_t* __restrict__ v_pool,
+                    const int* __restrict__ block_table, const int* __restrict__ lengths,
+                    const int* __restrict__ n_new, int H, int max_T, int chunk, int wph, float scale_log2,
+                    int bs_log2, int mb
+#if NG_KV8
+                    , float* __restrict__ k_scale, float* __restrict__ v_scale
+#endif
+) {
+#if !NG_KV8
+  float* k_scale = nullptr;
+  float* v_scale = nullptr;
+#endif
+  attention_decode_block(out, part_acc, part_ml, qkv, k_pool, v_pool, block_table, lengths, n_new, H, max_T, chunk,
+                         wph, scale_log2, bs_log2, mb, k_scale, v_scale, blockIdx.x, blockIdx.y, blockIdx.z,
+                         gridDim.x, [] {
+                           ng_grid_dep_wait();
+                           ng_grid_dep_launch();
+                         });
+}
+#endif

@@ -33,6 +33,16 @@ __device__ __forceinline__ st_t from_f32(float f) {
 #error "NG_DTYPE must be 0 (f32), 1 (f16) or 2 (bf16)"
 #endif
 
+// The qualifier of pointers to activations a kernel reads: __restrict__ (the compiler may then read
+// them through the non-coherent cache), except in the fused decode kernel (-DNG_FUSED), which reads
+// activations that its own other blocks wrote earlier in the launch; the non-coherent path is only
+// safe for data no one writes while the kernel runs.
+#ifdef NG_FUSED
+#define NG_ACT_RESTRICT
+#else
+#define NG_ACT_RESTRICT __restrict__
+#endif
+
 // Bytes of st_t (usable in #if) and elements of st_t in one 16-byte vector.
 #define NG_DTYPE_BYTES (NG_DTYPE == 0 ? 4 : 2)
 #define NG_VEC (16 / NG_DTYPE_BYTES)

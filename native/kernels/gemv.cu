@@ -20,23 +20,28 @@
 // shared memory, blockDim.x = 32 * ks * (row groups per tile) <= 256 (the host checks and sizes).
 // flags: bits 0-1 activation (0 none, 1 GELU erf, 2 GELU tanh), bit 2 accumulate, bit 3 f32 out.
 // With -DNG_GEMV_W8=1 (weight-only int8, W8A16), w holds int8 values and w_scale one f32 scale per
-// row: a lane's weight vector is NG_VEC int8 values (NG_VEC bytes, the same elements as one x
-// vector), and each (row, m) sum is multiplied by its row's scale before the bias. w_scale is
-// ignored (null) without it.
+// row. For M <= 2 a lane's weight vector is still 16 bytes, now 16 int8 values (XPW = 16 / NG_VEC x
+// vectors); for larger M, which are bound by arithmetic rather than loads, NG_VEC int8 values (the
+// elements of one x vector; 16 values cut the warps per row in half and ran gpt2-xl batch 8 at 5.1
+// ms a step against 3.8), and
+// each (row, m) sum is multiplied by its row's scale before the bias. Needs K % 16 == 0. w_scale
+// is ignored (null) without it. (At M = 1 NG_VEC-byte loads ran gpt2-xl no faster than 16-bit
+// weights on an H200, 1.66 ms a step against 1.68: the bytes in flight per lane, not the bytes
+// read, bound it; 16-byte loads: 1.24 ms.)
 #ifndef NG_GEMV_W8
 #define NG_GEMV_W8 0
 #endif
-#if NG_GEMV_W8
-typedef signed char wt_t;
-#if NG_VEC == 8
-typedef uint2 wvec_t;
-#else
-typedef unsigned int wvec_t;
-#endif
-#else
-typedef st_t wt_t;
-typedef uint4 wvec_t;
-#endif
+// The weights' element type: st_t, or int8 (W8). ng_gemv's is picked by NG_GEMV_W8; decode_fused.cu
+// runs both (its LM head stays 16-bit).
+template <bool W8>
+struct GemvWeight {
+  typedef st_t t;
+};
+template <>
+struct GemvWeight<true> {
+  typedef signed char t;
+};
+typedef GemvWeight<NG_GEMV_W8 != 0>::t wt_t;
 
 // Rows per group, warps per block and rows of x: -D options from the kernel table (kernels.ts).
 #if !defined(NG_GEMV_MT) || !defined(NG_GEMV_ROWS) || !defined(NG_GEMV_MAX_WARPS)
@@ -63,42 +68,43 @@ __device__ __forceinline__ uint4 gemv_load_stream(const st_t* p) {
   return r;
 }
 
-#if NG_GEMV_W8
-// NG_VEC int8 weights (8 or 4 bytes), read once: through the non-coherent path, not kept in L1.
-__device__ __forceinline__ wvec_t gemv_load_w(const wt_t* p) {
-#if NG_VEC == 8
-  uint2 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
-#else
-  unsigned int r;
-  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(r) : "l"(p));
-#endif
-  return r;
-}
 
-// The signed byte b of a 32-bit word as f32.
-__device__ __forceinline__ float gemv_s8(unsigned int w, int b) { return (float)(signed char)(w >> (8 * b)); }
-
-// A weight vector's NG_VEC int8 values as f32.
-__device__ __forceinline__ void gemv_unpack_w(wvec_t u, float* f) {
-#if NG_VEC == 8
-#pragma unroll
-  for (int b = 0; b < 4; b++) {
-    f[b] = gemv_s8(u.x, b);
-    f[4 + b] = gemv_s8(u.y, b);
+// A weight vector of WVEC values: 16 bytes, or (int8, WVEC = NG_VEC) NG_VEC bytes in its low words.
+template <bool W8, int WVEC>
+__device__ __forceinline__ uint4 gemv_load_w(const typename GemvWeight<W8>::t* p) {
+  if constexpr (!W8 || WVEC == 16) {
+    return gemv_load_stream(reinterpret_cast<const st_t*>(p));
+  } else if constexpr (WVEC == 8) {
+    uint4 r = make_uint4(0, 0, 0, 0);
+    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
+    return r;
+  } else {
+    uint4 r = make_uint4(0, 0, 0, 0);
+    asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(r.x) : "l"(p));
+    return r;
   }
-#else
-#pragma unroll
-  for (int b = 0; b < 4; b++) f[b] = gemv_s8(u, b);
-#endif
 }
 
-__device__ __forceinline__ wvec_t gemv_zero_w() { return wvec_t{}; }
-#else
-__device__ __forceinline__ wvec_t gemv_load_w(const wt_t* p) { return gemv_load_stream(p); }
-__device__ __forceinline__ void gemv_unpack_w(wvec_t u, float* f) { unpack_vec(u, f); }
-__device__ __forceinline__ wvec_t gemv_zero_w() { return make_uint4(0, 0, 0, 0); }
-#endif
+// The NG_VEC weights of x vector j (< XPW) of a weight vector, as f32. Int8: byte b of a word is
+// 2^23 + (b ^ 128) once placed under the exponent bits of 2^23 (one byte permute), minus 2^23 + 128
+// (exact): two cheap instructions where an int-to-float conversion runs at an eighth of the FMA rate.
+template <bool W8>
+__device__ __forceinline__ void gemv_unpack_w(uint4 u, int j, float* f) {
+  if constexpr (W8) {
+  const unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < NG_VEC / 4; i++) {
+    const unsigned int biased = w[j * (NG_VEC / 4) + i] ^ 0x80808080u;
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+      f[4 * i + b] = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7650 + b)) - 8388736.0f;
+    }
+  }
+  } else {
+    (void)j;
+    unpack_vec(u, f);
+  }
+}
 
 // NG_VEC f32 values rounded to st_t, as one 16-byte vector.
 __device__ __forceinline__ uint4 gemv_pack(const float* f) {
@@ -144,24 +150,24 @@ struct GemvReduce {
 
 // Loads a chunk: vectors v0 + i * step (i < U) of the R weight rows from n0 (rows past N repeat
 // row N - 1; vectors past the row are zeros).
-template <int U>
-__device__ __forceinline__ void gemv_issue(wvec_t (&raw)[U][NG_GEMV_ROWS], const wt_t* __restrict__ w, int n0,
-                                           int v0, int step, int N, int K) {
-  const int nvec = K / NG_VEC;
+template <int U, bool W8, int WVEC>
+__device__ __forceinline__ void gemv_issue(uint4 (&raw)[U][NG_GEMV_ROWS], const typename GemvWeight<W8>::t* __restrict__ w,
+                                           int n0, int v0, int step, int N, int K) {
+  const int nvec = K / WVEC;
 #pragma unroll
   for (int r = 0; r < NG_GEMV_ROWS; r++) {
-    const wt_t* row = w + (size_t)(n0 + r < N ? n0 + r : N - 1) * K;
+    const typename GemvWeight<W8>::t* row = w + (size_t)(n0 + r < N ? n0 + r : N - 1) * K;
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int v = v0 + u * step;
-      raw[u][r] = v < nvec ? gemv_load_w(row + (size_t)v * NG_VEC) : gemv_zero_w();
+      raw[u][r] = v < nvec ? gemv_load_w<W8, WVEC>(row + (size_t)v * WVEC) : make_uint4(0, 0, 0, 0);
     }
   }
 }
 
 // The prologue: x rows m < M into xs (M x K st_t in shared memory), layernormed when ln_w is given.
 // Every thread of the block must call it; it ends with a barrier.
-__device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* __restrict__ x,
+__device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRICT x,
                                              const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b,
                                              int M, int K, float eps) {
   __shared__ float s_mul[NG_GEMV_MT], s_add[NG_GEMV_MT];
@@ -214,14 +220,18 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* __restrict__ 
   __syncthreads();
 }
 
-// The whole kernel for M <= MT (rows m >= M repeat row M - 1 and are not stored).
-template <int MT>
-__device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restrict__ x,
-                                     const wt_t* __restrict__ w, const float* __restrict__ w_scale,
+// The whole kernel for M <= MT (rows m >= M repeat row M - 1 and are not stored). `wait` is called
+// once by every thread, after the first weights are requested and before x is read: where the block
+// must wait for the kernel (or the phase of a persistent kernel) that wrote x and out.
+template <int MT, bool W8, typename Wait>
+__device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* NG_ACT_RESTRICT x,
+                                     const typename GemvWeight<W8>::t* __restrict__ w, const float* __restrict__ w_scale,
                                      const st_t* __restrict__ bias,
                                      const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b, int M,
-                                     int N, int K, float eps, int flags, int ks) {
+                                     int N, int K, float eps, int flags, int ks, Wait wait) {
   constexpr int R = NG_GEMV_ROWS;
+  constexpr int WVEC = W8 && MT <= 2 ? 16 : NG_VEC;  // weights per vector a lane loads
+  constexpr int XPW = WVEC / NG_VEC;      // x vectors per weight vector
   constexpr int U = MT >= 16 ? 1 : MT >= 4 ? 2 : 4;  // vectors per row per chunk (gemv_launch in matmul.ts)
   constexpr int NV = R * MT;                          // partial sums per lane (a power of two)
   constexpr int LANES = NV >= 32 ? 1 : 32 / NV;       // after the reduce-scatter: lanes holding one sum
@@ -232,16 +242,15 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restr
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int per_tile = (blockDim.x >> 5) / ks;  // row groups per tile
   const int ksi = warp % ks;                    // this warp's K slice
-  const int nvec = K / NG_VEC, step = 32 * ks, v_first = ksi * 32 + lane;
+  const int nvec = K / WVEC, step = 32 * ks, v_first = ksi * 32 + lane;  // weight vectors per row
   const int groups = (N + R - 1) / R, tiles = (groups + per_tile - 1) / per_tile;
   int tile = blockIdx.x;
   int g = tile * per_tile + warp / ks;
-  wvec_t raw[U][R];
-  if (tile < tiles && g < groups) gemv_issue<U>(raw, w, g * R, v_first, step, N, K);
+  uint4 raw[U][R];
+  if (tile < tiles && g < groups) gemv_issue<U, W8, WVEC>(raw, w, g * R, v_first, step, N, K);
   // Weights are never written by a step: their first loads go out before waiting for the kernel
   // that produced x (programmatic dependent launch), hiding their latency behind its tail.
-  ng_grid_dep_wait();
-  ng_grid_dep_launch();
+  wait();
   gemv_stage_x(xs, x, ln_w, ln_b, M, K, eps);
   int xoff[MT];  // offset of row m of x' in xs
 #pragma unroll
@@ -253,22 +262,25 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restr
     const int n0 = g * R;
     if (g < groups) {
       for (int v0 = v_first; v0 < nvec; v0 += U * step) {
-        if (v0 != v_first) gemv_issue<U>(raw, w, n0, v0, step, N, K);  // the first chunk was issued ahead
+        if (v0 != v_first) gemv_issue<U, W8, WVEC>(raw, w, n0, v0, step, N, K);  // the first chunk was issued ahead
 #pragma unroll
         for (int u = 0; u < U; u++) {
           const int v = v0 + u * step;
           if (v >= nvec) break;
-          float wf[R][NG_VEC];
 #pragma unroll
-          for (int r = 0; r < R; r++) gemv_unpack_w(raw[u][r], wf[r]);
+          for (int j = 0; j < XPW; j++) {
+            float wf[R][NG_VEC];
 #pragma unroll
-          for (int m = 0; m < MT; m++) {
-            float xv[NG_VEC];
-            unpack_vec(*reinterpret_cast<const uint4*>(xs + xoff[m] + v * NG_VEC), xv);
+            for (int r = 0; r < R; r++) gemv_unpack_w<W8>(raw[u][r], j, wf[r]);
 #pragma unroll
-            for (int r = 0; r < R; r++) {
+            for (int m = 0; m < MT; m++) {
+              float xv[NG_VEC];
+              unpack_vec(*reinterpret_cast<const uint4*>(xs + xoff[m] + (v * XPW + j) * NG_VEC), xv);
 #pragma unroll
-              for (int e = 0; e < NG_VEC; e++) acc[r * MT + m] = fmaf(wf[r][e], xv[e], acc[r * MT + m]);
+              for (int r = 0; r < R; r++) {
+#pragma unroll
+                for (int e = 0; e < NG_VEC; e++) acc[r * MT + m] = fmaf(wf[r][e], xv[e], acc[r * MT + m]);
+              }
             }
           }
         }
@@ -277,7 +289,7 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restr
     // The next tile's first chunk is in flight during the reduction and the stores.
     tile += gridDim.x;
     const int g_next = tile * per_tile + warp / ks;
-    if (tile < tiles && g_next < groups) gemv_issue<U>(raw, w, g_next * R, v_first, step, N, K);
+    if (tile < tiles && g_next < groups) gemv_issue<U, W8, WVEC>(raw, w, g_next * R, v_first, step, N, K);
     GemvReduce<NV, 16>::run(acc, lane);
     if (ks > 1) {  // add the other K slices' sums into the first warp of the group
       __syncthreads();  // red is free (the previous tile has read it)
@@ -299,7 +311,7 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restr
         const int i = (lane / LANES) * HELD + j;
         const int r = i / MT, m = i % MT, n = n0 + r;
         if (m >= M || n >= N) continue;
-        float y = (NG_GEMV_W8 ? acc[j] * w_scale[n] : acc[j]) + (bias ? to_f32(bias[n]) : 0.0f);
+        float y = (W8 ? acc[j] * w_scale[n] : acc[j]) + (bias ? to_f32(bias[n]) : 0.0f);
         const size_t o = (size_t)m * N + n;
         if (flags & NG_GEMV_OUT_F32) {
           reinterpret_cast<float*>(out)[o] = y;
@@ -318,9 +330,14 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* __restr
   }
 }
 
+#ifndef NG_FUSED
 extern "C" __global__ void NG_GEMV_BOUNDS
 ng_gemv(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __restrict__ w,
         const float* __restrict__ w_scale, const st_t* __restrict__ bias, const st_t* __restrict__ ln_w,
         const st_t* __restrict__ ln_b, int M, int N, int K, float eps, int flags, int ks) {
-  gemv<NG_GEMV_MT>(out, x, w, w_scale, bias, ln_w, ln_b, M, N, K, eps, flags, ks);
+  gemv<NG_GEMV_MT, NG_GEMV_W8 != 0>(out, x, w, w_scale, bias, ln_w, ln_b, M, N, K, eps, flags, ks, [] {
+    ng_grid_dep_wait();
+    ng_grid_dep_launch();
+  });
 }
+#endif

@@ -209,6 +209,94 @@ export interface AttentionArgs {
   max_seq_rows?: number;
 }
 
+/**
+ * The addresses of one transformer block's weights in a fused-decode layer table, in this order (0
+ * for an absent bias or scale): what native/kernels/decode_fused.cu's FusedLayer holds.
+ */
+export const FUSED_LAYER_FIELDS = [
+  "ln_1.weight",
+  "ln_1.bias",
+  "attn.w",
+  "attn.scale",
+  "attn.b",
+  "proj.w",
+  "proj.scale",
+  "proj.b",
+  "ln_2.weight",
+  "ln_2.bias",
+  "fc.w",
+  "fc.scale",
+  "fc.b",
+  "fc2.w",
+  "fc2.scale",
+  "fc2.b",
+] as const;
+
+/**
+ * The row after the blocks' in a fused-decode layer table: the model's other weights, in this
+ * order (the rest of the row 0): decode_fused.cu's FusedModel.
+ */
+export const FUSED_MODEL_FIELDS = ["wte", "wpe", "ln_f.weight", "ln_f.bias", "lm_head"] as const;
+
+/** The addresses of one layer's KV cache in a fused-decode KV table, in this order (0: no scales). */
+export const FUSED_KV_FIELDS = ["k", "v", "k_scale", "v_scale"] as const;
+
+/**
+ * A whole decode step's forward in one launch: embed the B slots' tokens at their lengths, run every
+ * block (the decode attention with its KV append, as AttentionArgs with n_new), then logits =
+ * lm_head(ln_f(x)) as f32 rows of `vocab_padded` into `logits`. The same computation as the model's
+ * op-by-op forward; a backend may decline a shape (see Backend.decode_fused).
+ */
+export interface FusedDecodeArgs {
+  /**
+   * n_layer rows of FUSED_LAYER_FIELDS.length u64 addresses, then one row of FUSED_MODEL_FIELDS
+   * (token and position embeddings, ln_f, the LM head of vocab_padded rows).
+   */
+  layers: Buf;
+  /** n_layer rows of FUSED_KV_FIELDS.length u64 addresses. */
+  kv: Buf;
+  /** Transformer blocks. */
+  n_layer: number;
+  /** Whether the blocks' linear weights are int8 (with scales). */
+  int8_weights: boolean;
+  /** Whether the KV cache is int8 (with scales). */
+  int8_kv: boolean;
+  /** The pools' shape. */
+  layout: KvLayout;
+  /** (B, C) residual stream. */
+  x: Buf;
+  /** (B, 3C) q | k | v. */
+  qkv: Buf;
+  /** (B, C) attention output. */
+  att: Buf;
+  /** (B, 4C) MLP hidden. */
+  hidden: Buf;
+  /** (B, vocab_padded) f32 logits. */
+  logits: Buf;
+  /** (B) int32 token ids. */
+  tokens: Buf;
+  /** (B) int32 positions already cached (each token's position). */
+  lengths: Buf;
+  /** (B) int32 new rows, 0 or 1; 0 sits the slot out. */
+  n_new: Buf;
+  /** (B, layout.max_blocks) int32. */
+  block_table: Buf;
+  /** Slots (rows). */
+  B: number;
+  /** n_embd. */
+  C: number;
+  /** Rows of the LM head and of each logits row. */
+  vocab_padded: number;
+  /** Rows of wpe. */
+  max_pos: number;
+  /** The MLP's activation. */
+  act: Activation;
+  /** Every layernorm's eps. */
+  eps: number;
+  /** A bound on any slot's length + 1 (AttentionArgs.max_len). */
+  max_len: number;
+}
+
 /** out[i, :] = x[idx[i], :] for i < n: each sequence's last row after a packed prefill. */
 export interface GatherRowsArgs {
   /** (n, C) gathered rows. */
@@ -399,6 +487,11 @@ export interface Backend extends Disposable {
   logprobs(a: LogprobsArgs): void;
   /** lengths += n_new (AdvanceArgs). */
   advance(a: AdvanceArgs): void;
+  /**
+   * Optional: the whole decode forward in one launch (FusedDecodeArgs). Returns false, having done
+   * nothing, where the backend has no fused path for the shape; the caller then runs it op by op.
+   */
+  decode_fused?(a: FusedDecodeArgs): boolean;
 
   /**
    * Runs one step: the ops that `record` enqueues. The CPU runs them at once. CUDA captures them

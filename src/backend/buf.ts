@@ -2,7 +2,7 @@
  * Helpers over backend buffers.
  * @module
  */
-import type { Buf } from "./backend.ts";
+import type { Backend, Buf } from "./backend.ts";
 
 /** A view of `bytes` bytes of `buf` starting at `offset` (not owned: never free it). */
 export function sub_buf(buf: Buf, offset: number, bytes: number, label?: string): Buf {
@@ -42,4 +42,24 @@ export function split_bytes(sizes: Record<string, number>, align = 16): number {
 /** The bytes of any typed array or DataView (no copy). */
 export function as_bytes(v: ArrayBufferView): Uint8Array {
   return v instanceof Uint8Array ? v : new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+}
+
+/**
+ * A table of addresses on `be`: one row of u64 per entry of `rows`, the buffers' addresses (0 for
+ * null or undefined), for kernels that walk a model's layers (the fused decode). The caller owns it.
+ */
+export function address_table(
+  be: Backend,
+  rows: readonly (readonly (Buf | null | undefined)[])[],
+  label: string,
+): Buf {
+  const addrs = new BigUint64Array(rows.flatMap((r) => r.map((b) => b?.ptr ?? 0n)));
+  const buf = be.alloc(Math.max(8, addrs.byteLength), label);
+  try {
+    be.write(buf, addrs);
+  } catch (e) {
+    be.free(buf);
+    throw e;
+  }
+  return buf;
 }

@@ -23,6 +23,7 @@ import {
   dtype_bytes,
   DTYPE_CODE,
   type EmbedArgs,
+  type FusedDecodeArgs,
   type GatherRowsArgs,
   type LayerNormArgs,
   type LogprobsArgs,
@@ -319,6 +320,29 @@ export class CudaBackend implements Backend {
     const out = this.#mm.input_scratch.get(a.M * a.K * dtype_bytes(this.dtype), this.#ops.mode !== "capture");
     this.#ops.layernorm({ out, x: a.x, weight: ln.weight, bias: ln.bias, rows: a.M, C: a.K, eps: ln.eps });
     return out;
+  }
+
+  decode_fused(a: FusedDecodeArgs): boolean {
+    this.#open("decode_fused");
+    return this.#ops.decode_fused(a);
+  }
+
+  /**
+   * The last fused decode's phase log (NGPT_FUSED_TRACE=1; native/kernels/decode_fused.cu): SM
+   * clocks at its start, after each barrier and at its end, then its global timer (ns) at start and
+   * end. Null when not tracing.
+   */
+  fused_trace(): BigUint64Array | null {
+    const t = this.#ops.fused_trace;
+    if (t.ptr === 0n) return null;
+    const out = new BigUint64Array(t.bytes / 8);
+    this.read({ ptr: t.ptr, bytes: t.bytes, label: "fused decode trace" }, out);
+    return out;
+  }
+
+  /** Decode steps that ran as one fused launch (decode_fused), launched or recorded into a graph. */
+  get fused_steps(): number {
+    return this.#ops.fused_steps;
   }
 
   attention(a: AttentionArgs): void {

@@ -6,11 +6,16 @@
  * @module
  */
 import type { Backend, Buf, DType, KvLayer, KvLayout } from "../backend/backend.ts";
-import { dtype_bytes } from "../backend/backend.ts";
-import { split_buf, split_bytes, sub_buf } from "../backend/buf.ts";
+import { dtype_bytes, FUSED_KV_FIELDS } from "../backend/backend.ts";
+import { address_table, split_buf, split_bytes, sub_buf } from "../backend/buf.ts";
 import type { GPT, Workspace } from "../model/gpt.ts";
 import type { GPTConfig } from "../model/config.ts";
 import { MAX_LOGPROBS } from "./request.ts";
+
+/** A layer's pools in FUSED_KV_FIELDS order. */
+function kv_row(kv: KvLayer): (Buf | undefined)[] {
+  return FUSED_KV_FIELDS.map((f) => kv[f]);
+}
 
 /** Floats per row of logprob output: the chosen token's, then MAX_LOGPROBS (id, logprob) pairs. */
 export const LOGPROB_WORDS = 1 + 2 * MAX_LOGPROBS;
@@ -147,6 +152,8 @@ export class DeviceState implements Disposable {
   readonly layout: KvLayout;
   /** Per layer K and V pools. */
   readonly kv: KvLayer[];
+  /** The layers' pools as FUSED_KV_FIELDS rows, for a backend with a fused decode (else null). */
+  readonly kv_table: Buf | null = null;
   /** Bytes of the KV pools. */
   readonly kv_bytes: number;
   /** Decode slot arrays (device views of `slot_buf`). */
@@ -216,6 +223,10 @@ export class DeviceState implements Disposable {
           layer.v_scale = a(scale_bytes, `kv scales layer ${l} v`);
         }
         this.kv.push(layer);
+      }
+      if (be.decode_fused) {
+        this.kv_table = address_table(be, this.kv.map(kv_row), "fused decode kv table");
+        this.#owned.push(this.kv_table);
       }
       const sw = slot_words(opts.slots, max_blocks);
       this.slot_host = new HostArrays(sw);

@@ -73,6 +73,16 @@ export class Steps {
           max_len: s.max_len,
         }),
       logit_rows: null,
+      decode: st.kv_table
+        ? {
+          kv_table: st.kv_table,
+          int8_kv: st.kv[0]?.k_scale !== undefined,
+          layout: st.layout,
+          block_table: sl.block_table,
+          n_new,
+          max_len: s.max_len,
+        }
+        : undefined,
     });
     this.#sample(next, lengths, n_new, sl, B);
     if (s.logprobs) this.#logprobs(st.lp, next, B);

@@ -6,8 +6,9 @@
  * which cache blocks) belong to the engine's step (src/engine/step.ts).
  * @module
  */
-import type { Activation, Backend, Buf } from "../backend/backend.ts";
-import { dtype_bytes } from "../backend/backend.ts";
+import type { Activation, Backend, Buf, KvLayout } from "../backend/backend.ts";
+import { dtype_bytes, FUSED_LAYER_FIELDS, FUSED_MODEL_FIELDS } from "../backend/backend.ts";
+import { address_table } from "../backend/buf.ts";
 import type { ModelSource, TensorSource } from "./source.ts";
 import { to_f32 } from "../backend/host_dtype.ts";
 import { quantize_rows, transpose } from "./quantize.ts";
@@ -93,6 +94,27 @@ export interface StepInput {
   attend(layer: number, out: Buf, qkv: Buf): void;
   /** The rows whose logits are wanted (int32 indices; null: the first logit_rows rows as they are). */
   logit_rows: { idx: Buf; n: number } | null;
+  /**
+   * A decode step (row b is slot b's next token, at position lengths[b]) that the backend may run
+   * as one fused launch (Backend.decode_fused): the same attention as `attend` gets, in full.
+   */
+  decode?: FusedDecodeInput;
+}
+
+/** What a fused decode needs besides the model: the KV cache (as a table) and the slots. */
+export interface FusedDecodeInput {
+  /** The layers' KV pools as FUSED_KV_FIELDS rows (src/engine/device_state.ts). */
+  kv_table: Buf;
+  /** Whether the pools are int8 (with scales). */
+  int8_kv: boolean;
+  /** The pools' shape. */
+  layout: KvLayout;
+  /** (B, layout.max_blocks) int32 block tables of the slots. */
+  block_table: Buf;
+  /** (B) int32 new rows, 0 or 1. */
+  n_new: Buf;
+  /** A bound on any slot's length + 1. */
+  max_len: number;
 }
 
 /**
@@ -140,6 +162,8 @@ export class GPT implements Disposable {
   #ln_f: Norm;
   #lm_head: Linear;
   #owned: Buf[];
+  /** The blocks' weights as FUSED_LAYER_FIELDS rows, where the backend has a fused decode. */
+  #layer_table: Buf | null = null;
 
   private constructor(backend: Backend, config: GPTConfig, bufs: Map<string, Buf>, weights: WeightFormat) {
     this.backend = backend;
@@ -184,6 +208,46 @@ export class GPT implements Disposable {
       out: this.vocab_padded,
       in: C,
     };
+    if (backend.decode_fused) {
+      const model: Record<(typeof FUSED_MODEL_FIELDS)[number], Buf | null> = {
+        wte: this.#wte,
+        wpe: this.#wpe,
+        "ln_f.weight": this.#ln_f.weight,
+        "ln_f.bias": this.#ln_f.bias,
+        lm_head: this.#lm_head.w,
+      };
+      const last = FUSED_LAYER_FIELDS.map((_, i) =>
+        i < FUSED_MODEL_FIELDS.length ? model[FUSED_MODEL_FIELDS[i]] : null
+      );
+      this.#layer_table = address_table(
+        backend,
+        [...this.#blocks.map(GPT.#fused_row), last],
+        "fused decode layer table",
+      );
+    }
+  }
+
+  /** A block's weights in FUSED_LAYER_FIELDS order. */
+  static #fused_row(b: Block): (Buf | null)[] {
+    const by_field: Record<(typeof FUSED_LAYER_FIELDS)[number], Buf | null> = {
+      "ln_1.weight": b.ln_1.weight,
+      "ln_1.bias": b.ln_1.bias,
+      "attn.w": b.attn.w,
+      "attn.scale": b.attn.scale,
+      "attn.b": b.attn.b,
+      "proj.w": b.proj.w,
+      "proj.scale": b.proj.scale,
+      "proj.b": b.proj.b,
+      "ln_2.weight": b.ln_2.weight,
+      "ln_2.bias": b.ln_2.bias,
+      "fc.w": b.fc.w,
+      "fc.scale": b.fc.scale,
+      "fc.b": b.fc.b,
+      "fc2.w": b.fc2.w,
+      "fc2.scale": b.fc2.scale,
+      "fc2.b": b.fc2.b,
+    };
+    return FUSED_LAYER_FIELDS.map((f) => by_field[f]);
   }
 
   /**
@@ -340,8 +404,42 @@ export class GPT implements Disposable {
     this.linear(out, x, this.#lm_head, rows, { ln: this.#ln_f, out_f32: true });
   }
 
+  /**
+   * A decode step in one launch where the backend can (Backend.decode_fused): logits of every row
+   * into ws.logits. Returns false, having enqueued nothing, where it cannot.
+   */
+  #decode_fused(ws: Workspace, s: StepInput): boolean {
+    const d = s.decode, be = this.backend, c = this.config;
+    if (!d || !be.decode_fused || !this.#layer_table || s.logit_rows || s.rows > ws.rows) return false;
+    return be.decode_fused({
+      layers: this.#layer_table,
+      kv: d.kv_table,
+      n_layer: c.n_layer,
+      int8_weights: this.weights === "int8",
+      int8_kv: d.int8_kv,
+      layout: d.layout,
+      x: ws.x,
+      qkv: ws.qkv,
+      att: ws.att,
+      hidden: ws.fc,
+      logits: ws.logits,
+      tokens: s.tokens,
+      lengths: s.positions,
+      n_new: d.n_new,
+      block_table: d.block_table,
+      B: s.rows,
+      C: c.n_embd,
+      vocab_padded: this.vocab_padded,
+      max_pos: c.block_size,
+      act: c.activation,
+      eps: c.layer_norm_eps,
+      max_len: d.max_len,
+    });
+  }
+
   /** One step: the transformer, then the logits of the wanted rows into ws.logits. */
   forward(ws: Workspace, s: StepInput): void {
+    if (this.#decode_fused(ws, s)) return;
     this.hidden(ws, s);
     const n = s.logit_rows?.n ?? Math.min(s.rows, ws.logit_rows);
     if (n > ws.logit_rows) {
@@ -357,5 +455,7 @@ export class GPT implements Disposable {
   [Symbol.dispose](): void {
     for (const b of this.#owned) this.backend.free(b);
     this.#owned = [];
+    if (this.#layer_table) this.backend.free(this.#layer_table);
+    this.#layer_table = null;
   }
 }

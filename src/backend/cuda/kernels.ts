@@ -18,6 +18,10 @@ import { native_source_dir } from "../../native/lib.ts";
 export interface KernelInfo {
   /** File under native/kernels/. */
   readonly file: string;
+  /** Files under native/kernels/ compiled before `file` (whose device functions it calls). */
+  readonly includes?: readonly string[];
+  /** The head sizes compiled ahead (kernel_variants) when not every one of the list is. */
+  readonly ahead_head_dims?: readonly number[];
   /** The `extern "C" __global__` function's name. */
   readonly entry: string;
   /** Whether it reads or writes tensors of the storage dtype (-DNG_DTYPE). */
@@ -63,6 +67,24 @@ const gemv = (mt: number, w8 = false) => ({
     `NG_GEMV_ROWS=${K.GEMV_ROWS}`,
     `NG_GEMV_MAX_WARPS=${K.GEMV_MAX_WARPS}`,
     ...(w8 ? ["NG_GEMV_W8=1"] : []),
+  ],
+});
+
+const decode_fused = (mt: number, w8: boolean, kv8: boolean) => ({
+  file: "decode_fused.cu",
+  includes: ["gemv.cu", "attention_decode.cu"],
+  entry: "ng_decode_fused",
+  dtype: true,
+  head_dim: true,
+  // 16 variants a dtype: CI compiles them for GPT-2's head size (every size compiles at run time).
+  ahead_head_dims: [64],
+  defines: [
+    "NG_FUSED=1",
+    `NG_GEMV_MT=${mt}`,
+    `NG_GEMV_ROWS=${K.GEMV_ROWS}`,
+    `NG_GEMV_MAX_WARPS=${K.GEMV_MAX_WARPS}`,
+    `NG_GEMV_W8=${w8 ? 1 : 0}`,
+    `NG_KV8=${kv8 ? 1 : 0}`,
   ],
 });
 
@@ -155,6 +177,24 @@ export const KERNELS = {
     defines: [`NG_LOGPROBS_THREADS=${K.LOGPROBS_THREADS}`],
   },
   loop_step: { file: "loop_step.cu", entry: "ng_loop_step", dtype: false, head_dim: false },
+  // A whole decode forward in one persistent kernel, per bound on the batch (M), with int8 weights
+  // (w8) and with an int8 KV cache (kv8).
+  decode_fused_m1: decode_fused(1, false, false),
+  decode_fused_m2: decode_fused(2, false, false),
+  decode_fused_m4: decode_fused(4, false, false),
+  decode_fused_m8: decode_fused(8, false, false),
+  decode_fused_w8_m1: decode_fused(1, true, false),
+  decode_fused_w8_m2: decode_fused(2, true, false),
+  decode_fused_w8_m4: decode_fused(4, true, false),
+  decode_fused_w8_m8: decode_fused(8, true, false),
+  decode_fused_kv8_m1: decode_fused(1, false, true),
+  decode_fused_kv8_m2: decode_fused(2, false, true),
+  decode_fused_kv8_m4: decode_fused(4, false, true),
+  decode_fused_kv8_m8: decode_fused(8, false, true),
+  decode_fused_w8_kv8_m1: decode_fused(1, true, true),
+  decode_fused_w8_kv8_m2: decode_fused(2, true, true),
+  decode_fused_w8_kv8_m4: decode_fused(4, true, true),
+  decode_fused_w8_kv8_m8: decode_fused(8, true, true),
 } as const satisfies Record<string, KernelInfo>;
 
 /** An op name of KERNELS. */
@@ -189,12 +229,12 @@ export function kernel_file_text(file: string): string {
   return text;
 }
 
-/** The full source NVRTC compiles for a kernel: common.cuh, then the kernel's file. */
+/** The full source NVRTC compiles for a kernel: common.cuh, its includes, then the kernel's file. */
 export function kernel_source(kernel: KernelName): string {
-  const file = KERNELS[kernel].file;
-  return `#line 1 "common.cuh"\n${kernel_file_text("common.cuh")}\n#line 1 "${file}"\n${
-    kernel_file_text(file)
-  }`;
+  const info: KernelInfo = KERNELS[kernel];
+  return ["common.cuh", ...info.includes ?? [], info.file]
+    .map((f) => `#line 1 "${f}"\n${kernel_file_text(f)}`)
+    .join("\n");
 }
 
 /** The full source of every kernel, by op name (what the compile test and the cache hash). */
@@ -251,7 +291,7 @@ export function kernel_variants(
     for (const dtype of info.dtype ? dtypes : (["f32"] as DType[])) {
       if (info.dtypes !== undefined && !info.dtypes.includes(dtype)) continue;
       if (info.head_dim) {
-        for (const head_dim of head_dims) {
+        for (const head_dim of info.ahead_head_dims ?? head_dims) {
           if (kernel_supports(kernel, dtype, head_dim)) out.push({ kernel, dtype, head_dim });
         }
       } else out.push({ kernel, dtype });

@@ -120,13 +120,14 @@ export function gemv_preferred(a: MatmulArgs, dtype: DType): boolean {
 
 /**
  * Whether the gemv kernel can run `a` (validated): M <= GEMV_MAX_M, rows of whole 16-byte
- * vectors (K * element bytes a multiple of 16), x, w and the layernorm vectors 16-byte aligned, and
+ * vectors (K * element bytes a multiple of 16; int8 weights: K a multiple of 16), x, w and the
+ * layernorm vectors 16-byte aligned, and
  * x (M * K elements) fits the shared memory a block may have (`smem_optin_bytes`).
  */
 export function gemv_fits(a: MatmulArgs, dtype: DType, smem_optin_bytes: number): boolean {
   const aligned = (b: Buf | null | undefined) => !b || b.ptr % 16n === 0n;
   const row_bytes = a.K * dtype_bytes(dtype);
-  return a.M <= GEMV_MAX_M && row_bytes % 16 === 0 &&
+  return a.M <= GEMV_MAX_M && row_bytes % 16 === 0 && (!a.w_scale || a.K % 16 === 0) &&
     a.M * row_bytes <= smem_optin_bytes - GEMV_STATIC_SMEM &&
     aligned(a.x) && aligned(a.w) && aligned(a.ln?.weight) && aligned(a.ln?.bias);
 }
@@ -157,10 +158,12 @@ export interface GemvLaunch {
 export function gemv_launch(a: MatmulArgs, dtype: DType, sm_count: number, smem_per_sm: number): GemvLaunch {
   const v = GEMV_VARIANTS.find(([m]) => a.M <= m);
   if (!v) throw new Error(`internal: gemv for M=${a.M} above ${GEMV_MAX_M}`);
-  // Int8 weights (w_scale): the W8 variant, same grid (a lane's vector covers the same K elements).
+  // Int8 weights (w_scale): the W8 variant, whose vectors hold 16 weights at M <= 2 (K / 16 a row),
+  // else as many as a 16-bit vector (gemv.cu).
   const [, kernel16, per_lane, kernel8] = v;
   const kernel = a.w_scale ? kernel8 : kernel16;
-  const row_bytes = a.K * dtype_bytes(dtype), nvec = row_bytes / 16, smem_bytes = a.M * row_bytes;
+  const row_bytes = a.K * dtype_bytes(dtype), smem_bytes = a.M * row_bytes;
+  const nvec = (a.w_scale && a.M <= 2 ? a.K : row_bytes) / 16;
   const groups = Math.ceil(a.N / GEMV_ROWS);
   const flags = ACTIVATION_CODE[a.act] | (a.accumulate ? 4 : 0) | (a.out_f32 ? 8 : 0);
   const ks_for = (max: number) => Math.max(1, Math.min(max, Math.ceil(nvec / (32 * per_lane))));

@@ -14,6 +14,7 @@ import {
   type DType,
   dtype_bytes,
   type EmbedArgs,
+  type FusedDecodeArgs,
   type GatherRowsArgs,
   type LayerNormArgs,
   type LogprobsArgs,
@@ -50,6 +51,30 @@ function block_log2(op: string, block_size: number): number {
     throw new RangeError(`${op}: the CUDA kernels need a power-of-two block_size, got ${block_size}`);
   }
   return l;
+}
+
+/** Largest batch the fused decode takes (decode_fused.cu's variants: M <= 1, 2, 4, 8). */
+export const FUSED_MAX_B = 8;
+/** Threads of a fused decode block (decode_fused.cu: 8 warps, one (b, head) at a time in attention). */
+const FUSED_THREADS = 256;
+/** Shared memory decode_fused.cu declares statically, at most (attention's merge, gemv's reduction). */
+const FUSED_STATIC_SMEM = 8192;
+
+/**
+ * Warps splitting K (1, 2, 4 or 8) for one gemv phase of the fused decode. A phase lasts as long as
+ * its busiest block, whose lanes wait on one chunk of loads after another: the tiles it loops over
+ * (tiles of 8 / ks row groups over `blocks` blocks) times the chunks of `per_lane` vectors a lane
+ * takes per row. The fewest of those; on a tie, the larger ks (more blocks reading).
+ */
+export function fused_ks(N: number, row_bytes: number, per_lane: number, blocks: number): number {
+  const nvec = row_bytes / 16, groups = Math.ceil(N / K.GEMV_ROWS);
+  let best = 1, best_cost = Infinity;
+  for (const ks of [1, 2, 4, 8]) {
+    const rounds = Math.ceil(Math.ceil(groups / (8 / ks)) / blocks);
+    const cost = rounds * Math.ceil(nvec / (32 * ks * per_lane));
+    if (cost <= best_cost) [best, best_cost] = [ks, cost];
+  }
+  return best;
 }
 
 /** How attention_decode splits a decode step over blocks and warps. */
@@ -146,6 +171,15 @@ export class KernelOps {
   #gemv_smem = new Map<bigint, number>();
   /** The decode attention's partials when keys are split (attention_combine merges them). */
   #scratch: GrowingScratch;
+  /** Decode steps that took the fused path, launched or recorded into a graph (for tests). */
+  fused_steps = 0;
+  /**
+   * With NGPT_FUSED_TRACE=1, where the fused decode logs its phases (decode_fused.cu; read with
+   * fused_trace()); else 0.
+   */
+  #fused_trace = { ptr: 0n, bytes: 0 };
+  /** The fused decode's barrier flags (one u32 per block, equal between launches), made on first use. */
+  #fused_bar = 0n;
 
   constructor(ctx: CudaContext, modules: KernelModules, stream: bigint, dtype: DType) {
     this.#ctx = ctx;
@@ -233,6 +267,76 @@ export class KernelOps {
       .ptr(a.ln?.weight ?? null)
       .ptr(a.ln?.bias ?? null).i32(a.M).i32(a.N).i32(a.K).f32(a.ln?.eps ?? 0).i32(l.flags).i32(l.ks);
     this.#ctx.launch(f, [l.blocks, 1, 1], [l.threads, 1, 1], l.smem_bytes, this.#stream, this.#args);
+  }
+
+  /**
+   * The whole decode forward as one decode_fused launch: one 256-thread block per SM (the grid
+   * must be co-resident for its barriers). False, having done nothing, where it does not apply: more than
+   * FUSED_MAX_B slots, rows the gemv cannot vectorize, staging above the shared memory, or unless
+   * NGPT_FUSED_DECODE=1: it is off by default, slower than the op-by-op step on an H200
+   * (docs/perf-notes.md).
+   */
+  decode_fused(a: FusedDecodeArgs): boolean {
+    const op = "decode_fused", L = a.layout, D = L.head_dim, H = L.n_head, C = a.C, es = this.#es;
+    check_dims(op, { B: a.B, C, n_layer: a.n_layer, vocab_padded: a.vocab_padded, max_len: a.max_len });
+    const smem = a.B * 4 * C * es;
+    if (
+      env("NGPT_FUSED_DECODE") !== "1" || a.B > FUSED_MAX_B || (C * es) % 16 !== 0 ||
+      (a.int8_weights && C % 16 !== 0) || D > MAX_HEAD_DIM || H * D !== C ||
+      smem + FUSED_STATIC_SMEM > this.#ctx.smem_optin_bytes
+    ) return false;
+    need(op, "x", a.x, a.B * C * es, `${a.B} x ${C}`);
+    need(op, "qkv", a.qkv, a.B * 3 * C * es, `${a.B} x ${3 * C}`);
+    need(op, "att", a.att, a.B * C * es, `${a.B} x ${C}`);
+    need(op, "hidden", a.hidden, a.B * 4 * C * es, `${a.B} x ${4 * C}`);
+    need(op, "logits", a.logits, a.B * a.vocab_padded * 4, `${a.B} x ${a.vocab_padded} f32`);
+    need(op, "layers", a.layers, (a.n_layer + 1) * 16 * 8, `${a.n_layer + 1} rows of 16 addresses`);
+    need(op, "kv", a.kv, a.n_layer * 4 * 8, `${a.n_layer} rows of 4 addresses`);
+    need(op, "block_table", a.block_table, a.B * L.max_blocks * 4, `${a.B} x ${L.max_blocks} int32`);
+    const mt = [1, 2, 4, 8].find((m) => a.B <= m)!;
+    const kernel = `decode_fused${a.int8_weights ? "_w8" : ""}${
+      a.int8_kv ? "_kv8" : ""
+    }_m${mt}` as KernelName;
+    const f = this.#modules.get(kernel, D, this.mode !== "capture");
+    if (this.mode !== "capture") {
+      if (smem > (this.#gemv_smem.get(f) ?? GEMV_DEFAULT_SMEM)) {
+        this.#ctx.func_set_smem(f, smem);
+        this.#gemv_smem.set(f, smem);
+      }
+      if (this.#fused_bar === 0n) {
+        const ptr = this.#ctx.mem_alloc(4 * this.#ctx.sm_count);
+        try {
+          this.#ctx.memset8(ptr, 0, 4 * this.#ctx.sm_count, this.#stream);
+        } catch (e) {
+          this.#ctx.mem_free(ptr);
+          throw e;
+        }
+        this.#fused_bar = ptr;
+      }
+      const trace_bytes = (5 * a.n_layer + 5) * 8;
+      if (env("NGPT_FUSED_TRACE") === "1" && this.#fused_trace.bytes < trace_bytes) {
+        if (this.#fused_trace.ptr !== 0n) this.#ctx.mem_free(this.#fused_trace.ptr);
+        this.#fused_trace = { ptr: this.#ctx.mem_alloc(trace_bytes), bytes: trace_bytes };
+      }
+    }
+    if (this.mode === "prepare") return true;
+    const blocks = this.#ctx.sm_count, per_lane = mt >= 4 ? 2 : 4;
+    const wb = a.int8_weights && mt <= 2 ? 1 : es; // bytes per weight as gemv.cu counts its vectors
+    const ks = (N: number, K: number, b = wb) => fused_ks(N, K * b, per_lane, blocks);
+    // Four bits a phase: c_attn, attn.c_proj, c_fc, mlp.c_proj, the LM head (the launch takes at most
+    // 32 arguments).
+    const ks_all = ks(3 * C, C) | ks(C, C) << 4 | ks(4 * C, C) << 8 | ks(C, 4 * C) << 12 |
+      ks(a.vocab_padded, C, es) << 16;
+    this.#args.reset("ng_decode_fused").ptr(a.layers).ptr(a.kv).i32(a.n_layer).ptr(a.x).ptr(a.qkv).ptr(a.att)
+      .ptr(a.hidden).ptr(a.logits).ptr(a.tokens).ptr(a.lengths).ptr(a.n_new).ptr(a.block_table).i32(a.B).i32(
+        C,
+      )
+      .i32(H).i32(a.vocab_padded).i32(a.max_pos).f32(a.eps).i32(ACTIVATION_CODE[a.act]).i32(a.max_len)
+      .f32(Math.LOG2E / Math.sqrt(D)).i32(block_log2(op, L.block_size)).i32(L.max_blocks).i32(ks_all)
+      .ptr(this.#fused_bar).ptr(this.#fused_trace.ptr);
+    this.#ctx.launch(f, [blocks, 1, 1], [FUSED_THREADS, 1, 1], smem, this.#stream, this.#args);
+    this.fused_steps++;
+    return true;
   }
 
   /** Frees every decode scratch buffer but the newest (call when no graph uses them). */
@@ -408,7 +512,15 @@ export class KernelOps {
   }
 
   /** Frees the decode scratch. */
+  /** The fused decode's trace buffer (NGPT_FUSED_TRACE=1): its address and bytes, 0 when none. */
+  get fused_trace(): { ptr: bigint; bytes: number } {
+    return this.#fused_trace;
+  }
+
   dispose(): void {
     this.#scratch.dispose();
+    if (this.#fused_trace.ptr !== 0n) this.#ctx.mem_free(this.#fused_trace.ptr);
+    if (this.#fused_bar !== 0n) this.#ctx.mem_free(this.#fused_bar);
+    this.#fused_bar = 0n;
   }
 }

@@ -1,0 +1,162 @@
+// decode_fused: a whole decode step's forward (embed, every block, ln_f and the LM head) in one
+// persistent kernel for small batches (M <= NG_GEMV_MT rows, one per slot). Compiled after gemv.cu
+// and attention_decode.cu (kernels.ts `includes`), whose device functions do each phase's work:
+//   embed                 x = wte[token] + wpe[position]                      (blocks b < M)
+//   per layer l:
+//     qkv                 qkv = c_attn(ln_1(x))                              gemv over every block
+//     attention           att = attend(qkv) with the KV append, one (b, head) per block at a time
+//     proj                x += c_proj(att)                                   gemv
+//     fc                  fc = gelu(c_fc(ln_2(x)))                           gemv
+//     fc2                 x += c_proj(fc)                                    gemv
+//   head                  logits = lm_head(ln_f(x)) (f32)                    gemv
+// as the unfused step runs them (the same device code, so the same roundings). Phases are separated
+// by a grid barrier through flags in global memory, so the grid must be co-resident (the host
+// launches one 256-thread block per SM). Each gemv phase requests its first weights before waiting
+// at the barrier, as the unfused gemv does before its PDL wait.
+// Measured on an H200 (docs/perf-notes.md): a phase costs 4-6 us however little it reads (gpt2's
+// attn.c_proj, 1.2 MB: 4.6 us), about what a kernel boundary costs the unfused step, so this path is
+// not the default (NGPT_FUSED_DECODE=1 turns it on). Tried and dropped: two blocks an SM (gpt2 b1
+// 307 -> 400 us a step), prefetching the next phase's weights into the L2 (a third slower).
+// Needs blockDim.x = 256 and dynamic shared memory of M * 4C st_t (gemv's staging of x).
+#ifndef NG_FUSED
+#error "decode_fused needs -DNG_FUSED (gemv.cu and attention_decode.cu then read activations coherently)"
+#endif
+
+// One block's weights, in the order of the host's table (src/model/gpt.ts FUSED_LAYER_FIELDS); scales
+// are null with 16-bit weights.
+struct FusedLayer {
+  const st_t* ln1_w;
+  const st_t* ln1_b;
+  const wt_t* attn_w;
+  const float* attn_s;
+  const st_t* attn_b;
+  const wt_t* proj_w;
+  const float* proj_s;
+  const st_t* proj_b;
+  const st_t* ln2_w;
+  const st_t* ln2_b;
+  const wt_t* fc_w;
+  const float* fc_s;
+  const st_t* fc_b;
+  const wt_t* fc2_w;
+  const float* fc2_s;
+  const st_t* fc2_b;
+};
+
+// The row after the blocks' (FUSED_MODEL_FIELDS): embeddings, ln_f and the LM head.
+struct FusedModel {
+  const st_t* wte;
+  const st_t* wpe;
+  const st_t* lnf_w;
+  const st_t* lnf_b;
+  const st_t* lm_head;
+};
+
+// One layer's KV pools (src/engine/device_state.ts kv_table); scales are null with a 16-bit cache.
+struct FusedKv {
+  kv_t* k;
+  kv_t* v;
+  float* k_scale;
+  float* v_scale;
+};
+
+// A grid barrier over one flag per block (`flags`: gridDim.x words, each the count of barriers its
+// block has passed; every launch passes the same number, so they start equal): a block publishes
+// its new count with a release store, then its threads poll all the flags (acquire loads, a share
+// each) until none is behind. A single counter that every block added to (a release atomic, then
+// polling it) cost about 4 us a barrier on an H200 with 132 blocks, 5 us with 264: the adds to one
+// address queue at one L2 slice; a flag each makes the arrival a plain store.
+__device__ __forceinline__ void fused_barrier(unsigned int* flags, unsigned int& count) {
+  count++;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flags + blockIdx.x), "r"(count) : "memory");
+  }
+  bool behind;
+  do {
+    behind = false;
+    for (int i = threadIdx.x; i < (int)gridDim.x; i += blockDim.x) {
+      unsigned int v;
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flags + i) : "memory");
+      behind |= (int)(v - count) < 0;
+    }
+  } while (__syncthreads_or(behind));
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+ng_decode_fused(const FusedLayer* __restrict__ layers, const FusedKv* __restrict__ kvs, int n_layer,
+                st_t* x, st_t* qkv, st_t* att, st_t* hid, float* logits, const int* __restrict__ tokens,
+                const int* __restrict__ lengths, const int* __restrict__ n_new,
+                const int* __restrict__ block_table, int M, int C, int H, int Vp, int max_pos, float eps, int act,
+                int max_T, float scale_log2, int bs_log2, int mb, int ks_all, unsigned int* flags,
+                unsigned long long* trace) {
+  const FusedModel mw = *reinterpret_cast<const FusedModel*>(layers + n_layer);
+  const st_t *wte = mw.wte, *wpe = mw.wpe, *lm_head = mw.lm_head;
+  // Warps splitting K in each gemv phase, four bits each (the host's fused_ks).
+  const int ks_qkv = ks_all & 15, ks_proj = (ks_all >> 4) & 15, ks_fc = (ks_all >> 8) & 15;
+  const int ks_fc2 = (ks_all >> 12) & 15, ks_head = (ks_all >> 16) & 15;
+  // With a trace buffer, block 0 logs its SM clock at the start, after each barrier (5 a layer, then
+  // the LM head's) and at the end, then the global timer at the start and the end (to convert).
+  int phase = 0;
+  const bool tracing = trace != nullptr && blockIdx.x == 0 && threadIdx.x == 0;
+  auto stamp = [&] {
+    if (tracing) trace[phase] = clock64();
+    phase++;
+  };
+  unsigned int count = flags[blockIdx.x];
+  auto barrier = [&] {
+    fused_barrier(flags, count);
+    stamp();
+  };
+  unsigned long long t0 = 0;
+  if (tracing) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  stamp();
+
+  ng_grid_dep_wait();  // the previous step's sample and advance wrote tokens and lengths
+  for (int r = blockIdx.x; r < M; r += gridDim.x) {  // embed, as embed.cu
+    int tok = tokens[r], pos = lengths[r];
+    tok = tok < 0 ? 0 : (tok >= Vp ? Vp - 1 : tok);
+    pos = pos < 0 ? 0 : (pos >= max_pos ? max_pos - 1 : pos);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      x[(size_t)r * C + c] = from_f32(to_f32(wte[(size_t)tok * C + c]) + to_f32(wpe[(size_t)pos * C + c]));
+    }
+  }
+  const int items = M * H;  // attention: (b, head) pairs, 8 warps on each
+  for (int l = 0; l < n_layer; l++) {
+    const FusedLayer& L = layers[l];
+    const FusedKv kv = kvs[l];
+    gemv<NG_GEMV_MT, NG_GEMV_W8 != 0>(qkv, x, L.attn_w, L.attn_s, L.attn_b, L.ln1_w, L.ln1_b, M, 3 * C, C, eps, 0, ks_qkv, barrier);
+    if (blockIdx.x < items) {
+      for (int it = blockIdx.x; it < items; it += gridDim.x) {
+        // Only the first item waits (its cached keys are requested before the barrier).
+        const bool first = it == (int)blockIdx.x;
+        attention_decode_block(att, nullptr, nullptr, qkv, kv.k, kv.v, block_table, lengths, n_new, H, max_T, max_T,
+                               8, scale_log2, bs_log2, mb, kv.k_scale, kv.v_scale, 0, it % H, it / H, 1, [&] {
+                                 if (first) barrier();
+                               });
+        __syncthreads();  // the next item reuses the block's shared memory
+      }
+    } else {
+      barrier();
+    }
+    gemv<NG_GEMV_MT, NG_GEMV_W8 != 0>(x, att, L.proj_w, L.proj_s, L.proj_b, nullptr, nullptr, M, C, C, eps, NG_GEMV_ACCUMULATE,
+                     ks_proj, barrier);
+    gemv<NG_GEMV_MT, NG_GEMV_W8 != 0>(hid, x, L.fc_w, L.fc_s, L.fc_b, L.ln2_w, L.ln2_b, M, 4 * C, C, eps, act, ks_fc, barrier);
+    gemv<NG_GEMV_MT, NG_GEMV_W8 != 0>(x, hid, L.fc2_w, L.fc2_s, L.fc2_b, nullptr, nullptr, M, C, 4 * C, eps, NG_GEMV_ACCUMULATE,
+                     ks_fc2, barrier);
+  }
+  // The LM head: 16-bit weights whatever the blocks' (tied to wte), so the 16-bit gemv body.
+  gemv<NG_GEMV_MT, false>(logits, x, lm_head, nullptr, nullptr, mw.lnf_w, mw.lnf_b, M, Vp, C, eps, NG_GEMV_OUT_F32,
+                          ks_head, [&] {
+    barrier();
+    ng_grid_dep_launch();  // the sample kernel may start once every block is here
+  });
+  __syncthreads();
+  stamp();
+  if (tracing) {
+    unsigned long long t1;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t1));
+    trace[phase] = t0;
+    trace[phase + 1] = t1;
+  }
+}

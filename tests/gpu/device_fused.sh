@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One GPU-machine call for the fused decode (issue 11): its tests against the op-by-op decode, the
+# parity suite, and the decode bench at batch 1 and 8 for gpt2 and gpt2-xl with the fused decode
+# on and off (NGPT_FUSED_DECODE=0), with int8 weights, and torch_baseline.py's peers in the same
+# call; `trace` prints where the fused step's time goes (tests/gpu/fused_trace.ts). Prepare with tests/gpu/prepare_device.sh; results in $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+xz -dc .device/deno.xz >/tmp/deno && chmod +x /tmp/deno
+export PATH=/tmp:$PATH DENO_DIR=$PWD/.device/deno-dir NGPT_CACHE=/tmp/ngpt-cache PYTHONUNBUFFERED=1
+OUT=${OUT:-$(mktemp -d)}
+run=(deno run -A --cached-only --lock=.device/gpu.lock)
+test=(deno test -A --no-check --cached-only --lock=.device/gpu.lock)
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+stamp() { echo "$(date +%T) $*" | tee -a "$OUT/times.txt"; }
+PARTS=" ${PARTS:-tests trace bench peers} "
+part() { [[ $PARTS == *" $1 "* ]]; }
+if part tests; then
+  for t in ${TESTS:-fused parity int8}; do
+    stamp "test $t"
+    timeout "${TEST_S:-150}" "${test[@]}" "tests/gpu/${t}_test.ts" >"$OUT/test_$t.txt" 2>&1
+    grep -E "FAILED|passed|failed|^error" "$OUT/test_$t.txt" | tail -4
+  done
+fi
+if part trace; then
+  for c in ${TRACES:-gpt2:1 gpt2:8 gpt2-xl:1 gpt2-xl:8}; do  # model:batch[:int8]
+    stamp "trace $c"
+    IFS=: read -r m b w <<<"$c"
+    NGPT_FUSED_DECODE=1 timeout 60 "${run[@]}" tests/gpu/fused_trace.ts --model $m --batch $b --weights ${w:-dtype} 2>&1 | grep -v "^    at" | tail -2 | tee -a "$OUT/trace.txt"
+  done
+fi
+if part bench; then
+  for mode in ${MODES:-fused unfused int8}; do
+    stamp "bench $mode"
+    env=(NGPT_FUSED_DECODE=1) q=()
+    [[ $mode == unfused* ]] && env=(NGPT_FUSED_DECODE=0)
+    [[ $mode == *int8* ]] && q=(--weights int8)
+    [[ $mode == *kv8 ]] && q+=(--kv-dtype int8)
+    env "${env[@]}" timeout "${BENCH_S:-90}" "${run[@]}" examples/bench.ts --device cuda --models "${MODELS:-gpt2,gpt2-xl}" \
+      --batches "${BATCHES:-1,8}" --graphs on --prompt 64 --new 256 "${q[@]}" --json "$OUT/bench_$mode.json" \
+      >"$OUT/bench_$mode.txt" 2>&1
+    grep -A6 "^model" "$OUT/bench_$mode.txt" | sed "s/^/$mode: /"
+  done
+fi
+if part big; then
+  # Issue 11's 8-bit KV target: gpt2 at batch 256, 16-bit and int8 KV cache.
+  for q in "" "--kv-dtype int8"; do
+    stamp "bench b256 $q"
+    timeout 60 "${run[@]}" examples/bench.ts --device cuda --models gpt2 --batches 256 --graphs on --prompt 64 --new 256 \
+      $q >>"$OUT/bench_b256.txt" 2>&1
+  done
+  grep -A2 "^model" "$OUT/bench_b256.txt"
+fi
+if part peers; then
+  stamp "peers"
+  timeout "${PEERS_S:-150}" python3 .device/torch_baseline.py --models "${MODELS:-gpt2,gpt2-xl}" --batches "${BATCHES:-1,8}" \
+    --engines graph,gptfast --prompt 64 --new 256 >"$OUT/peers.jsonl" 2>"$OUT/peers.err"
+  cut -c1-220 "$OUT/peers.jsonl"
+fi
+stamp "done"
+(cd "$OUT" && tar -czf results.tgz -- *.json *.jsonl *.txt 2>/dev/null && find . -maxdepth 1 -type f \
+  ! -name results.tgz ! -name times.txt -delete)
