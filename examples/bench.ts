@@ -18,7 +18,7 @@ import { type Backend, create_backend, DEFAULT_MODEL, Engine, GPT, GPT2_SIZES, o
 import { cuda_status, CudaBackend } from "../src/backend/cuda.ts";
 import { create_tokenizer } from "../src/tokenizer/tokenizer.ts";
 import { kv_block_bytes, type KvDtype } from "../src/engine/device_state.ts";
-import { render_chart, type Series } from "./bench_chart.ts";
+import { render_chart, throughput_series } from "./bench_chart.ts";
 
 /** One measurement. */
 export interface BenchRow {
@@ -230,17 +230,10 @@ if (values.json) {
   );
 }
 if (values.svg) {
-  const series = new Map<string, Series>();
-  for (const r of all) {
-    if (r.error || !r.tok_s) continue;
-    const key = `${r.model} ${r.engine}`;
-    if (!series.has(key)) series.set(key, { name: key, points: [] });
-    series.get(key)!.points.push([r.batch, r.tok_s]);
-  }
   Deno.writeTextFileSync(
     values.svg,
     render_chart(
-      [...series.values()],
+      throughput_series(all),
       `Decode throughput vs batch size (prompt ${P}, ${N} new tokens) on ${device}, ${
         new Date().toISOString().slice(0, 10)
       }`,

@@ -26,6 +26,20 @@ function esc(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 }
 
+/** One line per (model, engine) of bench rows: (batch, tok/s) points; rows with an error are left out. */
+export function throughput_series(
+  rows: readonly { model: string; engine: string; batch: number; tok_s: number; error?: string }[],
+): Series[] {
+  const series = new Map<string, Series>();
+  for (const r of rows) {
+    if (r.error || !r.tok_s) continue;
+    const key = `${r.model} ${r.engine}`;
+    if (!series.has(key)) series.set(key, { name: key, points: [] });
+    series.get(key)!.points.push([r.batch, r.tok_s]);
+  }
+  return [...series.values()];
+}
+
 /** Axis labels of a chart. */
 export interface ChartAxes {
   x_label?: string;

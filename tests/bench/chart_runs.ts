@@ -7,7 +7,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { render_chart, type Series } from "../../examples/bench_chart.ts";
+import { render_chart, throughput_series } from "../../examples/bench_chart.ts";
 
 const { values, positionals } = parseArgs({
   args: Deno.args,
@@ -37,12 +37,5 @@ if (values.peer) {
 }
 if (values.out) Deno.writeTextFileSync(values.out, JSON.stringify({ device, rows }, null, 2) + "\n");
 if (values.svg) {
-  const series = new Map<string, Series>();
-  for (const r of rows) {
-    if (r.error || !r.tok_s) continue;
-    const key = `${r.model} ${r.engine}`;
-    if (!series.has(key)) series.set(key, { name: key, points: [] });
-    series.get(key)!.points.push([r.batch, r.tok_s]);
-  }
-  Deno.writeTextFileSync(values.svg, render_chart([...series.values()], `${values.title} on ${device}`));
+  Deno.writeTextFileSync(values.svg, render_chart(throughput_series(rows), `${values.title} on ${device}`));
 }

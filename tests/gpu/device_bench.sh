@@ -6,11 +6,8 @@
 # under $OUT. Prepare with tests/gpu/prepare_device.sh.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-xz -dc .device/deno.xz >/tmp/deno && chmod +x /tmp/deno
-export PATH=/tmp:$PATH DENO_DIR=$PWD/.device/deno-dir NGPT_CACHE=/tmp/ngpt-cache
-OUT=${OUT:-$(mktemp -d)}
+. tests/gpu/device_env.sh
 BATCHES=${BATCHES:-1,8,32,64,128,256,512}
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 if [[ "${TESTS:-1}" == 1 ]]; then
   NGPT_TEST_TIMEOUT=100 OUT=$OUT timeout 130 bash tests/gpu/run_on_device.sh 2>&1 | tee "$OUT/tests.txt" | tail -12
 fi

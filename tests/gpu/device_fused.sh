@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
-# One GPU-machine call for the fused decode (issue 11): its tests against the op-by-op decode, the
-# parity suite, and the decode bench at batch 1 and 8 for gpt2 and gpt2-xl with the fused decode
-# on and off (NGPT_FUSED_DECODE=0), with int8 weights, and torch_baseline.py's peers in the same
-# call; `trace` prints where the fused step's time goes (tests/gpu/fused_trace.ts). Prepare with tests/gpu/prepare_device.sh; results in $OUT.
+# One GPU-machine call for issue 11's decode: the fused decode's tests against the op-by-op decode
+# (and the int8 and parity suites), where the fused step's time goes (`trace`:
+# tests/gpu/fused_trace.ts), the decode bench at batch 1 and 8 for gpt2 and gpt2-xl with the fused
+# decode on (NGPT_FUSED_DECODE=1) and off, with int8 weights (MODES), gpt2 at batch 256 with the
+# 16-bit and int8 KV cache (`big`), and torch_baseline.py's peers in the same call. Prepare with
+# tests/gpu/prepare_device.sh; results in $OUT/results.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-xz -dc .device/deno.xz >/tmp/deno && chmod +x /tmp/deno
-export PATH=/tmp:$PATH DENO_DIR=$PWD/.device/deno-dir NGPT_CACHE=/tmp/ngpt-cache PYTHONUNBUFFERED=1
-OUT=${OUT:-$(mktemp -d)}
-run=(deno run -A --cached-only --lock=.device/gpu.lock)
+. tests/gpu/device_env.sh
 test=(deno test -A --no-check --cached-only --lock=.device/gpu.lock)
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
-stamp() { echo "$(date +%T) $*" | tee -a "$OUT/times.txt"; }
 PARTS=" ${PARTS:-tests trace bench peers} "
 part() { [[ $PARTS == *" $1 "* ]]; }
 if part tests; then

@@ -14,12 +14,7 @@
 # the GPU runs load, so Deno does not ask for the test-only ones it left out).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-xz -dc .device/deno.xz >/tmp/deno && chmod +x /tmp/deno
-export PATH=/tmp:$PATH DENO_DIR=$PWD/.device/deno-dir NGPT_CACHE=/tmp/ngpt-cache PYTHONUNBUFFERED=1
-OUT=${OUT:-$(mktemp -d)}
-run=(deno run -A --cached-only --lock=.device/gpu.lock)
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
-stamp() { echo "$(date +%T) $*" | tee -a "$OUT/times.txt"; }
+. tests/gpu/device_env.sh
 # PARTS picks what runs (default all but int8): serve peerset hf parity ab hfxl eval evalspeed prefill
 # int8
 # (int8: the 8-bit GPU tests, the eval gates with int8 weights and KV, and the decode bench of bf16,

@@ -7,11 +7,8 @@
 #   PROFILE=1   also profile a few decode steps of four cases under ncu ($OUT/profile.md)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-xz -dc .device/deno.xz >/tmp/deno && chmod +x /tmp/deno
-export PATH=/tmp:$PATH DENO_DIR=$PWD/.device/deno-dir NGPT_CACHE=/tmp/ngpt-cache
-OUT=${OUT:-$(mktemp -d)}
+. tests/gpu/device_env.sh
 MODE=${MODE:-full}
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 if [[ "${TESTS:-1}" == 1 ]]; then
   OUT=$OUT bash tests/gpu/run_on_device.sh 2>&1 | tee "$OUT/tests.txt" | tail -25
 fi
