@@ -1,10 +1,11 @@
 // Compiles every CUDA kernel in every dtype (and head-size) variant for sm_90 and sm_80 through
-// NVRTC, with no GPU and no CUDA driver. Without NVRTC: fails when CI is set, else is skipped
+// NVRTC (in workers: tests/helpers/nvrtc_worker.ts), with no GPU and no CUDA driver. Without NVRTC: fails when CI is set, else is skipped
 // with the reason printed.
-import { assert } from "./helpers/assert.ts";
+import { assert, assertEquals } from "./helpers/assert.ts";
 import { native } from "../src/native/lib.ts";
 import { Nvrtc, NvrtcCompileError } from "../src/backend/cuda/nvrtc.ts";
-import { compile_variant, kernel_variants, variant_name } from "../src/backend/cuda/kernels.ts";
+import { kernel_variants } from "../src/backend/cuda/kernels.ts";
+import type { CompileJob, CompileResult } from "./helpers/nvrtc_worker.ts";
 
 function load_nvrtc(): Nvrtc | string {
   try {
@@ -25,26 +26,36 @@ if (typeof nvrtc === "string" && !in_ci) {
     fn() {},
   });
 } else {
+  // Compiling every variant takes minutes a core (the fused decode's variants about 8 s each), so
+  // the variants are spread over one worker per core (up to 4).
+  const workers = Math.max(1, Math.min(4, navigator.hardwareConcurrency ?? 1));
   for (const arch of [90, 80]) {
-    Deno.test(`nvrtc compiles every kernel variant for sm_${arch}`, () => {
+    Deno.test(`nvrtc compiles every kernel variant for sm_${arch}`, async () => {
       if (typeof nvrtc === "string") throw new Error(`CI is set but NVRTC is missing: ${nvrtc}`);
-      const variants = kernel_variants();
-      assert(variants.length > 20, `only ${variants.length} variants`);
-      for (const v of variants) {
-        let cubin: Uint8Array;
-        try {
-          cubin = compile_variant(nvrtc, v, arch, null);
-        } catch (e) {
-          if (e instanceof NvrtcCompileError) throw new Error(`${variant_name(v)} sm_${arch}: ${e.message}`);
-          throw e;
-        }
-        // A CUBIN is an ELF image.
-        assert(
-          cubin.length > 64 && cubin[0] === 0x7f && cubin[1] === 0x45 && cubin[2] === 0x4c &&
-            cubin[3] === 0x46,
-          `${variant_name(v)} sm_${arch}: not an ELF CUBIN (${cubin.length} bytes)`,
-        );
-      }
+      const n = kernel_variants().length;
+      assert(n > 20, `only ${n} variants`);
+      const results = await Promise.all(Array.from({ length: workers }, (_, w) => {
+        const worker = new Worker(new URL("./helpers/nvrtc_worker.ts", import.meta.url), { type: "module" });
+        const job: CompileJob = {
+          arch,
+          indices: Array.from({ length: n }, (_, i) => i).filter((i) => i % workers === w),
+        };
+        return new Promise<CompileResult>((resolve, reject) => {
+          worker.onmessage = (e: MessageEvent<CompileResult>) => {
+            worker.terminate();
+            resolve(e.data);
+          };
+          worker.onerror = (e) => {
+            worker.terminate();
+            e.preventDefault();
+            reject(new Error(`compile worker ${w} for sm_${arch}: ${e.message}`));
+          };
+          worker.postMessage(job);
+        });
+      }));
+      const errors = results.flatMap((r) => r.errors);
+      if (errors.length > 0) throw new Error(errors.join("\n"));
+      assertEquals(results.reduce((s, r) => s + r.compiled, 0), n);
     });
   }
 
