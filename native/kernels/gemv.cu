@@ -151,8 +151,9 @@ struct GemvReduce {
 // Loads a chunk: vectors v0 + i * step (i < U) of the R weight rows from n0 (rows past N repeat
 // row N - 1; vectors past the row are zeros).
 template <int U, bool W8, int WVEC>
-__device__ __forceinline__ void gemv_issue(uint4 (&raw)[U][NG_GEMV_ROWS], const typename GemvWeight<W8>::t* __restrict__ w,
-                                           int n0, int v0, int step, int N, int K) {
+__device__ __forceinline__ void gemv_issue(uint4 (&raw)[U][NG_GEMV_ROWS],
+                                           const typename GemvWeight<W8>::t* __restrict__ w, int n0, int v0, int step,
+                                           int N, int K) {
   const int nvec = K / WVEC;
 #pragma unroll
   for (int r = 0; r < NG_GEMV_ROWS; r++) {
@@ -225,8 +226,8 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRI
 // must wait for the kernel (or the phase of a persistent kernel) that wrote x and out.
 template <int MT, bool W8, typename Wait>
 __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* NG_ACT_RESTRICT x,
-                                     const typename GemvWeight<W8>::t* __restrict__ w, const float* __restrict__ w_scale,
-                                     const st_t* __restrict__ bias,
+                                     const typename GemvWeight<W8>::t* __restrict__ w,
+                                     const float* __restrict__ w_scale, const st_t* __restrict__ bias,
                                      const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b, int M,
                                      int N, int K, float eps, int flags, int ks, Wait wait) {
   constexpr int R = NG_GEMV_ROWS;

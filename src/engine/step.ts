@@ -76,7 +76,7 @@ export class Steps {
       decode: st.kv_table
         ? {
           kv_table: st.kv_table,
-          int8_kv: st.kv[0]?.k_scale !== undefined,
+          int8_kv: st.opts.kv_dtype === "int8",
           layout: st.layout,
           block_table: sl.block_table,
           n_new,
