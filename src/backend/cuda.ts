@@ -333,10 +333,10 @@ export class CudaBackend implements Backend {
    * end. Null when not tracing.
    */
   fused_trace(): BigUint64Array | null {
-    const t = this.#ops.fused_trace;
-    if (t.ptr === 0n) return null;
+    const t = this.#ops.fused_trace();
+    if (!t) return null;
     const out = new BigUint64Array(t.bytes / 8);
-    this.read({ ptr: t.ptr, bytes: t.bytes, label: "fused decode trace" }, out);
+    this.read(t, out);
     return out;
   }
 

@@ -175,15 +175,16 @@ export class KernelOps {
   fused_steps = 0;
   /**
    * With NGPT_FUSED_TRACE=1, where the fused decode logs its phases (decode_fused.cu; read with
-   * fused_trace()); else 0.
+   * fused_trace()). Grow-only: graphs recorded with an older buffer keep it until trim_scratch().
    */
-  #fused_trace = { ptr: 0n, bytes: 0 };
+  #fused_trace: GrowingScratch;
   /** The fused decode's barrier flags (one u32 per block, equal between launches), made on first use. */
   #fused_bar = 0n;
 
   constructor(ctx: CudaContext, modules: KernelModules, stream: bigint, dtype: DType) {
     this.#ctx = ctx;
     this.#scratch = new GrowingScratch(ctx, "attention decode scratch", true);
+    this.#fused_trace = new GrowingScratch(ctx, "fused decode trace", false);
     this.#modules = modules;
     this.#stream = stream;
     this.#es = dtype_bytes(dtype);
@@ -294,9 +295,8 @@ export class KernelOps {
     need(op, "kv", a.kv, a.n_layer * 4 * 8, `${a.n_layer} rows of 4 addresses`);
     need(op, "block_table", a.block_table, a.B * L.max_blocks * 4, `${a.B} x ${L.max_blocks} int32`);
     const mt = [1, 2, 4, 8].find((m) => a.B <= m)!;
-    const kernel = `decode_fused${a.int8_weights ? "_w8" : ""}${
-      a.int8_kv ? "_kv8" : ""
-    }_m${mt}` as KernelName;
+    const variant = (a.int8_weights ? "_w8" : "") + (a.int8_kv ? "_kv8" : "");
+    const kernel = `decode_fused${variant}_m${mt}` as KernelName;
     const f = this.#modules.get(kernel, D, this.mode !== "capture");
     if (this.mode !== "capture") {
       if (smem > (this.#gemv_smem.get(f) ?? GEMV_DEFAULT_SMEM)) {
@@ -313,12 +313,11 @@ export class KernelOps {
         }
         this.#fused_bar = ptr;
       }
-      const trace_bytes = (5 * a.n_layer + 5) * 8;
-      if (env("NGPT_FUSED_TRACE") === "1" && this.#fused_trace.bytes < trace_bytes) {
-        if (this.#fused_trace.ptr !== 0n) this.#ctx.mem_free(this.#fused_trace.ptr);
-        this.#fused_trace = { ptr: this.#ctx.mem_alloc(trace_bytes), bytes: trace_bytes };
-      }
     }
+    // Clocks at the start, after each of the 5 * n_layer + 1 barriers and at the end; two timer reads.
+    const trace = env("NGPT_FUSED_TRACE") === "1"
+      ? this.#fused_trace.get((5 * a.n_layer + 5) * 8, this.mode !== "capture").ptr
+      : 0n;
     if (this.mode === "prepare") return true;
     const blocks = this.#ctx.sm_count, per_lane = mt >= 4 ? 2 : 4;
     const wb = a.int8_weights && mt <= 2 ? 1 : es; // bytes per weight as gemv.cu counts its vectors
@@ -327,13 +326,12 @@ export class KernelOps {
     // 32 arguments).
     const ks_all = ks(3 * C, C) | ks(C, C) << 4 | ks(4 * C, C) << 8 | ks(C, 4 * C) << 12 |
       ks(a.vocab_padded, C, es) << 16;
-    this.#args.reset("ng_decode_fused").ptr(a.layers).ptr(a.kv).i32(a.n_layer).ptr(a.x).ptr(a.qkv).ptr(a.att)
-      .ptr(a.hidden).ptr(a.logits).ptr(a.tokens).ptr(a.lengths).ptr(a.n_new).ptr(a.block_table).i32(a.B).i32(
-        C,
-      )
-      .i32(H).i32(a.vocab_padded).i32(a.max_pos).f32(a.eps).i32(ACTIVATION_CODE[a.act]).i32(a.max_len)
-      .f32(Math.LOG2E / Math.sqrt(D)).i32(block_log2(op, L.block_size)).i32(L.max_blocks).i32(ks_all)
-      .ptr(this.#fused_bar).ptr(this.#fused_trace.ptr);
+    const args = this.#args.reset("ng_decode_fused");
+    args.ptr(a.layers).ptr(a.kv).i32(a.n_layer).ptr(a.x).ptr(a.qkv).ptr(a.att).ptr(a.hidden).ptr(a.logits);
+    args.ptr(a.tokens).ptr(a.lengths).ptr(a.n_new).ptr(a.block_table);
+    args.i32(a.B).i32(C).i32(H).i32(a.vocab_padded).i32(a.max_pos).f32(a.eps).i32(ACTIVATION_CODE[a.act]);
+    args.i32(a.max_len).f32(Math.LOG2E / Math.sqrt(D)).i32(block_log2(op, L.block_size)).i32(L.max_blocks);
+    args.i32(ks_all).ptr(this.#fused_bar).ptr(trace);
     this.#ctx.launch(f, [blocks, 1, 1], [FUSED_THREADS, 1, 1], smem, this.#stream, this.#args);
     this.fused_steps++;
     return true;
@@ -342,6 +340,7 @@ export class KernelOps {
   /** Frees every decode scratch buffer but the newest (call when no graph uses them). */
   trim_scratch(): void {
     this.#scratch.trim();
+    this.#fused_trace.trim();
   }
 
   /**
@@ -511,15 +510,15 @@ export class KernelOps {
     this.#launch(f, [1, 1, 1], [Math.min(1024, round_up(Math.max(a.words, b?.words ?? 0), 32)), 1, 1]);
   }
 
-  /** Frees the decode scratch. */
-  /** The fused decode's trace buffer (NGPT_FUSED_TRACE=1): its address and bytes, 0 when none. */
-  get fused_trace(): { ptr: bigint; bytes: number } {
-    return this.#fused_trace;
+  /** The fused decode's newest trace buffer (NGPT_FUSED_TRACE=1), or null before one is made. */
+  fused_trace(): Buf | null {
+    return this.#fused_trace.newest();
   }
 
+  /** Frees the decode scratch, the fused decode's trace and barrier flags. */
   dispose(): void {
     this.#scratch.dispose();
-    if (this.#fused_trace.ptr !== 0n) this.#ctx.mem_free(this.#fused_trace.ptr);
+    this.#fused_trace.dispose();
     if (this.#fused_bar !== 0n) this.#ctx.mem_free(this.#fused_bar);
     this.#fused_bar = 0n;
   }

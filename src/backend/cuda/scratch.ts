@@ -33,6 +33,11 @@ export class GrowingScratch {
     return buf;
   }
 
+  /** The newest buffer, or null before the first get(). */
+  newest(): Buf | null {
+    return this.#bufs[this.#bufs.length - 1] ?? null;
+  }
+
   /** Frees every buffer but the newest (call when no graph uses them). */
   trim(): void {
     while (this.#bufs.length > 1) this.#ctx.mem_free(this.#bufs.shift()!.ptr);
