@@ -14,6 +14,8 @@ import {
   type DType,
   dtype_bytes,
   type EmbedArgs,
+  FUSED_KV_FIELDS,
+  FUSED_LAYER_FIELDS,
   type FusedDecodeArgs,
   type GatherRowsArgs,
   type LayerNormArgs,
@@ -291,8 +293,9 @@ export class KernelOps {
     need(op, "att", a.att, a.B * C * es, `${a.B} x ${C}`);
     need(op, "hidden", a.hidden, a.B * 4 * C * es, `${a.B} x ${4 * C}`);
     need(op, "logits", a.logits, a.B * a.vocab_padded * 4, `${a.B} x ${a.vocab_padded} f32`);
-    need(op, "layers", a.layers, (a.n_layer + 1) * 16 * 8, `${a.n_layer + 1} rows of 16 addresses`);
-    need(op, "kv", a.kv, a.n_layer * 4 * 8, `${a.n_layer} rows of 4 addresses`);
+    const lw = FUSED_LAYER_FIELDS.length, kw = FUSED_KV_FIELDS.length;
+    need(op, "layers", a.layers, (a.n_layer + 1) * lw * 8, `${a.n_layer + 1} rows of ${lw} addresses`);
+    need(op, "kv", a.kv, a.n_layer * kw * 8, `${a.n_layer} rows of ${kw} addresses`);
     need(op, "block_table", a.block_table, a.B * L.max_blocks * 4, `${a.B} x ${L.max_blocks} int32`);
     const mt = [1, 2, 4, 8].find((m) => a.B <= m)!;
     const variant = (a.int8_weights ? "_w8" : "") + (a.int8_kv ? "_kv8" : "");
