@@ -4,8 +4,7 @@
  * policy; the padded vocabulary of the LM head).
  */
 import { assert, assertEquals } from "./helpers/assert.ts";
-import { DECODE_MIN_KEYS_PER_WARP, decode_plan, fused_slot_bytes } from "../src/backend/cuda/ops.ts";
-import { KERNEL_CONSTANTS } from "../src/backend/cuda/kernels.ts";
+import { DECODE_MIN_KEYS_PER_WARP, decode_plan } from "../src/backend/cuda/ops.ts";
 import type { Buf, DType, MatmulArgs } from "../src/backend/backend.ts";
 import { gemv_fits, gemv_launch, gemv_preferred } from "../src/backend/cuda/matmul.ts";
 
@@ -34,18 +33,6 @@ Deno.test("decode_plan: once the heads fill the SMs, short caches cap the warps 
   const big = decode_plan(512, 12, 40, SMS);
   assertEquals(big.warps_per_head, 1);
   assert(big.heads_per_block > 1 && 12 % big.heads_per_block === 0, JSON.stringify(big));
-});
-
-Deno.test("fused_slot_bytes: the rings fill the shared memory the x staging leaves, in 16-byte slots", () => {
-  const optin = 232448, rings = 8 * KERNEL_CONSTANTS.FUSED_SLOTS;
-  for (const staging of [0, 6144, 12800, 49152, 102400]) {
-    const slot = fused_slot_bytes(optin, staging);
-    assert(slot > 0 && slot % 16 === 0, `staging ${staging}: slot ${slot}`);
-    assert(staging + rings * slot <= optin - 8192, `staging ${staging}: ${rings} slots of ${slot} overflow`);
-    assert(staging + rings * (slot + 16) > optin - 8192, `staging ${staging}: slot ${slot} leaves a 16-byte step unused`);
-  }
-  assertEquals(fused_slot_bytes(optin, optin), 0, "no room left: no rings");
-  assertEquals(fused_slot_bytes(48 * 1024, 16 * 1024), 0, "slots under 1 KiB are not worth a copy");
 });
 
 Deno.test("padded_vocab: rows of the LM head and logits are a multiple of VOCAB_ALIGN, never fewer", () => {

@@ -54,8 +54,6 @@ export const KERNEL_CONSTANTS = {
   /** Weight rows per row group of gemv, and its most warps per block. */
   GEMV_ROWS: 4,
   GEMV_MAX_WARPS: 8,
-  /** Slots of a warp's weight ring in decode_fused (its copies in flight). */
-  FUSED_SLOTS: 8,
 } as const;
 
 const K = KERNEL_CONSTANTS;
@@ -87,7 +85,6 @@ const decode_fused = (mt: number, w8: boolean, kv8: boolean) => ({
     `NG_GEMV_MAX_WARPS=${K.GEMV_MAX_WARPS}`,
     `NG_GEMV_W8=${w8 ? 1 : 0}`,
     `NG_KV8=${kv8 ? 1 : 0}`,
-    `NG_FUSED_SLOTS=${K.FUSED_SLOTS}`,
   ],
 });
 

@@ -62,21 +62,21 @@ const FUSED_THREADS = 256;
 /** Shared memory decode_fused.cu declares statically, at most (attention's merge, gemv's reduction). */
 const FUSED_STATIC_SMEM = 8192;
 
-/** Warps of a fused decode block, each streaming its own weight ring. */
-const FUSED_WARPS = FUSED_THREADS / 32;
-
-/** The smallest slot of a fused decode weight ring worth a copy of its own. */
-const FUSED_MIN_SLOT = 1024;
-
 /**
- * The byte size of a slot of decode_fused.cu's weight rings: the shared memory left after the x
- * staging (`staging_bytes`) and the static arrays, split into FUSED_WARPS rings of FUSED_SLOTS slots,
- * rounded down to 16 bytes. 0 where that is under FUSED_MIN_SLOT.
+ * Warps splitting K (1, 2, 4 or 8) for one gemv phase of the fused decode. A phase lasts as long as
+ * its busiest block, whose lanes wait on one chunk of loads after another: the tiles it loops over
+ * (tiles of 8 / ks row groups over `blocks` blocks) times the chunks of `per_lane` vectors a lane
+ * takes per row. The fewest of those; on a tie, the larger ks (more blocks reading).
  */
-export function fused_slot_bytes(smem_optin_bytes: number, staging_bytes: number): number {
-  const free = smem_optin_bytes - FUSED_STATIC_SMEM - staging_bytes;
-  const slot = Math.floor(free / (FUSED_WARPS * K.FUSED_SLOTS) / 16) * 16;
-  return slot >= FUSED_MIN_SLOT ? slot : 0;
+export function fused_ks(N: number, row_bytes: number, per_lane: number, blocks: number): number {
+  const nvec = row_bytes / 16, groups = Math.ceil(N / K.GEMV_ROWS);
+  let best = 1, best_cost = Infinity;
+  for (const ks of [1, 2, 4, 8]) {
+    const rounds = Math.ceil(Math.ceil(groups / (8 / ks)) / blocks);
+    const cost = rounds * Math.ceil(nvec / (32 * ks * per_lane));
+    if (cost <= best_cost) [best, best_cost] = [ks, cost];
+  }
+  return best;
 }
 
 /** How attention_decode splits a decode step over blocks and warps. */
@@ -275,19 +275,18 @@ export class KernelOps {
   /**
    * The whole decode forward as one decode_fused launch: one 256-thread block per SM (the grid
    * must be co-resident for its barriers). False, having done nothing, where it does not apply: more than
-   * FUSED_MAX_B slots, rows the gemv cannot vectorize, no room for the x staging and weight rings
-   * (fused_slot_bytes), or unless
+   * FUSED_MAX_B slots, rows the gemv cannot vectorize, staging above the shared memory, or unless
    * NGPT_FUSED_DECODE=1: it is off by default, slower than the op-by-op step on an H200
    * (docs/perf-notes.md).
    */
   decode_fused(a: FusedDecodeArgs): boolean {
     const op = "decode_fused", L = a.layout, D = L.head_dim, H = L.n_head, C = a.C, es = this.#es;
     check_dims(op, { B: a.B, C, n_layer: a.n_layer, vocab_padded: a.vocab_padded, max_len: a.max_len });
-    const staging = a.B * 4 * C * es;
-    const slot = fused_slot_bytes(this.#ctx.smem_optin_bytes, staging);
+    const smem = a.B * 4 * C * es;
     if (
       env("NGPT_FUSED_DECODE") !== "1" || a.B > FUSED_MAX_B || (C * es) % 16 !== 0 ||
-      (a.int8_weights && C % 16 !== 0) || D > MAX_HEAD_DIM || H * D !== C || slot === 0
+      (a.int8_weights && C % 16 !== 0) || D > MAX_HEAD_DIM || H * D !== C ||
+      smem + FUSED_STATIC_SMEM > this.#ctx.smem_optin_bytes
     ) return false;
     need(op, "x", a.x, a.B * C * es, `${a.B} x ${C}`);
     need(op, "qkv", a.qkv, a.B * 3 * C * es, `${a.B} x ${3 * C}`);
@@ -302,7 +301,6 @@ export class KernelOps {
     const variant = (a.int8_weights ? "_w8" : "") + (a.int8_kv ? "_kv8" : "");
     const kernel = `decode_fused${variant}_m${mt}` as KernelName;
     const f = this.#modules.get(kernel, D, this.mode !== "capture");
-    const smem = staging + FUSED_WARPS * K.FUSED_SLOTS * slot;
     if (this.mode !== "capture") {
       if (smem > (this.#gemv_smem.get(f) ?? GEMV_DEFAULT_SMEM)) {
         this.#ctx.func_set_smem(f, smem);
@@ -324,13 +322,19 @@ export class KernelOps {
       ? this.#fused_trace.get((5 * a.n_layer + 5) * 8, this.mode !== "capture").ptr
       : 0n;
     if (this.mode === "prepare") return true;
-    const blocks = this.#ctx.sm_count;
+    const blocks = this.#ctx.sm_count, per_lane = mt >= 4 ? 2 : 4;
+    const wb = a.int8_weights && mt <= 2 ? 1 : es; // bytes per weight as gemv.cu counts its vectors
+    const ks = (N: number, K: number, b = wb) => fused_ks(N, K * b, per_lane, blocks);
+    // Four bits a phase: c_attn, attn.c_proj, c_fc, mlp.c_proj, the LM head (the launch takes at most
+    // 32 arguments).
+    const ks_all = ks(3 * C, C) | ks(C, C) << 4 | ks(4 * C, C) << 8 | ks(C, 4 * C) << 12 |
+      ks(a.vocab_padded, C, es) << 16;
     const args = this.#args.reset("ng_decode_fused");
     args.ptr(a.layers).ptr(a.kv).i32(a.n_layer).ptr(a.x).ptr(a.qkv).ptr(a.att).ptr(a.hidden).ptr(a.logits);
     args.ptr(a.tokens).ptr(a.lengths).ptr(a.n_new).ptr(a.block_table);
     args.i32(a.B).i32(C).i32(H).i32(a.vocab_padded).i32(a.max_pos).f32(a.eps).i32(ACTIVATION_CODE[a.act]);
     args.i32(a.max_len).f32(Math.LOG2E / Math.sqrt(D)).i32(block_log2(op, L.block_size)).i32(L.max_blocks);
-    args.i32(slot).ptr(this.#fused_bar).ptr(trace);
+    args.i32(ks_all).ptr(this.#fused_bar).ptr(trace);
     this.#ctx.launch(f, [blocks, 1, 1], [FUSED_THREADS, 1, 1], smem, this.#stream, this.#args);
     this.fused_steps++;
     return true;
