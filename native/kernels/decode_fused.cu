@@ -10,7 +10,7 @@
 //     fc2                 x += c_proj(fc)                                    gemv
 //   head                  logits = lm_head(ln_f(x)) (f32)                    gemv
 // as the unfused step runs them (the same device code, so the same roundings). Phases are separated
-// by a grid barrier through flags in global memory, so the grid must be co-resident (the host
+// by a grid barrier through a counter in global memory, so the grid must be co-resident (the host
 // launches one 256-thread block per SM). Each gemv phase requests its first weights before waiting
 // at the barrier, as the unfused gemv does before its PDL wait.
 // Measured on an H200 (docs/perf-notes.md): a phase costs 4-6 us however little it reads (gpt2's
@@ -60,27 +60,28 @@ struct FusedKv {
   float* v_scale;
 };
 
-// A grid barrier over one flag per block (`flags`: gridDim.x words, each the count of barriers its
-// block has passed; every launch passes the same number, so they start equal): a block publishes
-// its new count with a release store, then its threads poll all the flags (acquire loads, a share
-// each) until none is behind: the arrival is a plain store, not an add queued with every other
-// block's at one L2 slice. On an H200 the smallest phases (attention, attn.c_proj of gpt2 at batch
-// 1) took 4.6-5.4 us with a single counter and 264 blocks, 3.1-3.8 us with these flags and 132.
+// A grid barrier over one arrival counter (`flags[gridDim.x]`): thread 0 of each block adds 1 with
+// release semantics and polls the counter with acquire loads until every block has arrived, then
+// the block's other threads pass its __syncthreads. `count` is the barriers this block has passed,
+// kept between launches in flags[blockIdx.x] (every launch passes the same number, so all blocks
+// agree on it); the wait compares modulo 2^32, so the counter may wrap.
+// tests/gpu/barrier_probe.cu on an H200 (132 blocks of 256 threads, 2,000 barriers): 0.90 us a
+// barrier; v4's one flag per block, stored and then polled by every thread, 1.28 us; cooperative
+// groups' grid.sync() 0.98 us. (v1 and v2's counter measured slower only because they ran 264
+// blocks.)
 __device__ __forceinline__ void fused_barrier(unsigned int* flags, unsigned int& count) {
   count++;
   __syncthreads();
   if (threadIdx.x == 0) {
-    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flags + blockIdx.x), "r"(count) : "memory");
+    unsigned int* arrived = flags + gridDim.x;
+    const unsigned int target = count * gridDim.x;
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(arrived) : "memory");
+    unsigned int v;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(arrived) : "memory");
+    } while ((int)(v - target) < 0);
   }
-  bool behind;
-  do {
-    behind = false;
-    for (int i = threadIdx.x; i < (int)gridDim.x; i += blockDim.x) {
-      unsigned int v;
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flags + i) : "memory");
-      behind |= (int)(v - count) < 0;
-    }
-  } while (__syncthreads_or(behind));
+  __syncthreads();
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1)
@@ -154,6 +155,7 @@ ng_decode_fused(const FusedLayer* __restrict__ layers, const FusedKv* __restrict
     ng_grid_dep_launch();  // the sample kernel may start once every block is here
   });
   __syncthreads();
+  if (threadIdx.x == 0) flags[blockIdx.x] = count;  // the next launch's starting count
   stamp();
   if (tracing) {
     unsigned long long t1;

@@ -3,7 +3,8 @@
  * NGPT_FUSED_TRACE=1 and prints, from the last step's phase log (native/kernels/decode_fused.cu),
  * the microseconds of each phase (with the barrier after it), summed over the layers, and the bytes
  * of weights each phase reads per microsecond. One JSON line.
- *   deno run -A tests/gpu/fused_trace.ts --model gpt2 --batch 1 [--weights int8]
+ *   deno run -A tests/gpu/fused_trace.ts --model gpt2 --batch 1 [--weights int8] [--graphs off]
+ * (--graphs off for Nsight Compute, which cannot profile the nodes of graphs with conditional nodes).
  */
 import { parseArgs } from "node:util";
 import { create_backend, Engine, GPT, open_model } from "../../mod.ts";
@@ -16,12 +17,13 @@ const { values } = parseArgs({
     model: { type: "string", default: "gpt2" },
     batch: { type: "string", default: "1" },
     weights: { type: "string", default: "dtype" },
+    graphs: { type: "string", default: "on" },
   },
 });
 Deno.env.set("NGPT_FUSED_TRACE", "1");
 const B = Number(values.batch);
 using source = await open_model(`random:${values.model}`);
-using backend = create_backend({ device: "cuda" });
+using backend = create_backend({ device: "cuda", graphs: values.graphs !== "off" });
 if (!(backend instanceof CudaBackend)) throw new Error("fused_trace needs the CUDA backend");
 using gpt = await GPT.load(backend, source, { weights: values.weights as "dtype" | "int8" });
 using engine = new Engine(gpt, await create_tokenizer(source.tokenizer), { max_running: B });

@@ -180,7 +180,10 @@ export class KernelOps {
    * fused_trace()). Grow-only: graphs recorded with an older buffer keep it until trim_scratch().
    */
   #fused_trace: GrowingScratch;
-  /** The fused decode's barrier flags (one u32 per block, equal between launches), made on first use. */
+  /**
+   * The fused decode's barrier words, made on first use: each block's count of barriers passed (equal
+   * between launches), then the arrival counter (decode_fused.cu fused_barrier).
+   */
   #fused_bar = 0n;
 
   constructor(ctx: CudaContext, modules: KernelModules, stream: bigint, dtype: DType) {
@@ -307,9 +310,10 @@ export class KernelOps {
         this.#gemv_smem.set(f, smem);
       }
       if (this.#fused_bar === 0n) {
-        const ptr = this.#ctx.mem_alloc(4 * this.#ctx.sm_count);
+        const bytes = 4 * (this.#ctx.sm_count + 1);
+        const ptr = this.#ctx.mem_alloc(bytes);
         try {
-          this.#ctx.memset8(ptr, 0, 4 * this.#ctx.sm_count, this.#stream);
+          this.#ctx.memset8(ptr, 0, bytes, this.#stream);
         } catch (e) {
           this.#ctx.mem_free(ptr);
           throw e;
