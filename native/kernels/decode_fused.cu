@@ -13,10 +13,14 @@
 // by a grid barrier through a counter in global memory, so the grid must be co-resident (the host
 // launches one 256-thread block per SM). Each gemv phase requests its first weights before waiting
 // at the barrier, as the unfused gemv does before its PDL wait.
-// Measured on an H200 (docs/perf-notes.md): a phase costs 4-6 us however little it reads (gpt2's
-// attn.c_proj, 1.2 MB: 4.6 us), about what a kernel boundary costs the unfused step, so this path is
-// not the default (NGPT_FUSED_DECODE=1 turns it on). Tried and dropped: two blocks an SM (gpt2 b1
-// 307 -> 400 us a step), prefetching the next phase's weights into the L2 (a third slower).
+// Measured on an H200 (docs/perf-notes.md): a phase costs 3-5 us however little it reads (gpt2's
+// attention phase, under 1 MB: 3.1 us), about what a kernel boundary costs the unfused step, so this
+// path is not the default (NGPT_FUSED_DECODE=1 turns it on). The barrier and the load after it take
+// about 1 us of that (tests/gpu/barrier_probe.cu); Nsight Compute finds the 8 warps of a block at a
+// CTA barrier 55% of the time. Tried and dropped: two blocks an SM (gpt2 b1 307 -> 400 us a step),
+// prefetching the next phase's weights into the L2 (a third slower), streaming them into shared
+// memory ahead of the barriers (v5-v7, commit ae330e4: 351 us against 296; the weights were never
+// the floor).
 // Needs blockDim.x = 256 and dynamic shared memory of M * 4C st_t (gemv's staging of x).
 #ifndef NG_FUSED
 #error "decode_fused needs -DNG_FUSED (gemv.cu and attention_decode.cu then read activations coherently)"
