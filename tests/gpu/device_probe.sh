@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU-machine call for where the fused decode's phases go: tests/gpu/barrier_probe.cu (a grid
 # barrier alone, and a phase's store-barrier-load skeleton) built with the machine's nvcc, then Nsight
-# Compute on the fused decode kernel (gpt2 at batch 1 unless NCU_CASES says model:batch ...): speed of
-# light, warp states and the source lines where warps stall. Prepare with
+# Compute on one launch of the fused decode kernel (gpt2 at batch 1 unless NCU_CASES says
+# model:batch ...): speed of light, scheduler and warp-state statistics, source counters (the full
+# report stays in $OUT/ncu_*.txt). Prepare with
 # tests/gpu/prepare_device.sh; results in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
