@@ -63,35 +63,54 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
     3,
     24,
   ]];
-  const bounds: Record<string, number> = { gemv_m1: 1, gemv_m2: 2, gemv_m4: 4, gemv_m8: 8, gemv_m16: 16 };
+  const bounds: Record<string, number> = {
+    gemv_m1: 1,
+    gemv_m2: 2,
+    gemv_m4: 4,
+    gemv_m8: 8,
+    gemv_m16: 16,
+    gemv_mma_m8: 8,
+    gemv_mma_m16: 16,
+  };
   for (const dtype of DTYPES) {
     const es = dtype === "f32" ? 4 : 2;
     for (let M = 1; M <= 16; M++) {
       for (const [N, K] of shapes) {
-        const what = `${dtype} M=${M} N=${N} K=${K}`;
-        // Whole 16-byte vectors per row, and x staged in shared memory (227 KiB less 4 KiB static).
-        const fits = K * es % 16 === 0 && M * K * es <= 232448 - 4096;
-        assertEquals(gemv_fits(mm(M, N, K), dtype, 232448), fits, `fits ${what}`);
-        if (!fits) continue;
-        const l = gemv_launch(mm(M, N, K), dtype, 132, 232448);
-        const warps = l.threads / 32;
-        assert(Number.isInteger(warps) && warps >= 1 && warps <= 8, `${what}: ${l.threads} threads`);
-        assert(l.ks >= 1 && warps % l.ks === 0, `${what}: ${warps} warps, ks ${l.ks}`);
-        assert(l.ks <= (M <= 2 ? 8 : 4), `${what}: ks ${l.ks}`);
-        assert(l.blocks >= 1 && l.blocks <= Math.ceil(N / 4), `${what}: ${l.blocks} blocks`);
-        assertEquals(l.smem_bytes, M * K * es, what);
-        const bound = bounds[l.kernel];
-        assert(bound >= M && (bound === 1 || bound / 2 < M), `${what}: variant ${l.kernel}`);
+        for (const tc of [true, false]) {
+          const what = `${dtype} M=${M} N=${N} K=${K} tensor cores ${tc}`;
+          // Whole 16-byte vectors per row, and x staged in shared memory (227 KiB less 4 KiB static).
+          const fits = K * es % 16 === 0 && M * K * es <= 232448 - 4096;
+          assertEquals(gemv_fits(mm(M, N, K), dtype, 232448), fits, `fits ${what}`);
+          if (!fits) continue;
+          const l = gemv_launch(mm(M, N, K), dtype, 132, 232448, tc);
+          // The tensor-core kernel: 16-bit storage, M >= 3, K a multiple of 64, 8-row groups.
+          const mma = tc && dtype !== "f32" && M >= 3 && K % 64 === 0;
+          assertEquals(l.kernel.startsWith("gemv_mma_"), mma, `${what}: ${l.kernel}`);
+          const warps = l.threads / 32;
+          assert(Number.isInteger(warps) && warps >= 1 && warps <= 8, `${what}: ${l.threads} threads`);
+          assert(l.ks >= 1 && warps % l.ks === 0, `${what}: ${warps} warps, ks ${l.ks}`);
+          assert(l.ks <= (M <= 2 || mma ? 8 : 4), `${what}: ks ${l.ks}`);
+          assert(l.blocks >= 1 && l.blocks <= Math.ceil(N / (mma ? 8 : 4)), `${what}: ${l.blocks} blocks`);
+          assertEquals(l.smem_bytes, M * K * es, what);
+          const bound = bounds[l.kernel];
+          const least = mma ? 8 : 1; // the tensor-core kernel's smallest bound is 8 (M from 3)
+          assert(bound >= M && (bound === least || bound / 2 < M), `${what}: variant ${l.kernel}`);
+        }
       }
     }
   }
-  // Int8 weights: the W8 variant of the same bound, with the same grid (a lane's vector covers the
-  // same K elements of x and w).
+  // Int8 weights: the W8 variant of the same bound. On CUDA cores the same grid (a lane's vector
+  // covers the same K elements of x and w); on tensor cores a lane's 16 bytes hold twice the k, so
+  // K is split over at most as many warps.
   for (const M of [1, 3, 16]) {
-    const plain = gemv_launch(mm(M, 2304, 768), "bf16", 132, 232448);
-    const w8 = gemv_launch(mm(M, 2304, 768, { w_scale: buf }), "bf16", 132, 232448);
-    assertEquals(w8.kernel, plain.kernel.replace("gemv_m", "gemv_w8_m"));
-    assertEquals({ ...w8, kernel: plain.kernel }, plain);
+    for (const tc of [true, false]) {
+      const plain = gemv_launch(mm(M, 2304, 768), "bf16", 132, 232448, tc);
+      const w8 = gemv_launch(mm(M, 2304, 768, { w_scale: buf }), "bf16", 132, 232448, tc);
+      assertEquals(w8.kernel, plain.kernel.replace(/gemv_(mma_)?m/, "gemv_$1w8_m"));
+      if (plain.kernel.startsWith("gemv_mma_")) {
+        assert(w8.ks <= plain.ks, `M=${M}: ks ${w8.ks} > ${plain.ks}`);
+      } else assertEquals({ ...w8, kernel: plain.kernel }, plain);
+    }
   }
   const flags = (more: Partial<MatmulArgs>) => gemv_launch(mm(1, 8, 8, more), "bf16", 132, 232448).flags;
   assertEquals(
@@ -107,9 +126,10 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
     [0, 1, 2, 4, 8],
   );
   // The auto policy on GPT-2 decode shapes (bf16): qkv, proj, fc, fc2, LM head of gpt2 and gpt2-xl.
-  const step = (M: number, C: number) =>
+  // On CUDA cores only (tensor cores off):
+  const step = (M: number, C: number, tc = false) =>
     [[3 * C, C], [C, C], [4 * C, C], [C, 4 * C], [50257, C]].map(([N, K]) =>
-      gemv_preferred(mm(M, N, K), "bf16")
+      gemv_preferred(mm(M, N, K), "bf16", tc)
     );
   assertEquals(step(1, 768), [true, true, true, true, true]);
   assertEquals(step(1, 1600), [true, true, true, true, true]);
@@ -118,4 +138,12 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
   assertEquals(step(4, 768), [false, false, false, false, true]);
   assertEquals(step(8, 1600), [false, false, false, false, true]);
   assertEquals(step(9, 768), [false, false, false, false, false]);
+  // With tensor cores, every M up to 16 (K a multiple of 64), nothing above.
+  for (const M of [3, 4, 8, 9, 16]) {
+    assertEquals(step(M, 768, true), [true, true, true, true, true]);
+    assertEquals(step(M, 1600, true), [true, true, true, true, true]);
+  }
+  assertEquals(step(17, 768, true), [false, false, false, false, false]);
+  assertEquals(gemv_preferred(mm(8, 768, 80), "bf16", true), false); // K = 80: not 64-k blocks
+  assertEquals(gemv_preferred(mm(8, 768, 768), "f32", true), false);
 });

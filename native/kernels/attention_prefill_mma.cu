@@ -65,23 +65,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr) {
                : "r"(addr));
 }
 
-// d += a (16x16, row) * b (16x8, col), f32 accumulate.
-__device__ __forceinline__ void mma16816(float* d, const unsigned* a, unsigned b0, unsigned b1) {
-#if NG_DTYPE == 2
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
 // 2^x (ex2.approx: relative error ~2^-22; -inf gives 0).
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
@@ -89,16 +72,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// Two f32 as a pair of the storage type: `lo` in the low half (the lower column).
-__device__ __forceinline__ unsigned pack2(float lo, float hi) {
-  unsigned r;
-#if NG_DTYPE == 2
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-#else
-  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-#endif
-  return r;
-}
 
 extern "C" __global__ void __launch_bounds__(128)
 ng_attention_prefill_mma(st_t* __restrict__ out, const st_t* __restrict__ qkv,

@@ -155,6 +155,16 @@ __device__ __forceinline__ size_t kv_row(const int* table, int p, int h, int H, 
   return ((((size_t)blk * H + h) << bs_log2) + (p & ((1 << bs_log2) - 1))) * D;
 }
 
+// The four int8 values of a word as f32. Byte b ^ 128 placed under the exponent bits of 2^23 is
+// 2^23 + (b + 128) (one byte permute), minus 2^23 + 128 (exact): two cheap instructions where an
+// int-to-float conversion runs at an eighth of the FMA rate (gemv.cu's W8 path, attention_decode's
+// int8 cache).
+__device__ __forceinline__ void ng_i8x4_to_f32(unsigned int word, float* f) {
+  const unsigned int biased = word ^ 0x80808080u;
+#pragma unroll
+  for (int b = 0; b < 4; b++) f[b] = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7650 + b)) - 8388736.0f;
+}
+
 // One row of an int8 KV cache: the D values of src as round(x / s), s = max |x| / 127 (0 for an
 // all-zero row), into dst, and s into *scale, as the CPU backend's attention.zig stores them. Every
 // lane of a warp calls it (lane: its lane).
@@ -168,6 +178,37 @@ __device__ __forceinline__ void ng_kv8_store_row(signed char* dst, float* scale,
   }
   if (lane == 0) *scale = s;
 }
+
+#if NG_DTYPE != 0
+// Tensor cores (16-bit storage types): attention_prefill_mma.cu, gemv_mma.cu.
+// d += a (16x16, row) * b (16x8, col), f32 accumulate.
+__device__ __forceinline__ void mma16816(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+#if NG_DTYPE == 2
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// Two f32 as a pair of the storage type: `lo` in the low half (the lower column).
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+  unsigned r;
+#if NG_DTYPE == 2
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#else
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#endif
+  return r;
+}
+#endif
 
 // Programmatic dependent launch (sm_90+): every kernel is launched allowed to start while the
 // previous kernel on the stream finishes. ng_grid_dep_wait() blocks until that kernel (and so every

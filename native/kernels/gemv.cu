@@ -85,21 +85,14 @@ __device__ __forceinline__ uint4 gemv_load_w(const typename GemvWeight<W8>::t* p
   }
 }
 
-// The NG_VEC weights of x vector j (< XPW) of a weight vector, as f32. Int8: byte b of a word is
-// 2^23 + (b ^ 128) once placed under the exponent bits of 2^23 (one byte permute), minus 2^23 + 128
-// (exact): two cheap instructions where an int-to-float conversion runs at an eighth of the FMA rate.
+// The NG_VEC weights of x vector j (< XPW) of a weight vector, as f32 (int8: common.cuh's
+// ng_i8x4_to_f32, a byte permute and a subtraction per weight).
 template <bool W8>
 __device__ __forceinline__ void gemv_unpack_w(uint4 u, int j, float* f) {
   if constexpr (W8) {
   const unsigned int w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-  for (int i = 0; i < NG_VEC / 4; i++) {
-    const unsigned int biased = w[j * (NG_VEC / 4) + i] ^ 0x80808080u;
-#pragma unroll
-    for (int b = 0; b < 4; b++) {
-      f[4 * i + b] = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7650 + b)) - 8388736.0f;
-    }
-  }
+  for (int i = 0; i < NG_VEC / 4; i++) ng_i8x4_to_f32(w[j * (NG_VEC / 4) + i], f + 4 * i);
   } else {
     (void)j;
     unpack_vec(u, f);
@@ -221,6 +214,26 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRI
   __syncthreads();
 }
 
+// Out[m, n] from its dot product: times the row's scale (int8 weights), plus the bias, then the
+// activation or the residual (accumulate), or as f32 (flags).
+template <bool W8>
+__device__ __forceinline__ void gemv_store(void* out, float dot, const float* __restrict__ w_scale,
+                                           const st_t* __restrict__ bias, int m, int n, int N, int flags) {
+  float y = (W8 ? dot * w_scale[n] : dot) + (bias ? to_f32(bias[n]) : 0.0f);
+  const size_t o = (size_t)m * N + n;
+  if (flags & NG_GEMV_OUT_F32) {
+    reinterpret_cast<float*>(out)[o] = y;
+  } else {
+    st_t* op = reinterpret_cast<st_t*>(out) + o;
+    if (flags & NG_GEMV_ACCUMULATE) {
+      y += to_f32(*op);
+    } else if (flags & 3) {
+      y = ng_gelu(y, flags & 3);
+    }
+    *op = from_f32(y);
+  }
+}
+
 // The whole kernel for M <= MT (rows m >= M repeat row M - 1 and are not stored). `wait` is called
 // once by every thread, after the first weights are requested and before x is read: where the block
 // must wait for the kernel (or the phase of a persistent kernel) that wrote x and out.
@@ -311,27 +324,15 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* NG_ACT_
       for (int j = 0; j < HELD; j++) {
         const int i = (lane / LANES) * HELD + j;
         const int r = i / MT, m = i % MT, n = n0 + r;
-        if (m >= M || n >= N) continue;
-        float y = (W8 ? acc[j] * w_scale[n] : acc[j]) + (bias ? to_f32(bias[n]) : 0.0f);
-        const size_t o = (size_t)m * N + n;
-        if (flags & NG_GEMV_OUT_F32) {
-          reinterpret_cast<float*>(out)[o] = y;
-        } else {
-          st_t* op = reinterpret_cast<st_t*>(out) + o;
-          if (flags & NG_GEMV_ACCUMULATE) {
-            y += to_f32(*op);
-          } else if (flags & 3) {
-            y = ng_gelu(y, flags & 3);
-          }
-          *op = from_f32(y);
-        }
+        if (m < M && n < N) gemv_store<W8>(out, acc[j], w_scale, bias, m, n, N, flags);
       }
     }
     g = g_next;
   }
 }
 
-#ifndef NG_FUSED
+// (decode_fused.cu and gemv_mma.cu include this file for its device functions.)
+#if !defined(NG_FUSED) && !defined(NG_GEMV_MMA)
 extern "C" __global__ void NG_GEMV_BOUNDS
 ng_gemv(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __restrict__ w,
         const float* __restrict__ w_scale, const st_t* __restrict__ bias, const st_t* __restrict__ ln_w,

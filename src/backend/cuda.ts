@@ -91,6 +91,12 @@ export class CudaBackend implements Backend {
    */
   gemv: GemvPolicy;
   /**
+   * Whether the gemv kernel runs M >= 3 on tensor cores where the shape suits (gemv_mma_suits in
+   * cuda/matmul.ts); default true unless $NGPT_GEMV_MMA is "0". Change it only between steps with
+   * distinct keys, as `gemv`.
+   */
+  gemv_tensor_cores: boolean;
+  /**
    * Whether run_loop records device-side loops (a graph WHILE node); default true unless
    * $NGPT_LOOP is "0". Turned off for good when the driver refuses one (loop_error says why);
    * run_loop then records its steps one after another.
@@ -126,6 +132,7 @@ export class CudaBackend implements Backend {
     this.dtype = opts.dtype ?? "bf16";
     this.graphs = opts.graphs ?? true;
     this.gemv = default_gemv_policy();
+    this.gemv_tensor_cores = env_flag("NGPT_GEMV_MMA", true);
     this.device_loops = env_flag("NGPT_LOOP", true);
     this.autotune = env_flag("NGPT_AUTOTUNE", true);
     this.device_name = ctx.name;
@@ -291,10 +298,10 @@ export class CudaBackend implements Backend {
     const wanted = a.w_scale
       ? a.M <= GEMV_MAX_M
       : this.gemv === "auto"
-      ? gemv_preferred(a, this.dtype)
+      ? gemv_preferred(a, this.dtype, this.gemv_tensor_cores)
       : a.M <= this.gemv;
     if (wanted && gemv_fits(a, this.dtype, this.#ctx.smem_optin_bytes)) {
-      this.#ops.gemv(a);
+      this.#ops.gemv(a, this.gemv_tensor_cores);
       return;
     }
     if (a.w_scale) a = { ...a, w: this.#dequantized_weight(a), w_scale: null };

@@ -4,7 +4,7 @@
 #   MODE=quick  ours only, a few cases;  MODE=full  the whole sweep with peers (default); MODE=none
 #   TESTS=0     skip the tests
 #   MEMORY=1    peak host memory while loading onto the GPU (tests/bench/load_memory.ts)
-#   PROFILE=1   also profile a few decode steps of four cases under ncu ($OUT/profile.md)
+#   PROFILE=1   also profile a few decode steps of four cases (or PROFILE_CASES) under ncu ($OUT/profile.md)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/gpu/device_env.sh
@@ -21,14 +21,16 @@ if [[ "${MEMORY:-0}" == 1 ]]; then
 fi
 if [[ "${PROFILE:-0}" == 1 ]]; then
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  # model, batch, prompt (the KV length profiled: 64 at the start, 192 the bench's mean), steps
-  for c in "gpt2 1 64 4" "gpt2-xl 1 64 3" "gpt2 256 192 2" "gpt2-xl 64 192 2"; do
-    read -r m b p s <<<"$c"
-    timeout 300 "$ncu" --profile-from-start off --clock-control none --csv --log-file "$OUT/ncu_${m}_b$b.csv" \
+  # model:batch:prompt:steps[:weights[:kv_dtype]] (prompt = the KV length profiled: 64 at the start,
+  # 192 the bench's mean; weights and kv_dtype: dtype or int8)
+  for c in ${PROFILE_CASES:-gpt2:1:64:4 gpt2-xl:1:64:3 gpt2:256:192:2 gpt2-xl:64:192:2}; do
+    IFS=: read -r m b p s w kv <<<"$c"
+    w=${w:-dtype} kv=${kv:-dtype} f="$OUT/ncu_${m}_b${b}_w${w}_kv${kv}"
+    timeout 300 "$ncu" --profile-from-start off --clock-control none --csv --log-file "$f.csv" \
       --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
       deno run -A --cached-only --lock=.device/gpu.lock tests/gpu/profile_decode.ts --model "$m" --batch "$b" --prompt "$p" --steps "$s" \
-      >"$OUT/ncu_${m}_b$b.log" 2>&1 || echo "ncu $c failed: $(tail -3 "$OUT/ncu_${m}_b$b.log")"
-    python3 tests/gpu/ncu_summary.py "$OUT/ncu_${m}_b$b.csv" "$m b$b, KV from $p" >>"$OUT/profile.md" 2>&1
+      --weights "$w" --kv-dtype "$kv" >"$f.log" 2>&1 || echo "ncu $c failed: $(tail -3 "$f.log")"
+    python3 tests/gpu/ncu_summary.py "$f.csv" "$m b$b, KV from $p, weights $w, KV $kv" >>"$OUT/profile.md" 2>&1
   done
   (cd "$OUT" && tar -cJf ncu.tar.xz ncu_* && rm -f ncu_*)  # fewer files to bring back
   grep "^## " "$OUT/profile.md"

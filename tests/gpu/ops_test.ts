@@ -4,6 +4,7 @@
 import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
 import type { DType } from "../../src/backend/backend.ts";
 import { sub_buf } from "../../src/backend/buf.ts";
+import { quantize_rows } from "../../src/model/quantize.ts";
 import {
   backend,
   decode,
@@ -291,8 +292,10 @@ gpu_suite("ops_test", () => {
             const want = ref_matmul(src, w.values, f.bias ? bias.values : null, M, N, K);
             if (f.act !== "none") { for (let i = 0; i < want.length; i++) want[i] = gelu(want[i], f.act); }
             if (f.accumulate) { for (let i = 0; i < want.length; i++) want[i] += init_vals[i]; }
-            for (const gemv of [16, 0]) {
+            // gemv on tensor cores (M >= 3, 16-bit), gemv on CUDA cores, cuBLASLt.
+            for (const [gemv, tc] of [[16, true], [16, false], [0, false]] as const) {
               be.gemv = gemv;
+              be.gemv_tensor_cores = tc;
               const dst = f.accumulate ? acc_buf : out;
               if (f.accumulate) be.write_weight(acc_buf, new Uint8Array(init.buffer), "f32", M * N);
               be.matmul({
@@ -311,11 +314,92 @@ gpu_suite("ops_test", () => {
               const got = read_f32(be, dst, M * N, f.out_f32 ? "f32" : dtype);
               const err = rel_l2(got, want);
               const limit = tol(dtype, f.act === "none" ? 1e-5 : 1e-4);
-              assert(err < limit, `${f.name} ${dtype} M=${M} N=${N} K=${K} gemv=${gemv}: ${err}`);
+              assert(err < limit, `${f.name} ${dtype} M=${M} N=${N} K=${K} gemv=${gemv} tc=${tc}: ${err}`);
             }
           }
         }
         for (const b of [x.buf, w.buf, bias.buf, g.buf, gb.buf, acc_buf, out]) be.free(b);
+      }
+    });
+  }
+
+  for (const dtype of DTYPES) {
+    Deno.test(`cuda matmul with int8 weights, small M (${dtype}): both gemv kernels, every epilogue`, () => {
+      using be = backend(dtype, false);
+      const es = dtype === "f32" ? 4 : 2;
+      // [Ms, N, K]: gpt2's qkv and fc2 shapes (K a multiple of 64: the tensor-core gemv at M >= 3 in
+      // 16 bits), N not a multiple of a row group, K = 80 (CUDA cores only).
+      const cases: [number[], number, number][] = [[[1, 3, 8, 16], 2304, 768], [[2, 5, 12], 37, 3072], [
+        [4],
+        29,
+        80,
+      ]];
+      let seed = 300;
+      for (const [Ms, N, K] of cases) {
+        const rows = Math.max(...Ms);
+        const x = upload(be, randn(rows * K, seed++, 1), "x");
+        const wf = randn(N * K, seed++, 0.05);
+        const { q, scale } = quantize_rows(wf, N, K);
+        const w = be.alloc(N * K, "w int8"), ws = upload_raw_f32(be, scale, "w_scale");
+        be.write(w, q);
+        const deq = Float64Array.from(q, (v, i) => v * scale[Math.floor(i / K)]);
+        const bias = upload(be, randn(N, seed++), "bias");
+        const g = upload(be, randn(K, seed++, 0.5).map((v) => v + 1), "ln.w");
+        const init = randn(rows * N, seed++);
+        const acc_buf = be.alloc(rows * N * es, "acc"), out = be.alloc(rows * N * 4, "out");
+        const init_vals = read_f32(
+          be,
+          (() => {
+            be.write_weight(acc_buf, new Uint8Array(init.buffer), "f32", rows * N);
+            return acc_buf;
+          })(),
+          rows * N,
+        );
+        for (const M of Ms) {
+          // Layernormed rows (no ln bias) in f64, rounded to the storage dtype as the kernels do.
+          const xn = new Float64Array(M * K);
+          for (let m = 0; m < M; m++) {
+            let mean = 0, v = 0;
+            for (let k = 0; k < K; k++) mean += x.values[m * K + k];
+            mean /= K;
+            for (let k = 0; k < K; k++) v += (x.values[m * K + k] - mean) ** 2;
+            const rstd = 1 / Math.sqrt(v / K + 1e-5);
+            for (let k = 0; k < K; k++) xn[m * K + k] = (x.values[m * K + k] - mean) * rstd * g.values[k];
+          }
+          const forms = [
+            { name: "fc tanh", ln: true, act: "gelu_tanh", accumulate: false },
+            { name: "residual", ln: false, act: "none", accumulate: true },
+          ] as const; // (fc's activation is the only one: the tanh form)
+          for (const f of forms) {
+            const want = ref_matmul(f.ln ? xn : x.values, deq, bias.values, M, N, K);
+            for (let i = 0; i < want.length; i++) {
+              want[i] = f.accumulate ? want[i] + init_vals[i] : gelu(want[i], "gelu_tanh");
+            }
+            for (const tc of [true, false]) {
+              be.gemv_tensor_cores = tc;
+              const dst = f.accumulate ? acc_buf : out;
+              if (f.accumulate) be.write_weight(acc_buf, new Uint8Array(init.buffer), "f32", rows * N);
+              be.matmul({
+                out: dst,
+                x: x.buf,
+                w,
+                w_scale: ws,
+                bias: bias.buf,
+                M,
+                N,
+                K,
+                act: f.act,
+                accumulate: f.accumulate,
+                ln: f.ln ? { weight: g.buf, bias: null, eps: 1e-5 } : undefined,
+              });
+              const got = read_f32(be, dst, M * N, dtype);
+              const err = rel_l2(got, want);
+              const limit = tol(dtype, 1e-5);
+              assert(err < limit, `${f.name} ${dtype} M=${M} N=${N} K=${K} tc=${tc}: ${err}`);
+            }
+          }
+        }
+        for (const b of [x.buf, w, ws, bias.buf, g.buf, acc_buf, out]) be.free(b);
       }
     });
   }

@@ -1,7 +1,7 @@
 /**
  * Runs a few decode steps of one (model, batch) case inside the profiler range, for
  *   ncu --profile-from-start off --metrics gpu__time_duration.sum,dram__bytes_read.sum ... deno run -A
- *     tests/gpu/profile_decode.ts --model gpt2 --batch 1 --prompt 64 --steps 4
+ *     tests/gpu/profile_decode.ts --model gpt2 --batch 1 --prompt 64 --steps 4 [--weights int8] [--kv-dtype int8]
  * The engine runs B slots, as the bench does, so the kernels and their plans are the bench's.
  * Steps run one per launch, so every step's kernels are profiled the same way.
  * Summarize with tests/gpu/ncu_summary.py.
@@ -18,16 +18,19 @@ const { values } = parseArgs({
     batch: { type: "string", default: "1" },
     prompt: { type: "string", default: "64" },
     steps: { type: "string", default: "4" },
+    weights: { type: "string", default: "dtype" },
+    "kv-dtype": { type: "string", default: "dtype" },
   },
 });
 const B = Number(values.batch), P = Number(values.prompt), S = Number(values.steps);
 using source = await open_model(`random:${values.model}`);
 using backend = create_backend({ device: "cuda" });
 if (!(backend instanceof CudaBackend)) throw new Error("profile_decode needs the CUDA backend");
-using gpt = await GPT.load(backend, source);
+using gpt = await GPT.load(backend, source, { weights: values.weights as "dtype" | "int8" });
 using engine = new Engine(gpt, await create_tokenizer(source.tokenizer), {
   steps_per_launch: 1,
   max_running: B,
+  kv_dtype: values["kv-dtype"] as "dtype" | "int8",
 });
 engine.reserve();
 const V = gpt.config.vocab_size;

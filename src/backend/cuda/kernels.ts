@@ -6,7 +6,8 @@
  * to each, so NVRTC needs no include path. A variant is a kernel plus its specialisation:
  * the storage dtype (-DNG_DTYPE=0 f32, 1 f16, 2 bf16) and, for attention, the head size
  * (-DNG_HEAD_DIM). An entry's fixed `defines` make further kernels of one file (gemv_m1 ..
- * gemv_m16: gemv.cu for M up to 1 .. 16; gemv_w8_m*: the same over int8 weights).
+ * gemv_m16: gemv.cu for M up to 1 .. 16; gemv_w8_m*: the same over int8 weights; gemv_mma_*: the
+ * tensor-core kernel of gemv_mma.cu, which includes gemv.cu).
  * @module
  */
 import { type DType, DTYPE_CODE } from "../backend.ts";
@@ -54,6 +55,10 @@ export const KERNEL_CONSTANTS = {
   /** Weight rows per row group of gemv, and its most warps per block. */
   GEMV_ROWS: 4,
   GEMV_MAX_WARPS: 8,
+  /** gemv_mma: weight rows of a row group (the mma's N), k of a block, bytes a lane keeps in flight. */
+  GEMV_MMA_ROWS: 8,
+  GEMV_MMA_KB: 64,
+  GEMV_MMA_CHUNK_BYTES: 256,
 } as const;
 
 const K = KERNEL_CONSTANTS;
@@ -67,6 +72,25 @@ const gemv = (mt: number, w8 = false) => ({
     `NG_GEMV_ROWS=${K.GEMV_ROWS}`,
     `NG_GEMV_MAX_WARPS=${K.GEMV_MAX_WARPS}`,
     ...(w8 ? ["NG_GEMV_W8=1"] : []),
+  ],
+});
+
+const gemv_mma = (mt: number, w8: boolean) => ({
+  file: "gemv_mma.cu",
+  includes: ["gemv.cu"],
+  entry: "ng_gemv_mma",
+  dtype: true,
+  head_dim: false,
+  dtypes: ["f16", "bf16"] as const,
+  defines: [
+    "NG_GEMV_MMA=1",
+    `NG_GEMV_MT=${mt}`,
+    `NG_GEMV_ROWS=${K.GEMV_ROWS}`,
+    `NG_GEMV_MAX_WARPS=${K.GEMV_MAX_WARPS}`,
+    `NG_GEMV_MMA_ROWS=${K.GEMV_MMA_ROWS}`,
+    `NG_GEMV_MMA_KB=${K.GEMV_MMA_KB}`,
+    `NG_GEMV_MMA_CHUNK=${K.GEMV_MMA_CHUNK_BYTES}`,
+    `NG_GEMV_W8=${w8 ? 1 : 0}`,
   ],
 });
 
@@ -105,6 +129,11 @@ export const KERNELS = {
   gemv_w8_m4: gemv(4, true),
   gemv_w8_m8: gemv(8, true),
   gemv_w8_m16: gemv(16, true),
+  // The same for M = 3 .. 16 on tensor cores (16-bit storage types), 16-bit and int8 weights.
+  gemv_mma_m8: gemv_mma(8, false),
+  gemv_mma_m16: gemv_mma(16, false),
+  gemv_mma_w8_m8: gemv_mma(8, true),
+  gemv_mma_w8_m16: gemv_mma(16, true),
   // Int8 weight rows times their scales into the storage dtype (large-batch matmuls of int8 weights).
   dequant_rows: { file: "dequant_rows.cu", entry: "ng_dequant_rows", dtype: true, head_dim: false },
   kv_append: { file: "kv_append.cu", entry: "ng_kv_append", dtype: true, head_dim: false },

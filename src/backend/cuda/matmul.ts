@@ -65,14 +65,17 @@ const FLUSH_BYTES = 128 << 20;
 
 /** Largest M the gemv kernel takes. */
 export const GEMV_MAX_M = 16;
-const { GEMV_ROWS, GEMV_MAX_WARPS } = KERNEL_CONSTANTS;
+const { GEMV_ROWS, GEMV_MAX_WARPS, GEMV_MMA_ROWS, GEMV_MMA_KB, GEMV_MMA_CHUNK_BYTES } = KERNEL_CONSTANTS;
 /** Most warps splitting one row group's K in the persistent shape (M > 2). */
 const GEMV_MAX_KS = 4;
 /** Registers per thread the M > 2 variants use at most (their __launch_bounds__). */
 const GEMV_MAX_REGS = 128;
 /** Most blocks per SM of the grouped shape's grid (M <= 2; blocks loop over further tiles). */
 const GEMV_GROUPED_BLOCKS_PER_SM = 8;
-/** Shared memory gemv.cu declares statically, at most (the reduction buffer, the row statistics). */
+/**
+ * Shared memory gemv.cu and gemv_mma.cu declare statically, at most (the reduction buffer, 3.5 KB
+ * in gemv_mma.cu, and the row statistics).
+ */
 const GEMV_STATIC_SMEM = 4096;
 /** Dynamic shared memory a gemv launch may use without raising the function's limit (48 KiB in all). */
 export const GEMV_DEFAULT_SMEM = (48 << 10) - GEMV_STATIC_SMEM;
@@ -84,6 +87,17 @@ const GEMV_VARIANTS: readonly [number, KernelName, number, KernelName][] = [
   [8, "gemv_m8", 2, "gemv_w8_m8"],
   [16, "gemv_m16", 1, "gemv_w8_m16"],
 ];
+/** Smallest M of the tensor-core gemv (gemv_mma.cu): below it gemv.cu's M FMAs a weight are not the limit. */
+export const GEMV_MMA_MIN_M = 3;
+
+/**
+ * Whether the gemv of `a` can run on tensor cores (gemv_mma.cu): 16-bit storage, M in
+ * GEMV_MMA_MIN_M..GEMV_MAX_M, K a multiple of 64.
+ */
+export function gemv_mma_suits(a: MatmulArgs, dtype: DType): boolean {
+  return dtype !== "f32" && a.M >= GEMV_MMA_MIN_M && a.M <= GEMV_MAX_M && a.K % GEMV_MMA_KB === 0;
+}
+
 /** Output width from which a matmul counts as wide (the LM head): gemv up to GEMV_WIDE_MAX_M. */
 const GEMV_WIDE_N = 16384;
 /** Largest M of a wide matmul that the default policy sends to gemv. */
@@ -109,11 +123,12 @@ export function default_gemv_policy(): GemvPolicy {
 }
 
 /**
- * The "auto" policy, measured against cuBLASLt per shape on an H100 (docs/perf-notes.md, p1): gemv
- * for M = 1; for M = 2 when a row is at most 8 KiB (at 16 bits K <= 4096: not gpt2-xl's fc2, which
+ * The "auto" policy: the tensor-core gemv wherever it suits (gemv_mma_suits); else, measured against
+ * cuBLASLt per shape on an H100 (docs/perf-notes.md, p1), gemv for M = 1; for M = 2 when a row is at most 8 KiB (at 16 bits K <= 4096: not gpt2-xl's fc2, which
  * cuBLASLt reads faster); for wide outputs (the LM head) up to M = 8. Everything else: cuBLASLt.
  */
-export function gemv_preferred(a: MatmulArgs, dtype: DType): boolean {
+export function gemv_preferred(a: MatmulArgs, dtype: DType, tensor_cores = true): boolean {
+  if (tensor_cores && gemv_mma_suits(a, dtype)) return true;
   if (a.N >= GEMV_WIDE_N) return a.M <= GEMV_WIDE_MAX_M;
   return a.M === 1 || (a.M === 2 && a.K * dtype_bytes(dtype) <= GEMV_M2_MAX_ROW_BYTES);
 }
@@ -146,7 +161,7 @@ export interface GemvLaunch {
 }
 
 /**
- * The gemv variant (the smallest bound >= M) and its grid. K is split over `ks` warps so that a lane
+ * The gemv variant (the smallest bound >= M; gemv_mma.cu's where it suits and `tensor_cores`) and its grid. K is split over `ks` warps so that a lane
  * loads its share of a row group in about one chunk (all in flight at once). Two shapes, each the
  * faster one where measured:
  * - M <= 2, grouped: a block holds as many row groups as fit 8 warps (ks up to 8), but fewer when
@@ -155,7 +170,14 @@ export interface GemvLaunch {
  * - M > 2, persistent: a block is one row group (ks up to 4); as many blocks as fit the SMs at once
  *   (by registers at 128 per thread, threads and shared memory), each looping over row groups.
  */
-export function gemv_launch(a: MatmulArgs, dtype: DType, sm_count: number, smem_per_sm: number): GemvLaunch {
+export function gemv_launch(
+  a: MatmulArgs,
+  dtype: DType,
+  sm_count: number,
+  smem_per_sm: number,
+  tensor_cores = true,
+): GemvLaunch {
+  if (tensor_cores && gemv_mma_suits(a, dtype)) return gemv_mma_launch(a, dtype, sm_count, smem_per_sm);
   const v = GEMV_VARIANTS.find(([m]) => a.M <= m);
   if (!v) throw new Error(`internal: gemv for M=${a.M} above ${GEMV_MAX_M}`);
   // Int8 weights (w_scale): the W8 variant, whose vectors hold 16 weights at M <= 2 (K / 16 a row),
@@ -165,7 +187,7 @@ export function gemv_launch(a: MatmulArgs, dtype: DType, sm_count: number, smem_
   const row_bytes = a.K * dtype_bytes(dtype), smem_bytes = a.M * row_bytes;
   const nvec = (a.w_scale && a.M <= 2 ? a.K : row_bytes) / 16;
   const groups = Math.ceil(a.N / GEMV_ROWS);
-  const flags = ACTIVATION_CODE[a.act] | (a.accumulate ? 4 : 0) | (a.out_f32 ? 8 : 0);
+  const flags = gemv_flags(a);
   const ks_for = (max: number) => Math.max(1, Math.min(max, Math.ceil(nvec / (32 * per_lane))));
   if (a.M <= 2) {
     const ks = ks_for(GEMV_MAX_WARPS);
@@ -184,6 +206,40 @@ export function gemv_launch(a: MatmulArgs, dtype: DType, sm_count: number, smem_
     ),
   );
   return { kernel, blocks: Math.min(groups, sm_count * per_sm), threads, smem_bytes, ks, flags };
+}
+
+/** ng_gemv's and ng_gemv_mma's flags (GemvLaunch.flags). */
+function gemv_flags(a: MatmulArgs): number {
+  return ACTIVATION_CODE[a.act] | (a.accumulate ? 4 : 0) | (a.out_f32 ? 8 : 0);
+}
+
+/**
+ * gemv_mma.cu's variant and grid (gemv_mma_suits): row groups of GEMV_MMA_ROWS weight rows; K split
+ * over `ks` warps so that a lane loads its share in about one chunk (GEMV_MMA_CHUNK_BYTES of 64-k
+ * blocks); as gemv's grouped shape, a block holds several groups when there are more than SMs.
+ */
+function gemv_mma_launch(a: MatmulArgs, dtype: DType, sm_count: number, smem_per_sm: number): GemvLaunch {
+  const w8 = !!a.w_scale;
+  const kernel: KernelName = a.M <= 8
+    ? (w8 ? "gemv_mma_w8_m8" : "gemv_mma_m8")
+    : (w8 ? "gemv_mma_w8_m16" : "gemv_mma_m16");
+  const smem_bytes = a.M * a.K * dtype_bytes(dtype);
+  const groups = Math.ceil(a.N / GEMV_MMA_ROWS), blocks_k = a.K / GEMV_MMA_KB;
+  const per_chunk = GEMV_MMA_CHUNK_BYTES / (w8 ? 16 : 32); // k blocks a lane loads at once
+  const ks = Math.max(1, Math.min(GEMV_MAX_WARPS, Math.ceil(blocks_k / per_chunk)));
+  const per_tile = Math.max(1, Math.min(Math.floor(GEMV_MAX_WARPS / ks), Math.floor(groups / sm_count)));
+  const threads = 32 * ks * per_tile;
+  const per_sm = Math.max(
+    1,
+    Math.min(
+      GEMV_GROUPED_BLOCKS_PER_SM,
+      Math.floor(65536 / (GEMV_MAX_REGS * threads)),
+      Math.floor(2048 / threads),
+      Math.floor(smem_per_sm / (smem_bytes + GEMV_STATIC_SMEM)),
+    ),
+  );
+  const blocks = Math.min(Math.ceil(groups / per_tile), sm_count * per_sm);
+  return { kernel, blocks, threads, smem_bytes, ks, flags: gemv_flags(a) };
 }
 
 /** Largest power of two (at most 256) dividing an address. */

@@ -153,10 +153,13 @@ function decode_max_wph(): number {
   return Number(v);
 }
 
-/** Bytes of the vectors attention_decode loads: the largest of 16, 8, 4, 2 dividing a head's row. */
-function decode_vector_bytes(row_bytes: number): number {
-  for (const v of [16, 8, 4]) if (row_bytes % v === 0) return v;
-  return 2;
+/**
+ * Bytes of the vectors attention_decode loads from a head's row of `row_bytes`: the largest of 16,
+ * 8, 4, 2 dividing it, down to `min_bytes` (an element: 2 for qkv's 16-bit rows, 1 for an int8 pool).
+ */
+function decode_vector_bytes(row_bytes: number, min_bytes = 2): number {
+  for (const v of [16, 8, 4, 2]) if (v >= min_bytes && row_bytes % v === 0) return v;
+  return min_bytes;
 }
 
 /** Kernel launches of one backend. */
@@ -257,9 +260,9 @@ export class KernelOps {
     this.#launch(f, [blocks, 1, 1], [256, 1, 1]);
   }
 
-  /** The whole matmul `a` (validated; gemv_fits) in the gemv kernel. */
-  gemv(a: MatmulArgs): void {
-    const l = gemv_launch(a, this.#dtype, this.#ctx.sm_count, this.#ctx.smem_optin_bytes);
+  /** The whole matmul `a` (validated; gemv_fits) in the gemv kernel (on tensor cores where they suit). */
+  gemv(a: MatmulArgs, tensor_cores: boolean): void {
+    const l = gemv_launch(a, this.#dtype, this.#ctx.sm_count, this.#ctx.smem_optin_bytes, tensor_cores);
     const f = this.#modules.get(l.kernel, undefined, this.mode !== "capture");
     if (l.smem_bytes > (this.#gemv_smem.get(f) ?? GEMV_DEFAULT_SMEM)) {
       if (this.mode === "capture") {
@@ -365,8 +368,9 @@ export class KernelOps {
     const bs_log2 = block_log2(op, L.block_size);
     const prefill = a.seq_start !== undefined;
     const vb = !prefill ? decode_vector_bytes(D * es) : (D * es) % 16 === 0 ? 16 : es;
-    // An int8 pool's vectors hold as many elements as qkv's, so 1 / es of the bytes.
-    const pool_vb = kv8 ? Math.max(1, vb / es) : vb;
+    // An int8 pool's vectors: attention_decode's up to 16 int8 values (its loads are as wide as a
+    // 16-bit cache's), attention_prefill's as many elements as qkv's (1 / es of the bytes).
+    const pool_vb = !kv8 ? vb : !prefill ? decode_vector_bytes(D, 1) : Math.max(1, vb / es);
     for (
       const [name, buf, need_b] of [["qkv", a.qkv, vb], ["cache.k", a.cache.k, pool_vb], [
         "cache.v",
