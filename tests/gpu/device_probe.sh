@@ -2,22 +2,31 @@
 # One GPU-machine call for where the fused decode's phases go: tests/gpu/barrier_probe.cu (a grid
 # barrier alone, and a phase's store-barrier-load skeleton) built with the machine's nvcc, then Nsight
 # Compute on one launch of the fused decode kernel (gpt2 at batch 1 unless NCU_CASES says
-# model:batch ...): speed of light, scheduler and warp-state statistics, source counters (the full
-# report stays in $OUT/ncu_*.txt). Prepare with
+# model:batch ...; NCU_CASES= for none): speed of light, scheduler and warp-state statistics, source
+# counters (the full report stays in $OUT/ncu_*.txt); PROBE=0 skips the barrier probe; ATTN_KV="dtype
+# int8" adds decode attention at batch 256 under Nsight Compute for each KV cache dtype. Prepare with
 # tests/gpu/prepare_device.sh; results in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/gpu/device_env.sh
 CUDA=${CUDA_HOME:-/usr/local/cuda}
-stamp "barrier probe"
-"$CUDA/bin/nvcc" -O3 -arch=sm_90 -o /tmp/barrier_probe tests/gpu/barrier_probe.cu && /tmp/barrier_probe | tee "$OUT/barrier_probe.jsonl"
+[[ "${PROBE:-1}" == 1 ]] && stamp "barrier probe" && "$CUDA/bin/nvcc" -O3 -arch=sm_90 -o /tmp/barrier_probe tests/gpu/barrier_probe.cu && /tmp/barrier_probe | tee "$OUT/barrier_probe.jsonl"
 ncu=$(command -v ncu || ls "$CUDA"/bin/ncu 2>/dev/null)
-for c in ${NCU_CASES:-gpt2:1}; do
+for c in ${NCU_CASES-gpt2:1}; do
   IFS=: read -r m b <<<"$c"
   stamp "ncu $c"
   NGPT_FUSED_DECODE=1 timeout "${NCU_S:-240}" "$ncu" --target-processes all -k regex:ng_decode_fused -s 3 -c 1 \
     --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section SourceCounters \
     "${run[@]}" tests/gpu/fused_trace.ts --model "$m" --batch "$b" --graphs off >"$OUT/ncu_${m}_b$b.txt" 2>&1
   grep -vE "^==PROF==|^\s*$" "$OUT/ncu_${m}_b$b.txt" | tail -90
+done
+# Decode attention at batch 256 (KV from 192 positions), 16-bit against int8 cache: limits, occupancy.
+for kv in ${ATTN_KV:-}; do
+  stamp "ncu attention_decode kv $kv"
+  timeout "${NCU_S:-240}" "$ncu" --target-processes all --profile-from-start off -k regex:attention_decode -c 2 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    "${run[@]}" tests/gpu/profile_decode.ts --model gpt2 --batch 256 --prompt 192 --steps 1 --kv-dtype "$kv" \
+    >"$OUT/ncu_attn_$kv.txt" 2>&1
+  grep -E "Duration|DRAM Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit Reg|Stall|Warp Cycles Per Issued|Grid Size|Block Size" "$OUT/ncu_attn_$kv.txt" | head -24
 done
 stamp "done"
