@@ -3,10 +3,16 @@
  * (decode attention's split over warps and chunks; the gemv kernel's launch shapes and the auto
  * policy; the padded vocabulary of the LM head).
  */
-import { assert, assertEquals } from "./helpers/assert.ts";
+import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
 import { DECODE_MIN_KEYS_PER_WARP, decode_plan } from "../src/backend/cuda/ops.ts";
 import type { Buf, DType, MatmulArgs } from "../src/backend/backend.ts";
-import { gemv_fits, gemv_launch, gemv_preferred } from "../src/backend/cuda/matmul.ts";
+import {
+  default_gemv_tensor_cores,
+  gemv_fits,
+  gemv_launch,
+  gemv_preferred,
+  gemv_tensor_cores_for,
+} from "../src/backend/cuda/matmul.ts";
 
 const DTYPES: DType[] = ["f32", "bf16", "f16"];
 import { padded_vocab, VOCAB_ALIGN } from "../src/model/gpt.ts";
@@ -146,4 +152,36 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
   assertEquals(step(17, 768, true), [false, false, false, false, false]);
   assertEquals(gemv_preferred(mm(8, 768, 80), "bf16", true), false); // K = 80: not 64-k blocks
   assertEquals(gemv_preferred(mm(8, 768, 768), "f32", true), false);
+});
+
+Deno.test("gemv tensor cores policy: int8 weights only unless all or off", () => {
+  const buf: Buf = { ptr: 0n, bytes: 1 << 30, label: "b" };
+  const a: MatmulArgs = {
+    out: buf,
+    x: buf,
+    w: buf,
+    bias: null,
+    M: 8,
+    N: 768,
+    K: 768,
+    act: "none",
+    accumulate: false,
+  };
+  const w8: MatmulArgs = { ...a, w_scale: buf };
+  assertEquals(
+    (["int8", "all", "off"] as const).map((p) => [gemv_tensor_cores_for(p, a), gemv_tensor_cores_for(p, w8)]),
+    [[false, true], [true, true], [false, false]],
+  );
+  const prev = Deno.env.get("NGPT_GEMV_MMA");
+  try {
+    Deno.env.delete("NGPT_GEMV_MMA");
+    assertEquals(default_gemv_tensor_cores(), "int8");
+    Deno.env.set("NGPT_GEMV_MMA", "all");
+    assertEquals(default_gemv_tensor_cores(), "all");
+    Deno.env.set("NGPT_GEMV_MMA", "1");
+    assertThrows(() => default_gemv_tensor_cores(), Error, "NGPT_GEMV_MMA");
+  } finally {
+    if (prev === undefined) Deno.env.delete("NGPT_GEMV_MMA");
+    else Deno.env.set("NGPT_GEMV_MMA", prev);
+  }
 });

@@ -44,10 +44,13 @@ import { KernelModules } from "./cuda/modules.ts";
 import { KernelOps } from "./cuda/ops.ts";
 import {
   default_gemv_policy,
+  default_gemv_tensor_cores,
   gemv_fits,
   GEMV_MAX_M,
   gemv_preferred,
+  gemv_tensor_cores_for,
   type GemvPolicy,
+  type GemvTensorCores,
   Matmuls,
 } from "./cuda/matmul.ts";
 import { type StepGraph, StepGraphs } from "./cuda/graphs.ts";
@@ -91,11 +94,11 @@ export class CudaBackend implements Backend {
    */
   gemv: GemvPolicy;
   /**
-   * Whether the gemv kernel runs M >= 3 on tensor cores where the shape suits (gemv_mma_suits in
-   * cuda/matmul.ts); default true unless $NGPT_GEMV_MMA is "0". Change it only between steps with
-   * distinct keys, as `gemv`.
+   * Which gemv matmuls run M >= 3 on tensor cores where the shape suits (GemvTensorCores and
+   * gemv_mma_suits in cuda/matmul.ts): "int8" (int8 weights only), "all" or "off". Default
+   * $NGPT_GEMV_MMA or "int8". Change it only between steps with distinct keys, as `gemv`.
    */
-  gemv_tensor_cores: boolean;
+  gemv_tensor_cores: GemvTensorCores;
   /**
    * Whether run_loop records device-side loops (a graph WHILE node); default true unless
    * $NGPT_LOOP is "0". Turned off for good when the driver refuses one (loop_error says why);
@@ -132,7 +135,7 @@ export class CudaBackend implements Backend {
     this.dtype = opts.dtype ?? "bf16";
     this.graphs = opts.graphs ?? true;
     this.gemv = default_gemv_policy();
-    this.gemv_tensor_cores = env_flag("NGPT_GEMV_MMA", true);
+    this.gemv_tensor_cores = default_gemv_tensor_cores();
     this.device_loops = env_flag("NGPT_LOOP", true);
     this.autotune = env_flag("NGPT_AUTOTUNE", true);
     this.device_name = ctx.name;
@@ -298,10 +301,10 @@ export class CudaBackend implements Backend {
     const wanted = a.w_scale
       ? a.M <= GEMV_MAX_M
       : this.gemv === "auto"
-      ? gemv_preferred(a, this.dtype, this.gemv_tensor_cores)
+      ? gemv_preferred(a, this.dtype, gemv_tensor_cores_for(this.gemv_tensor_cores, a))
       : a.M <= this.gemv;
     if (wanted && gemv_fits(a, this.dtype, this.#ctx.smem_optin_bytes)) {
-      this.#ops.gemv(a, this.gemv_tensor_cores);
+      this.#ops.gemv(a, gemv_tensor_cores_for(this.gemv_tensor_cores, a));
       return;
     }
     if (a.w_scale) a = { ...a, w: this.#dequantized_weight(a), w_scale: null };

@@ -3,7 +3,7 @@
 # (and the int8 and parity suites), where the fused step's time goes (`trace`:
 # tests/gpu/fused_trace.ts), the decode bench at batch 1 and 8 for gpt2 and gpt2-xl with the fused
 # decode on (NGPT_FUSED_DECODE=1) and off, with int8 weights, with the tensor-core gemv off (MODES:
-# fused, unfused, int8, unfused-int8, ...-kv8, ...-nomma), gpt2 at batch 256 with the
+# fused, unfused, int8, unfused-int8, ...-kv8, ...-nomma, ...-mma), gpt2 at batch 256 with the
 # 16-bit and int8 KV cache (`big`), and torch_baseline.py's peers in the same call. Prepare with
 # tests/gpu/prepare_device.sh; results in $OUT/results.tgz.
 set -uo pipefail
@@ -33,7 +33,8 @@ if part bench; then
     [[ $mode == unfused* ]] && env=(NGPT_FUSED_DECODE=0)
     [[ $mode == *int8* ]] && q=(--weights int8)
     [[ $mode == *kv8* ]] && q+=(--kv-dtype int8)
-    [[ $mode == *nomma* ]] && env+=(NGPT_GEMV_MMA=0)  # gemv on CUDA cores only (gemv_mma.cu off)
+    [[ $mode == *nomma* ]] && env+=(NGPT_GEMV_MMA=off)  # gemv on CUDA cores only (gemv_mma.cu off)
+    [[ $mode == *-mma* ]] && env+=(NGPT_GEMV_MMA=all)   # 16-bit weights' gemv on tensor cores too
     env "${env[@]}" timeout "${BENCH_S:-90}" "${run[@]}" examples/bench.ts --device cuda --models "${MODELS:-gpt2,gpt2-xl}" \
       --batches "${BATCHES:-1,8}" --graphs on --prompt 64 --new 256 "${q[@]}" --json "$OUT/bench_$mode.json" \
       >"$OUT/bench_$mode.txt" 2>&1

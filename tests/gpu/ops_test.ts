@@ -295,7 +295,7 @@ gpu_suite("ops_test", () => {
             // gemv on tensor cores (M >= 3, 16-bit), gemv on CUDA cores, cuBLASLt.
             for (const [gemv, tc] of [[16, true], [16, false], [0, false]] as const) {
               be.gemv = gemv;
-              be.gemv_tensor_cores = tc;
+              be.gemv_tensor_cores = tc ? "all" : "off";
               const dst = f.accumulate ? acc_buf : out;
               if (f.accumulate) be.write_weight(acc_buf, new Uint8Array(init.buffer), "f32", M * N);
               be.matmul({
@@ -376,7 +376,7 @@ gpu_suite("ops_test", () => {
               want[i] = f.accumulate ? want[i] + init_vals[i] : gelu(want[i], "gelu_tanh");
             }
             for (const tc of [true, false]) {
-              be.gemv_tensor_cores = tc;
+              be.gemv_tensor_cores = tc ? "all" : "off";
               const dst = f.accumulate ? acc_buf : out;
               if (f.accumulate) be.write_weight(acc_buf, new Uint8Array(init.buffer), "f32", rows * N);
               be.matmul({

@@ -91,6 +91,29 @@ const GEMV_VARIANTS: readonly [number, KernelName, number, KernelName][] = [
 export const GEMV_MMA_MIN_M = 3;
 
 /**
+ * Which gemv matmuls run on tensor cores where the shape suits (gemv_mma_suits): those of int8
+ * weights only (the default: measured faster on an H200 for gpt2 and gpt2-xl at batch 8, where 16-bit
+ * weights were faster for gpt2 and slower for gpt2-xl than cuBLASLt; docs/perf-notes.md), all, or
+ * none.
+ */
+export type GemvTensorCores = "int8" | "all" | "off";
+
+/** $NGPT_GEMV_MMA ("int8", "all" or "off") when set, else "int8". */
+export function default_gemv_tensor_cores(): GemvTensorCores {
+  const v = env("NGPT_GEMV_MMA");
+  if (v === undefined || v === "") return "int8";
+  if (v !== "int8" && v !== "all" && v !== "off") {
+    throw new Error(`NGPT_GEMV_MMA must be "int8", "all" or "off", got "${v}"`);
+  }
+  return v;
+}
+
+/** Whether `policy` lets the gemv of `a` run on tensor cores (where gemv_mma_suits also holds). */
+export function gemv_tensor_cores_for(policy: GemvTensorCores, a: MatmulArgs): boolean {
+  return policy === "all" || (policy === "int8" && !!a.w_scale);
+}
+
+/**
  * Whether the gemv of `a` can run on tensor cores (gemv_mma.cu): 16-bit storage, M in
  * GEMV_MMA_MIN_M..GEMV_MAX_M, K a multiple of 64.
  */
