@@ -18,11 +18,8 @@
 // Grid: (n_chunks, ceil(H / hpb), B); block: 32 * warps threads, warps <= MAXW, wph dividing warps.
 //
 // With -DNG_KV8=1 (an int8 cache, one f32 scale per pool row in k_scale / v_scale) a lane's K or V
-// vector is W int8 values, 16 when the row allows: the same 16-byte loads as a 16-bit cache's, since
-// the bytes a lane keeps in flight bound this kernel (with vectors of as many elements as q's, 8
-// bytes, gpt2 at batch 256 read half the bytes in the same time). Its q vector holds the same W
-// elements; the int8 values are widened with common.cuh's byte permute. Each key group also loads
-// its key's two scales: the score is (q . k) * s_k and the value adds p * s_v * v. The new
+// vector is the W int8 values of the elements its q vector holds (W bytes), and each key group also
+// loads its key's two scales: the score is (q . k) * s_k and the value adds p * s_v * v. The new
 // token's k and v are quantized into the pools first (the block whose chunk holds pos, one warp per
 // head row, common.cuh ng_kv8_store_row) and, after a block barrier, read back from them like any
 // other key, so every key is the quantized one (as the CPU backend's attention.zig reads them).
@@ -39,7 +36,7 @@
 #define MAXW 8
 #define FULL 0xffffffffu
 
-// Row bytes of qkv (and a 16-bit cache), the vector size that divides them and its elements (QW).
+// Row bytes, the vector size that divides them, elements per vector and vectors per row.
 #define RB (HD * NG_DTYPE_BYTES)
 #if RB % 16 == 0
 #define VB 16
@@ -54,23 +51,8 @@ typedef unsigned int vec_t;
 #define VB 2
 typedef unsigned short vec_t;
 #endif
-#define QW (VB / NG_DTYPE_BYTES)
-// A lane vector's elements (W) and the vectors of a row (NV): QW, or (int8 caches) the largest
-// power of two up to 16 dividing the row.
-#if !NG_KV8
-#define W QW
-#elif HD % 16 == 0
-#define W 16
-#elif HD % 8 == 0
-#define W 8
-#elif HD % 4 == 0
-#define W 4
-#elif HD % 2 == 0
-#define W 2
-#else
-#define W 1
-#endif
-#define NV (HD / W)
+#define W (VB / NG_DTYPE_BYTES)
+#define NV (RB / VB)
 
 // Lanes per key: the fewest (a power of two) that keep each lane at <= 16 elements of the row.
 #define VPL_MAX (16 / W)
@@ -103,13 +85,13 @@ __device__ __forceinline__ void unpack_word(unsigned int w, float* f) {
 #endif
 }
 
-// The QW elements of a vector as f32 (16-byte vectors: common.cuh's unpack_vec).
+// The W elements of a vector as f32 (16-byte vectors: common.cuh's unpack_vec).
 __device__ __forceinline__ void unpack(const vec_t& v, float* f) {
 #if VB == 16
   unpack_vec(v, f);
 #elif VB == 8
   unpack_word(v.x, f);
-  unpack_word(v.y, f + QW / 2);
+  unpack_word(v.y, f + W / 2);
 #elif VB == 4
   unpack_word(v, f);
 #else
@@ -120,9 +102,7 @@ __device__ __forceinline__ void unpack(const vec_t& v, float* f) {
 // The pools' element and vector types: st_t and vec_t, or (int8 caches) int8 and W of them.
 #if NG_KV8
 typedef signed char kv_t;
-#if W == 16
-typedef uint4 kvec_t;
-#elif W == 8
+#if W == 8
 typedef uint2 kvec_t;
 #elif W == 4
 typedef unsigned int kvec_t;
@@ -133,35 +113,21 @@ typedef unsigned char kvec_t;
 #endif
 // The W int8 values of a pool vector as f32.
 __device__ __forceinline__ void unpack_kv(const kvec_t& v, float* f) {
-#if W == 16
-  ng_i8x4_to_f32(v.x, f);
-  ng_i8x4_to_f32(v.y, f + 4);
-  ng_i8x4_to_f32(v.z, f + 8);
-  ng_i8x4_to_f32(v.w, f + 12);
-#elif W == 8
-  ng_i8x4_to_f32(v.x, f);
-  ng_i8x4_to_f32(v.y, f + 4);
-#elif W == 4
-  ng_i8x4_to_f32(v, f);
+#if W == 8
+#pragma unroll
+  for (int e = 0; e < 4; e++) {
+    f[e] = (float)(signed char)(v.x >> (8 * e));
+    f[4 + e] = (float)(signed char)(v.y >> (8 * e));
+  }
 #else
 #pragma unroll
   for (int e = 0; e < W; e++) f[e] = (float)(signed char)((unsigned int)v >> (8 * e));
 #endif
 }
-// The W elements of q that lane vector vi pairs with, as f32 (0 unless `live`).
-__device__ __forceinline__ void load_q(const st_t* q_row, int vi, bool live, float* f) {
-#pragma unroll
-  for (int e = 0; e < W; e++) f[e] = live ? to_f32(q_row[vi * W + e]) : 0.0f;
-}
 #else
 typedef st_t kv_t;
 typedef vec_t kvec_t;
 __device__ __forceinline__ void unpack_kv(const kvec_t& v, float* f) { unpack(v, f); }
-__device__ __forceinline__ void load_q(const st_t* q_row, int vi, bool live, float* f) {
-  vec_t t = {};
-  if (live) t = reinterpret_cast<const vec_t*>(q_row)[vi];
-  unpack(t, f);
-}
 #endif
 
 // The pools, and where one head of one sequence finds its positions.
@@ -297,7 +263,9 @@ __device__ __forceinline__ void attention_decode_block(
 #pragma unroll
   for (int v = 0; v < VPL; v++) {
     const int vi = i + v * LPK;
-    load_q(q_row, vi, active && vi < NV, q[v]);
+    vec_t t = {};
+    if (active && vi < NV) t = reinterpret_cast<const vec_t*>(q_row)[vi];
+    unpack(t, q[v]);
 #pragma unroll
     for (int e = 0; e < W; e++) {
       q[v][e] *= scale_log2;

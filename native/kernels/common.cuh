@@ -157,8 +157,8 @@ __device__ __forceinline__ size_t kv_row(const int* table, int p, int h, int H, 
 
 // The four int8 values of a word as f32. Byte b ^ 128 placed under the exponent bits of 2^23 is
 // 2^23 + (b + 128) (one byte permute), minus 2^23 + 128 (exact): two cheap instructions where an
-// int-to-float conversion runs at an eighth of the FMA rate (gemv.cu's W8 path, attention_decode's
-// int8 cache).
+// int-to-float conversion runs at an eighth of the FMA rate (gemv.cu's and gemv_mma.cu's int8
+// weights).
 __device__ __forceinline__ void ng_i8x4_to_f32(unsigned int word, float* f) {
   const unsigned int biased = word ^ 0x80808080u;
 #pragma unroll
@@ -177,25 +177,6 @@ __device__ __forceinline__ void ng_kv8_store_row(signed char* dst, float* scale,
     dst[d] = s == 0.0f ? 0 : (signed char)fmaxf(-127.0f, fminf(127.0f, roundf(to_f32(src[d]) / s)));
   }
   if (lane == 0) *scale = s;
-}
-
-// Shared-memory addresses and 16-byte asynchronous copies into shared memory (sm_80+):
-// attention_prefill_mma.cu's K/V tiles, gemv.cu's staging of x.
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-  unsigned r;
-  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
-  return r;
-}
-
-// 16-byte async copy global -> shared; src_bytes 0 fills the 16 bytes with zeros.
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
 #if NG_DTYPE != 0

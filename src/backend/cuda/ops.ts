@@ -153,13 +153,10 @@ function decode_max_wph(): number {
   return Number(v);
 }
 
-/**
- * Bytes of the vectors attention_decode loads from a head's row of `row_bytes`: the largest of 16,
- * 8, 4, 2 dividing it, down to `min_bytes` (an element: 2 for qkv's 16-bit rows, 1 for an int8 pool).
- */
-function decode_vector_bytes(row_bytes: number, min_bytes = 2): number {
-  for (const v of [16, 8, 4, 2]) if (v >= min_bytes && row_bytes % v === 0) return v;
-  return min_bytes;
+/** Bytes of the vectors attention_decode loads: the largest of 16, 8, 4, 2 dividing a head's row. */
+function decode_vector_bytes(row_bytes: number): number {
+  for (const v of [16, 8, 4]) if (row_bytes % v === 0) return v;
+  return 2;
 }
 
 /** Kernel launches of one backend. */
@@ -368,9 +365,8 @@ export class KernelOps {
     const bs_log2 = block_log2(op, L.block_size);
     const prefill = a.seq_start !== undefined;
     const vb = !prefill ? decode_vector_bytes(D * es) : (D * es) % 16 === 0 ? 16 : es;
-    // An int8 pool's vectors: attention_decode's up to 16 int8 values (its loads are as wide as a
-    // 16-bit cache's), attention_prefill's as many elements as qkv's (1 / es of the bytes).
-    const pool_vb = !kv8 ? vb : !prefill ? decode_vector_bytes(D, 1) : Math.max(1, vb / es);
+    // An int8 pool's vectors hold as many elements as qkv's, so 1 / es of the bytes.
+    const pool_vb = kv8 ? Math.max(1, vb / es) : vb;
     for (
       const [name, buf, need_b] of [["qkv", a.qkv, vb], ["cache.k", a.cache.k, pool_vb], [
         "cache.v",
