@@ -141,6 +141,27 @@ export function erf(x: number): number {
   return s * (1 - erfc);
 }
 
+/** Each of the `rows` rows of x[rows, C] layernormed in f64 (biased variance, as torch), times w, plus b. */
+export function ref_layernorm(
+  x: ArrayLike<number>,
+  rows: number,
+  C: number,
+  w: ArrayLike<number>,
+  b: ArrayLike<number> | null,
+  eps = 1e-5,
+): Float64Array {
+  const out = new Float64Array(rows * C);
+  for (let r = 0; r < rows; r++) {
+    let mean = 0, v = 0;
+    for (let c = 0; c < C; c++) mean += x[r * C + c];
+    mean /= C;
+    for (let c = 0; c < C; c++) v += (x[r * C + c] - mean) ** 2;
+    const rstd = 1 / Math.sqrt(v / C + eps);
+    for (let c = 0; c < C; c++) out[r * C + c] = (x[r * C + c] - mean) * rstd * w[c] + (b ? b[c] : 0);
+  }
+  return out;
+}
+
 /** out[M, N] = x[M, K] @ w[N, K]^T (+ bias) in f64. */
 export function ref_matmul(
   x: ArrayLike<number>,

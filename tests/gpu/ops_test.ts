@@ -13,6 +13,7 @@ import {
   randn,
   read_f32,
   read_i32,
+  ref_layernorm,
   ref_matmul,
   rel_l2,
   tol,
@@ -111,18 +112,7 @@ gpu_suite("ops_test", () => {
         const out = be.alloc(rows * C * (dtype === "f32" ? 4 : 2), "out");
         be.layernorm({ out, x: x.buf, weight: w.buf, bias: with_bias ? bias.buf : null, rows, C, eps: 1e-5 });
         const got = read_f32(be, out, rows * C);
-        const want = new Float64Array(rows * C);
-        for (let r = 0; r < rows; r++) {
-          let mean = 0, v = 0;
-          for (let c = 0; c < C; c++) mean += x.values[r * C + c];
-          mean /= C;
-          for (let c = 0; c < C; c++) v += (x.values[r * C + c] - mean) ** 2;
-          const rstd = 1 / Math.sqrt(v / C + 1e-5);
-          for (let c = 0; c < C; c++) {
-            want[r * C + c] = (x.values[r * C + c] - mean) * rstd * w.values[c] +
-              (with_bias ? bias.values[c] : 0);
-          }
-        }
+        const want = ref_layernorm(x.values, rows, C, w.values, with_bias ? bias.values : null);
         assert(rel_l2(got, want) < tol(dtype, 1e-5), `layernorm ${dtype} ${rows}x${C}: ${rel_l2(got, want)}`);
         for (const b of [x.buf, w.buf, bias.buf, out]) be.free(b);
       }
@@ -249,20 +239,7 @@ gpu_suite("ops_test", () => {
         const init = randn(rows * N, seed++);
         const acc_buf = be.alloc(rows * N * es, "acc"), out = be.alloc(rows * N * 4, "out");
         // Layernormed rows in f64, with and without the ln bias.
-        const normed = (with_b: boolean) => {
-          const o = new Float64Array(rows * K);
-          for (let m = 0; m < rows; m++) {
-            let mean = 0, v = 0;
-            for (let k = 0; k < K; k++) mean += xs[m * K + k];
-            mean /= K;
-            for (let k = 0; k < K; k++) v += (xs[m * K + k] - mean) ** 2;
-            const rstd = 1 / Math.sqrt(v / K + 1e-5);
-            for (let k = 0; k < K; k++) {
-              o[m * K + k] = (xs[m * K + k] - mean) * rstd * g.values[k] + (with_b ? gb.values[k] : 0);
-            }
-          }
-          return o;
-        };
+        const normed = (with_b: boolean) => ref_layernorm(xs, rows, K, g.values, with_b ? gb.values : null);
         const xn = { with_b: normed(true), no_b: normed(false) };
         const init_vals = (() => {
           const { buf, values } = upload(be, init, "init");
@@ -356,16 +333,8 @@ gpu_suite("ops_test", () => {
           rows * N,
         );
         for (const M of Ms) {
-          // Layernormed rows (no ln bias) in f64, rounded to the storage dtype as the kernels do.
-          const xn = new Float64Array(M * K);
-          for (let m = 0; m < M; m++) {
-            let mean = 0, v = 0;
-            for (let k = 0; k < K; k++) mean += x.values[m * K + k];
-            mean /= K;
-            for (let k = 0; k < K; k++) v += (x.values[m * K + k] - mean) ** 2;
-            const rstd = 1 / Math.sqrt(v / K + 1e-5);
-            for (let k = 0; k < K; k++) xn[m * K + k] = (x.values[m * K + k] - mean) * rstd * g.values[k];
-          }
+          // Layernormed rows (no ln bias) in f64.
+          const xn = ref_layernorm(x.values, M, K, g.values, null);
           const forms = [
             { name: "fc tanh", ln: true, act: "gelu_tanh", accumulate: false },
             { name: "residual", ln: false, act: "none", accumulate: true },
