@@ -72,7 +72,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-
 extern "C" __global__ void __launch_bounds__(128)
 ng_attention_prefill_mma(st_t* __restrict__ out, const st_t* __restrict__ qkv,
                          const st_t* __restrict__ k_pool, const st_t* __restrict__ v_pool,

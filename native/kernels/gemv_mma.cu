@@ -37,8 +37,8 @@
 #define MMA_WV (NG_GEMV_W8 ? 1 : 2)
 #define MMA_U (NG_GEMV_MMA_CHUNK / (16 * MMA_WV))
 
-// The first chunk of a row group: k blocks kb0 + u * step (u < MMA_U) of weight row n (rows past N
-// repeat row N - 1; blocks past K are zeros).
+// Issues a chunk of this lane's loads: k blocks kb0 + u * step (u < MMA_U) of weight row n (rows
+// past N repeat row N - 1; blocks past K are zeros).
 __device__ __forceinline__ void mma_issue(uint4 (&raw)[MMA_U][MMA_WV], const wt_t* __restrict__ w, int n, int q,
                                           int kb0, int step, int N, int K) {
   const wt_t* row = w + (size_t)(n < N ? n : N - 1) * K;

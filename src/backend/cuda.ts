@@ -298,13 +298,14 @@ export class CudaBackend implements Backend {
     this.#mm.validate(a);
     // Int8 weights: gemv whenever it fits (the other path dequantizes the whole layer first, so
     // at small M it would read the weights in 16 bits once and write and read them again).
+    const tensor_cores = gemv_tensor_cores_for(this.gemv_tensor_cores, a);
     const wanted = a.w_scale
       ? a.M <= GEMV_MAX_M
       : this.gemv === "auto"
-      ? gemv_preferred(a, this.dtype, gemv_tensor_cores_for(this.gemv_tensor_cores, a))
+      ? gemv_preferred(a, this.dtype, tensor_cores)
       : a.M <= this.gemv;
     if (wanted && gemv_fits(a, this.dtype, this.#ctx.smem_optin_bytes)) {
-      this.#ops.gemv(a, gemv_tensor_cores_for(this.gemv_tensor_cores, a));
+      this.#ops.gemv(a, tensor_cores);
       return;
     }
     if (a.w_scale) a = { ...a, w: this.#dequantized_weight(a), w_scale: null };

@@ -146,9 +146,10 @@ export function default_gemv_policy(): GemvPolicy {
 }
 
 /**
- * The "auto" policy: the tensor-core gemv wherever it suits (gemv_mma_suits); else, measured against
- * cuBLASLt per shape on an H100 (docs/perf-notes.md, p1), gemv for M = 1; for M = 2 when a row is at most 8 KiB (at 16 bits K <= 4096: not gpt2-xl's fc2, which
- * cuBLASLt reads faster); for wide outputs (the LM head) up to M = 8. Everything else: cuBLASLt.
+ * The "auto" policy: with `tensor_cores`, the tensor-core gemv wherever it suits (gemv_mma_suits);
+ * else, measured against cuBLASLt per shape on an H100 (docs/perf-notes.md, p1), gemv for M = 1; for
+ * M = 2 when a row is at most 8 KiB (at 16 bits K <= 4096: not gpt2-xl's fc2, which cuBLASLt reads
+ * faster); for wide outputs (the LM head) up to M = 8. Everything else: cuBLASLt.
  */
 export function gemv_preferred(a: MatmulArgs, dtype: DType, tensor_cores = true): boolean {
   if (tensor_cores && gemv_mma_suits(a, dtype)) return true;
@@ -184,8 +185,8 @@ export interface GemvLaunch {
 }
 
 /**
- * The gemv variant (the smallest bound >= M; gemv_mma.cu's where it suits and `tensor_cores`) and its grid. K is split over `ks` warps so that a lane
- * loads its share of a row group in about one chunk (all in flight at once). Two shapes, each the
+ * The gemv variant (the smallest bound >= M; gemv_mma.cu's where it suits and `tensor_cores`) and
+ * its grid. K is split over `ks` warps so that a lane loads its share of a row group in about one chunk (all in flight at once). Two shapes, each the
  * faster one where measured:
  * - M <= 2, grouped: a block holds as many row groups as fit 8 warps (ks up to 8), but fewer when
  *   that would leave fewer blocks than SMs (so N = 768 still spreads over every SM); the block's
@@ -219,16 +220,24 @@ export function gemv_launch(
     return { kernel, blocks, threads: 32 * ks * per_tile, smem_bytes, ks, flags };
   }
   const ks = ks_for(GEMV_MAX_KS), threads = 32 * ks;
-  const per_sm = Math.max(
+  const per_sm = gemv_blocks_per_sm(32, threads, smem_bytes, smem_per_sm);
+  return { kernel, blocks: Math.min(groups, sm_count * per_sm), threads, smem_bytes, ks, flags };
+}
+
+/**
+ * Blocks of `threads` threads and `smem_bytes` of x staging that fit one SM at once, at most `cap`
+ * (registers at GEMV_MAX_REGS per thread, 2048 threads, shared memory); at least 1.
+ */
+function gemv_blocks_per_sm(cap: number, threads: number, smem_bytes: number, smem_per_sm: number): number {
+  return Math.max(
     1,
     Math.min(
-      32,
+      cap,
       Math.floor(65536 / (GEMV_MAX_REGS * threads)),
       Math.floor(2048 / threads),
       Math.floor(smem_per_sm / (smem_bytes + GEMV_STATIC_SMEM)),
     ),
   );
-  return { kernel, blocks: Math.min(groups, sm_count * per_sm), threads, smem_bytes, ks, flags };
 }
 
 /** ng_gemv's and ng_gemv_mma's flags (GemvLaunch.flags). */
@@ -252,15 +261,7 @@ function gemv_mma_launch(a: MatmulArgs, dtype: DType, sm_count: number, smem_per
   const ks = Math.max(1, Math.min(GEMV_MAX_WARPS, Math.ceil(blocks_k / per_chunk)));
   const per_tile = Math.max(1, Math.min(Math.floor(GEMV_MAX_WARPS / ks), Math.floor(groups / sm_count)));
   const threads = 32 * ks * per_tile;
-  const per_sm = Math.max(
-    1,
-    Math.min(
-      GEMV_GROUPED_BLOCKS_PER_SM,
-      Math.floor(65536 / (GEMV_MAX_REGS * threads)),
-      Math.floor(2048 / threads),
-      Math.floor(smem_per_sm / (smem_bytes + GEMV_STATIC_SMEM)),
-    ),
-  );
+  const per_sm = gemv_blocks_per_sm(GEMV_GROUPED_BLOCKS_PER_SM, threads, smem_bytes, smem_per_sm);
   const blocks = Math.min(Math.ceil(groups / per_tile), sm_count * per_sm);
   return { kernel, blocks, threads, smem_bytes, ks, flags: gemv_flags(a) };
 }
