@@ -179,6 +179,25 @@ __device__ __forceinline__ void ng_kv8_store_row(signed char* dst, float* scale,
   if (lane == 0) *scale = s;
 }
 
+// Shared-memory addresses and 16-byte asynchronous copies into shared memory (sm_80+):
+// attention_prefill_mma.cu's K/V tiles, gemv.cu's staging of x.
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  unsigned r;
+  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+  return r;
+}
+
+// 16-byte async copy global -> shared; src_bytes 0 fills the 16 bytes with zeros.
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
 #if NG_DTYPE != 0
 // Tensor cores (16-bit storage types): attention_prefill_mma.cu, gemv_mma.cu.
 // d += a (16x16, row) * b (16x8, col), f32 accumulate.

@@ -4,10 +4,12 @@
 # tests/gpu/fused_trace.ts), the decode bench at batch 1 and 8 for gpt2 and gpt2-xl with the fused
 # decode on (NGPT_FUSED_DECODE=1) and off, with int8 weights, with the tensor-core gemv off (MODES:
 # fused, unfused, int8, unfused-int8, ...-kv8, ...-nomma, ...-mma), gpt2 at batch 256 with the
-# 16-bit and int8 KV cache (`big`), and torch_baseline.py's peers in the same call. Prepare with
+# 16-bit and int8 KV cache (`big`), and torch_baseline.py's peers in the same call. TREES="base ."
+# benches prepare_device.sh's BASE commit too, alternating with this tree mode by mode. Prepare with
 # tests/gpu/prepare_device.sh; results in $OUT/results.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+root=$PWD
 . tests/gpu/device_env.sh
 test=(deno test -A --no-check --cached-only --lock=.device/gpu.lock)
 PARTS=" ${PARTS:-tests trace bench peers} "
@@ -26,9 +28,16 @@ if part trace; then
     NGPT_FUSED_DECODE=1 timeout 60 "${run[@]}" tests/gpu/fused_trace.ts --model $m --batch $b --weights ${w:-dtype} 2>&1 | grep -v "^    at" | tail -2 | tee -a "$OUT/trace.txt"
   done
 fi
+if [[ " ${TREES:-.} " == *" base "* ]]; then  # the BASE commit's sources beside this tree's library and model
+  # Old mtimes: its native/ must not look newer than the carried library (src/native/build.ts is_stale).
+  rm -rf /tmp/base && cp -r .device/base /tmp/base && find /tmp/base -exec touch -d @0 {} + && ln -s "$PWD/models" "$PWD/zig-out" "$PWD/.device" /tmp/base/
+fi
 if part bench; then
   for mode in ${MODES:-fused unfused int8}; do
-    stamp "bench $mode"
+   for tree in ${TREES:-.}; do
+    [[ $tree == base ]] && cd /tmp/base
+    stamp "bench $mode $tree"
+    tag=$mode && [[ $tree == base ]] && tag+=-base
     env=(NGPT_FUSED_DECODE=1) q=()
     [[ $mode == unfused* ]] && env=(NGPT_FUSED_DECODE=0)
     [[ $mode == *int8* ]] && q=(--weights int8)
@@ -36,9 +45,11 @@ if part bench; then
     [[ $mode == *nomma* ]] && env+=(NGPT_GEMV_MMA=off)  # gemv on CUDA cores only (gemv_mma.cu off)
     [[ $mode == *-mma* ]] && env+=(NGPT_GEMV_MMA=all)   # 16-bit weights' gemv on tensor cores too
     env "${env[@]}" timeout "${BENCH_S:-90}" "${run[@]}" examples/bench.ts --device cuda --models "${MODELS:-gpt2,gpt2-xl}" \
-      --batches "${BATCHES:-1,8}" --graphs on --prompt 64 --new 256 "${q[@]}" --json "$OUT/bench_$mode.json" \
-      >"$OUT/bench_$mode.txt" 2>&1
-    grep -A6 "^model" "$OUT/bench_$mode.txt" | sed "s/^/$mode: /"
+      --batches "${BATCHES:-1,8}" --graphs on --prompt 64 --new 256 "${q[@]}" --json "$OUT/bench_$tag.json" \
+      >"$OUT/bench_$tag.txt" 2>&1
+    grep -A6 "^model" "$OUT/bench_$tag.txt" | sed "s/^/$tag: /"
+    cd "$root"
+   done
   done
 fi
 if part big; then

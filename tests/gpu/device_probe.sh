@@ -4,8 +4,10 @@
 # Compute on one launch of the fused decode kernel (gpt2 at batch 1 unless NCU_CASES says
 # model:batch ...; NCU_CASES= for none): speed of light, scheduler and warp-state statistics, source
 # counters (the full report stays in $OUT/ncu_*.txt); PROBE=0 skips the barrier probe; ATTN_KV="dtype
-# int8" adds decode attention at batch 256 under Nsight Compute for each KV cache dtype. Prepare with
-# tests/gpu/prepare_device.sh; results in $OUT.
+# int8" adds decode attention at batch 256 under Nsight Compute for each KV cache dtype; GEMV_NCU
+# ("model:batch:weights[:mma] ...") the first five gemv launches of one decode step (layer 0's four
+# and the next layer's first) with memory-workload and warp-state sections, mma = NGPT_GEMV_MMA.
+# Prepare with tests/gpu/prepare_device.sh; results in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/gpu/device_env.sh
@@ -28,5 +30,17 @@ for kv in ${ATTN_KV:-}; do
     "${run[@]}" tests/gpu/profile_decode.ts --model gpt2 --batch 256 --prompt 192 --steps 1 --kv-dtype "$kv" \
     >"$OUT/ncu_attn_$kv.txt" 2>&1
   grep -E "Duration|DRAM Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit Reg|Stall|Warp Cycles Per Issued|Grid Size|Block Size" "$OUT/ncu_attn_$kv.txt" | head -24
+done
+# The small-batch matmuls of one decode step (KV from 64): what bounds each gemv launch.
+for c in ${GEMV_NCU:-}; do
+  IFS=: read -r m b w mma <<<"$c"
+  f="$OUT/ncu_gemv_${m}_b${b}_$w${mma:+_$mma}.txt"
+  stamp "ncu gemv $c"
+  NGPT_GEMV_MMA=${mma:-int8} timeout "${NCU_S:-240}" "$ncu" --target-processes all --profile-from-start off \
+    -k regex:gemv -c 5 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+    --section LaunchStats --section WarpStateStats --section SchedulerStats \
+    --metrics lts__t_sectors_srcunit_tex_op_read.sum,dram__bytes_read.sum \
+    "${run[@]}" tests/gpu/profile_decode.ts --model "$m" --batch "$b" --prompt 64 --steps 1 --weights "$w" >"$f" 2>&1
+  grep -E "^  ng_gemv|Duration|DRAM Throughput|L2 Cache Throughput|L1/TEX Hit|lts__t_sectors_srcunit|dram__bytes_read|Registers Per|Achieved Occupancy|Grid Size|Block Size|Dynamic Shared|Warp Cycles Per Issued|Stall|Issue Slots Busy" "$f" | cut -c1-150 | head -120
 done
 stamp "done"

@@ -3,7 +3,8 @@
 # a portable libngpt, Deno and its npm cache (pruned to the GPT-2 ranks) and the PyTorch peer
 # baselines. The embedded model (models/) travels with the working tree. Carry `.device` and
 # `zig-out`, then run tests/gpu/device_session.sh there. Rebuild the local library afterwards:
-# deno task build -- --force.
+# deno task build -- --force. BASE=<rev> also packs that commit's sources (.device/base) for
+# device_fused.sh's TREES="base ." (the same call benches both; the native library must not differ).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deno run -A src/native/build.ts --force --quiet -- -Dcpu=x86_64_v3
@@ -32,6 +33,11 @@ lock.specifiers = Object.fromEntries(Object.entries(lock.specifiers).filter(([k]
 lock.npm = Object.fromEntries(Object.entries(lock.npm).filter(([k]) => kept(k)));
 Deno.writeTextFileSync(".device/gpu.lock", JSON.stringify(lock, null, 2) + "\n");
 '
+rm -rf .device/base
+if [[ -n "${BASE:-}" ]]; then
+  git diff --quiet "$BASE" -- native/*.zig native/*.h build.zig || { echo "BASE=$BASE: the native library differs" >&2; exit 1; }
+  mkdir -p .device/base && git archive "$BASE" -- mod.ts deno.json src native examples | tar -x -C .device/base
+fi
 cp ../shared/bench/torch_baseline.py .device/
 cp ../shared/data/tinyshakespeare/input.txt .device/
 du -sh .device zig-out models
