@@ -11,6 +11,7 @@ import {
   gemv_fits,
   gemv_launch,
   gemv_preferred,
+  GEMV_SPLIT_MAX,
   gemv_tensor_cores_for,
 } from "../src/backend/cuda/matmul.ts";
 
@@ -96,8 +97,15 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
           assert(Number.isInteger(warps) && warps >= 1 && warps <= 8, `${what}: ${l.threads} threads`);
           assert(l.ks >= 1 && warps % l.ks === 0, `${what}: ${warps} warps, ks ${l.ks}`);
           assert(l.ks <= (M <= 2 || mma ? 8 : 4), `${what}: ks ${l.ks}`);
-          assert(l.blocks >= 1 && l.blocks <= Math.ceil(N / (mma ? 8 : 4)), `${what}: ${l.blocks} blocks`);
-          assertEquals(l.smem_bytes, M * K * es, what);
+          // K split across blocks: tensor cores only, each slice at least one chunk of 64-k blocks,
+          // block b taking slice b % kslices of x, staged alone.
+          assert(l.kslices >= 1 && l.kslices <= GEMV_SPLIT_MAX && (mma || l.kslices === 1), `${what}: split`);
+          assert(l.kslices === 1 || K / 64 / l.kslices >= 8, `${what}: ${l.kslices} slices`);
+          assert(l.blocks % l.kslices === 0, `${what}: ${l.blocks} blocks, ${l.kslices} slices`);
+          const tiles = Math.ceil(N / (mma ? 8 : 4));
+          assert(l.blocks >= 1 && l.blocks <= tiles * l.kslices, `${what}: ${l.blocks} blocks`);
+          const slice_k = l.kslices === 1 ? K : Math.ceil(K / 64 / l.kslices) * 64;
+          assertEquals(l.smem_bytes, M * slice_k * es, what);
           const bound = bounds[l.kernel];
           const least = mma ? 8 : 1; // the tensor-core kernel's smallest bound is 8 (M from 3)
           assert(bound >= M && (bound === least || bound / 2 < M), `${what}: variant ${l.kernel}`);
@@ -118,6 +126,14 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
       } else assertEquals({ ...w8, kernel: plain.kernel }, plain);
     }
   }
+  // The split: gpt2-xl's mlp.c_proj at M = 8 stages 100 KB of x a block unsplit, 25 KB in 4 slices;
+  // never with a layernorm (its statistics need the whole row) nor past max_split.
+  const fc2 = gemv_launch(mm(8, 1600, 6400), "bf16", 132, 232448, true);
+  assertEquals([fc2.kslices, fc2.smem_bytes, fc2.ks], [4, 8 * 1600 * 2, 4]);
+  assertEquals(gemv_launch(mm(8, 1600, 6400), "bf16", 132, 232448, true, 1).kslices, 1);
+  const ln = { weight: buf, bias: buf, eps: 1e-5 };
+  assertEquals(gemv_launch(mm(8, 1600, 6400, { ln }), "bf16", 132, 232448, true).kslices, 1);
+  assertEquals(gemv_launch(mm(8, 1600, 6400), "bf16", 132, 232448, false).kslices, 1);
   const flags = (more: Partial<MatmulArgs>) => gemv_launch(mm(1, 8, 8, more), "bf16", 132, 232448).flags;
   assertEquals(
     [

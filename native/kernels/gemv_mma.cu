@@ -20,7 +20,8 @@
 // s + ks, ...; a block holds blockDim.x / 32 / ks groups (a tile); blocks loop over tiles with
 // stride gridDim.x. Each lane keeps MMA_U k blocks of loads in flight (256 bytes), the first chunk
 // issued before the PDL wait; the ks warps add their C through shared memory and the first one
-// stores. x' is staged as in gemv.cu (gemv_stage_x), M * K st_t of dynamic shared memory.
+// stores. x' is staged as in gemv.cu (gemv_stage_x), M * K st_t of dynamic shared memory; or, with
+// K split across blocks (S > 1, see ng_gemv_mma), only the block's K slice of x.
 #if NG_DTYPE == 0
 #error "gemv_mma needs a 16-bit storage type (NG_DTYPE 1 or 2)"
 #endif
@@ -38,11 +39,11 @@
 #define MMA_U (NG_GEMV_MMA_CHUNK / (16 * MMA_WV))
 
 // Issues a chunk of this lane's loads: k blocks kb0 + u * step (u < MMA_U) of weight row n (rows
-// past N repeat row N - 1; blocks past K are zeros).
+// past N repeat row N - 1; blocks from kb_end on are zeros).
 __device__ __forceinline__ void mma_issue(uint4 (&raw)[MMA_U][MMA_WV], const wt_t* __restrict__ w, int n, int q,
-                                          int kb0, int step, int N, int K) {
+                                          int kb0, int step, int kb_end, int N, int K) {
   const wt_t* row = w + (size_t)(n < N ? n : N - 1) * K;
-  const int nkb = K / MMA_KB;
+  const int nkb = kb_end;
 #pragma unroll
   for (int u = 0; u < MMA_U; u++) {
     const int kb = kb0 + u * step;
@@ -78,41 +79,69 @@ __device__ __forceinline__ void mma_x(unsigned (&a)[8], const st_t* xr, int kb, 
   a[0] = lo.x, a[1] = lo.y, a[2] = lo.z, a[3] = lo.w, a[4] = hi.x, a[5] = hi.y, a[6] = hi.z, a[7] = hi.w;
 }
 
+// The K slice kb_lo .. kb_hi (64-k blocks) of x's M rows into xs (M x (kb_hi - kb_lo) * 64 st_t),
+// all of a thread's copies in flight at once. Ends with a barrier.
+__device__ __forceinline__ void mma_stage_slice(st_t* xs, const st_t* NG_ACT_RESTRICT x, int M, int K, int kb_lo,
+                                                int kb_hi) {
+  const int row_vec = (kb_hi - kb_lo) * (MMA_KB / NG_VEC), total = M * row_vec;
+  for (int i = threadIdx.x; i < total; i += blockDim.x) {
+    const int m = i / row_vec, v = i - m * row_vec;
+    cp_async16(smem_addr(xs + (size_t)i * NG_VEC), x + (size_t)m * K + kb_lo * MMA_KB + v * NG_VEC, 16);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+}
+
+// `S` > 1 (split K; no layernorm, the host checks): block b takes K slice b % S of the tiles
+// b / S, b / S + gridDim.x / S, ... (gridDim.x a multiple of S), stages only that slice of x, and
+// writes each tile's sums to part[slice][m][n] (f32, 16 rows a slice); the tile's last block to
+// finish (count[tile], which it sets back to 0) adds the S slices in order and stores. Why: at M = 8
+// a block's x is as large as its weights (gpt2-xl's mlp.c_proj: 100 KB each), and N / 8 row groups
+// leave SMs idle where N is small (gpt2's 768).
 extern "C" __global__ void __launch_bounds__(32 * NG_GEMV_MAX_WARPS, 2)
 ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __restrict__ w,
             const float* __restrict__ w_scale, const st_t* __restrict__ bias, const st_t* __restrict__ ln_w,
-            const st_t* __restrict__ ln_b, int M, int N, int K, float eps, int flags, int ks) {
+            const st_t* __restrict__ ln_b, int M, int N, int K, float eps, int flags, int ks,
+            float* __restrict__ part, unsigned int* __restrict__ count, int S) {
   constexpr bool HI = NG_GEMV_MT > 8;  // x' rows 8..15 exist
   extern __shared__ uint4 gemv_smem[];
   __shared__ float red[NG_GEMV_MAX_WARPS - 1][32][4];  // K slices 1.. of each group (3.5 KB)
+  __shared__ bool s_last;
   st_t* xs = reinterpret_cast<st_t*>(gemv_smem);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
   const int per_tile = (blockDim.x >> 5) / ks, ksi = warp % ks;
   const int nkb = K / MMA_KB, groups = (N + MMA_ROWS - 1) / MMA_ROWS;
   const int tiles = (groups + per_tile - 1) / per_tile;
-  int tile = blockIdx.x, grp = tile * per_tile + warp / ks;
+  const int slice = blockIdx.x % S, stride = gridDim.x / S;
+  const int kb_lo = slice * nkb / S, kb_hi = (slice + 1) * nkb / S, kx = (kb_hi - kb_lo) * MMA_KB;
+  int tile = blockIdx.x / S, grp = tile * per_tile + warp / ks;
   uint4 raw[MMA_U][MMA_WV];
-  if (tile < tiles && grp < groups) mma_issue(raw, w, grp * MMA_ROWS + g, q, ksi, ks, N, K);
+  if (tile < tiles && grp < groups) mma_issue(raw, w, grp * MMA_ROWS + g, q, kb_lo + ksi, ks, kb_hi, N, K);
   // Weights are never written by a step: the first chunk goes out before waiting for x's writer.
   ng_grid_dep_wait();
   ng_grid_dep_launch();
-  gemv_stage_x(xs, x, ln_w, ln_b, M, K, eps);
-  const st_t* x_lo = xs + (size_t)min(g, M - 1) * K;   // A rows g and g + 8 (rows >= M: zero, below)
-  const st_t* x_hi = xs + (size_t)min(g + 8, M - 1) * K;
+  if (S == 1) {
+    gemv_stage_x(xs, x, ln_w, ln_b, M, K, eps);
+  } else {
+    mma_stage_slice(xs, x, M, K, kb_lo, kb_hi);
+  }
+  const st_t* x_lo = xs + (size_t)min(g, M - 1) * kx;  // A rows g and g + 8 (rows >= M: zero, below)
+  const st_t* x_hi = xs + (size_t)min(g + 8, M - 1) * kx;
   const bool lo_live = g < M, hi_live = HI && g + 8 < M;
   while (tile < tiles) {  // uniform over the block: the barriers below are safe
     float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const int n0 = grp * MMA_ROWS;
     if (grp < groups) {
-      for (int kb0 = ksi; kb0 < nkb; kb0 += MMA_U * ks) {
-        if (kb0 != ksi) mma_issue(raw, w, n0 + g, q, kb0, ks, N, K);  // the first chunk was issued ahead
+      for (int kb0 = kb_lo + ksi; kb0 < kb_hi; kb0 += MMA_U * ks) {
+        if (kb0 != kb_lo + ksi) mma_issue(raw, w, n0 + g, q, kb0, ks, kb_hi, N, K);  // the first was issued ahead
 #pragma unroll
         for (int u = 0; u < MMA_U; u++) {
           const int kb = kb0 + u * ks;
-          if (kb >= nkb) break;
+          if (kb >= kb_hi) break;
           unsigned xa[8], xb[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-          mma_x(xa, x_lo, kb, q);
-          if (HI) mma_x(xb, x_hi, kb, q);
+          mma_x(xa, x_lo, kb - kb_lo, q);
+          if (HI) mma_x(xb, x_hi, kb - kb_lo, q);
 #pragma unroll
           for (int s = 0; s < 4; s++) {
             unsigned b0, b1;
@@ -125,9 +154,10 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
       }
     }
     // The next tile's first chunk is in flight during the reduction and the stores.
-    tile += gridDim.x;
+    const int tile_now = tile;
+    tile += stride;
     const int grp_next = tile * per_tile + warp / ks;
-    if (tile < tiles && grp_next < groups) mma_issue(raw, w, grp_next * MMA_ROWS + g, q, ksi, ks, N, K);
+    if (tile < tiles && grp_next < groups) mma_issue(raw, w, grp_next * MMA_ROWS + g, q, kb_lo + ksi, ks, kb_hi, N, K);
     if (ks > 1) {  // add the other K slices' C into the first warp of the group
       __syncthreads();  // red is free (the previous tile has read it)
       if (ksi != 0) {
@@ -142,12 +172,37 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
         }
       }
     }
-    if (ksi == 0 && grp < groups) {
-      // C[i]: x' row m = g (+ 8 for i >= 2), weight row n = n0 + 2q + (i & 1).
+    // C[i]: x' row m = g (+ 8 for i >= 2), weight row n = n0 + 2q + (i & 1).
+    if (S == 1) {
+      if (ksi == 0 && grp < groups) {
 #pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const int m = g + (i >> 1) * 8, n = n0 + 2 * q + (i & 1);
-        if (m < M && n < N) gemv_store<NG_GEMV_W8 != 0>(out, c[i], w_scale, bias, m, n, N, flags);
+        for (int i = 0; i < 4; i++) {
+          const int m = g + (i >> 1) * 8, n = n0 + 2 * q + (i & 1);
+          if (m < M && n < N) gemv_store<NG_GEMV_W8 != 0>(out, c[i], w_scale, bias, m, n, N, flags);
+        }
+      }
+    } else {
+      if (ksi == 0 && grp < groups) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          const int m = g + (i >> 1) * 8, n = n0 + 2 * q + (i & 1);
+          if (m < M && n < N) __stcg(part + ((size_t)slice * 16 + m) * N + n, c[i]);
+        }
+      }
+      __threadfence();  // this block's sums are visible before its arrival is
+      __syncthreads();
+      if (threadIdx.x == 0) s_last = atomicAdd(count + tile_now, 1u) == (unsigned)(S - 1);
+      __syncthreads();
+      if (s_last) {  // every slice of this tile is written: add them in slice order and store
+        __threadfence();
+        const int t0 = tile_now * per_tile * MMA_ROWS, rows = min(per_tile * MMA_ROWS, N - t0);
+        for (int i = threadIdx.x; i < M * rows; i += blockDim.x) {
+          const int m = i / rows, n = t0 + i - m * rows;
+          float sum = 0.0f;
+          for (int sl = 0; sl < S; sl++) sum += __ldcg(part + ((size_t)sl * 16 + m) * N + n);
+          gemv_store<NG_GEMV_W8 != 0>(out, sum, w_scale, bias, m, n, N, flags);
+        }
+        if (threadIdx.x == 0) count[tile_now] = 0;  // ready for the next launch
       }
     }
     grp = grp_next;

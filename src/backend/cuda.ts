@@ -44,6 +44,7 @@ import { KernelModules } from "./cuda/modules.ts";
 import { KernelOps } from "./cuda/ops.ts";
 import {
   default_gemv_policy,
+  default_gemv_split,
   default_gemv_tensor_cores,
   gemv_fits,
   GEMV_MAX_M,
@@ -100,6 +101,12 @@ export class CudaBackend implements Backend {
    */
   gemv_tensor_cores: GemvTensorCores;
   /**
+   * Most blocks a tensor-core gemv may split K across (1..GEMV_SPLIT_MAX in cuda/matmul.ts; 1: never),
+   * where a block's x would be large (gemv_mma_launch). Default $NGPT_GEMV_SPLIT or GEMV_SPLIT_MAX.
+   * Change it only between steps with distinct keys, as `gemv`.
+   */
+  gemv_split: number;
+  /**
    * Whether run_loop records device-side loops (a graph WHILE node); default true unless
    * $NGPT_LOOP is "0". Turned off for good when the driver refuses one (loop_error says why);
    * run_loop then records its steps one after another.
@@ -136,6 +143,7 @@ export class CudaBackend implements Backend {
     this.graphs = opts.graphs ?? true;
     this.gemv = default_gemv_policy();
     this.gemv_tensor_cores = default_gemv_tensor_cores();
+    this.gemv_split = default_gemv_split();
     this.device_loops = env_flag("NGPT_LOOP", true);
     this.autotune = env_flag("NGPT_AUTOTUNE", true);
     this.device_name = ctx.name;
@@ -305,7 +313,7 @@ export class CudaBackend implements Backend {
       ? gemv_preferred(a, this.dtype, tensor_cores)
       : a.M <= this.gemv;
     if (wanted && gemv_fits(a, this.dtype, this.#ctx.smem_optin_bytes)) {
-      this.#ops.gemv(a, tensor_cores);
+      this.#ops.gemv(a, tensor_cores, this.gemv_split);
       return;
     }
     if (a.w_scale) a = { ...a, w: this.#dequantized_weight(a), w_scale: null };

@@ -3,7 +3,7 @@
 # (and the int8 and parity suites), where the fused step's time goes (`trace`:
 # tests/gpu/fused_trace.ts), the decode bench at batch 1 and 8 for gpt2 and gpt2-xl with the fused
 # decode on (NGPT_FUSED_DECODE=1) and off, with int8 weights, with the tensor-core gemv off (MODES:
-# fused, unfused, int8, unfused-int8, ...-kv8, ...-nomma, ...-mma), gpt2 at batch 256 with the
+# fused, unfused, int8, unfused-int8, ...-kv8, ...-nomma, ...-mma, ...-nosplit), gpt2 at batch 256 with the
 # 16-bit and int8 KV cache (`big`), and torch_baseline.py's peers in the same call. TREES="base ."
 # benches prepare_device.sh's BASE commit too, alternating with this tree mode by mode. Prepare with
 # tests/gpu/prepare_device.sh; results in $OUT/results.tgz.
@@ -44,6 +44,7 @@ if part bench; then
     [[ $mode == *kv8* ]] && q+=(--kv-dtype int8)
     [[ $mode == *nomma* ]] && env+=(NGPT_GEMV_MMA=off)  # gemv on CUDA cores only (gemv_mma.cu off)
     [[ $mode == *-mma* ]] && env+=(NGPT_GEMV_MMA=all)   # 16-bit weights' gemv on tensor cores too
+    [[ $mode == *nosplit* ]] && env+=(NGPT_GEMV_SPLIT=1)  # the tensor-core gemv never splits K across blocks
     env "${env[@]}" timeout "${BENCH_S:-90}" "${run[@]}" examples/bench.ts --device cuda --models "${MODELS:-gpt2,gpt2-xl}" \
       --batches "${BATCHES:-1,8}" --graphs on --prompt 64 --new 256 "${q[@]}" --json "$OUT/bench_$tag.json" \
       >"$OUT/bench_$tag.txt" 2>&1
@@ -68,5 +69,5 @@ if part peers; then
   cut -c1-220 "$OUT/peers.jsonl"
 fi
 stamp "done"
-(cd "$OUT" && tar -czf results.tgz -- *.json *.jsonl *.txt 2>/dev/null && find . -maxdepth 1 -type f \
+(cd "$OUT" && shopt -s nullglob && tar -czf results.tgz -- *.json *.jsonl *.txt && find . -maxdepth 1 -type f \
   ! -name results.tgz ! -name times.txt -delete)

@@ -218,9 +218,12 @@ gpu_suite("ops_test", () => {
       const es = dtype === "f32" ? 4 : 2;
       // [Ms, N, K]: N not a multiple of the gemv's 4 rows per warp; K of gpt2 / gpt2-xl; a tall case
       // with more row groups than the gemv grid has warps; K = 100 (bf16/f16 rows of 200 bytes:
-      // not whole 16-byte vectors, so cuBLASLt whatever M).
+      // not whole 16-byte vectors, so cuBLASLt whatever M). Without ln, M = 16 at K = 3072, M = 7 at
+      // K = 6400 (slices of 33 and 34 k blocks) and M = 8 at N = 4100 (more tiles than blocks) split K
+      // across blocks on tensor cores (gemv_mma_launch).
       const cases: [number[], number, number][] = [
         [Array.from({ length: 16 }, (_, i) => i + 1), 37, 768],
+        [[8], 4100, 3072],
         [[1, 3, 8], 129, 1600],
         [[2, 5, 16], 66, 3072],
         [[1, 7], 21, 6400],

@@ -182,6 +182,8 @@ export interface GemvLaunch {
   ks: number;
   /** ng_gemv's flags: activation (0 none, 1 erf, 2 tanh) | 4 accumulate | 8 f32 out. */
   flags: number;
+  /** gemv_mma.cu: blocks splitting K (1: none; block b takes slice b % kslices). */
+  kslices: number;
 }
 
 /**
@@ -200,8 +202,11 @@ export function gemv_launch(
   sm_count: number,
   smem_per_sm: number,
   tensor_cores = true,
+  max_split = GEMV_SPLIT_MAX,
 ): GemvLaunch {
-  if (tensor_cores && gemv_mma_suits(a, dtype)) return gemv_mma_launch(a, dtype, sm_count, smem_per_sm);
+  if (tensor_cores && gemv_mma_suits(a, dtype)) {
+    return gemv_mma_launch(a, dtype, sm_count, smem_per_sm, max_split);
+  }
   const v = GEMV_VARIANTS.find(([m]) => a.M <= m);
   if (!v) throw new Error(`internal: gemv for M=${a.M} above ${GEMV_MAX_M}`);
   // Int8 weights (w_scale): the W8 variant, whose vectors hold 16 weights at M <= 2 (K / 16 a row),
@@ -217,11 +222,11 @@ export function gemv_launch(
     const ks = ks_for(GEMV_MAX_WARPS);
     const per_tile = Math.max(1, Math.min(Math.floor(GEMV_MAX_WARPS / ks), Math.floor(groups / sm_count)));
     const blocks = Math.min(Math.ceil(groups / per_tile), sm_count * GEMV_GROUPED_BLOCKS_PER_SM);
-    return { kernel, blocks, threads: 32 * ks * per_tile, smem_bytes, ks, flags };
+    return { kernel, blocks, threads: 32 * ks * per_tile, smem_bytes, ks, kslices: 1, flags };
   }
   const ks = ks_for(GEMV_MAX_KS), threads = 32 * ks;
   const per_sm = gemv_blocks_per_sm(32, threads, smem_bytes, smem_per_sm);
-  return { kernel, blocks: Math.min(groups, sm_count * per_sm), threads, smem_bytes, ks, flags };
+  return { kernel, blocks: Math.min(groups, sm_count * per_sm), threads, smem_bytes, ks, kslices: 1, flags };
 }
 
 /**
@@ -245,25 +250,62 @@ function gemv_flags(a: MatmulArgs): number {
   return ACTIVATION_CODE[a.act] | (a.accumulate ? 4 : 0) | (a.out_f32 ? 8 : 0);
 }
 
+/** Most K slices of a split gemv_mma launch (GemvLaunch.kslices). */
+export const GEMV_SPLIT_MAX = 4;
+/** Most row-group tiles of a split launch: the arrival counters' length (ops.ts allocates them). */
+export const GEMV_SPLIT_MAX_TILES = 4096;
+/** x bytes a block of the tensor-core gemv stages, from which K is split across blocks. */
+const GEMV_SPLIT_X_BYTES = 32 << 10;
+
+/**
+ * Most K slices a gemv_mma launch may split into: $NGPT_GEMV_SPLIT (1 to GEMV_SPLIT_MAX; 1 never
+ * splits) when set, else GEMV_SPLIT_MAX.
+ */
+export function default_gemv_split(): number {
+  const v = env("NGPT_GEMV_SPLIT");
+  if (v === undefined || v === "") return GEMV_SPLIT_MAX;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > GEMV_SPLIT_MAX) {
+    throw new Error(`NGPT_GEMV_SPLIT must be an integer in 1..${GEMV_SPLIT_MAX}, got "${v}"`);
+  }
+  return n;
+}
+
 /**
  * gemv_mma.cu's variant and grid (gemv_mma_suits): row groups of GEMV_MMA_ROWS weight rows; K split
  * over `ks` warps so that a lane loads its share in about one chunk (GEMV_MMA_CHUNK_BYTES of 64-k
  * blocks); as gemv's grouped shape, a block holds several groups when there are more than SMs.
+ * Without a layernorm, where a block's x would pass GEMV_SPLIT_X_BYTES, K is also split across
+ * blocks into `kslices` (at most `max_split`) of at least one chunk each: a block stages its slice of
+ * x only (gpt2-xl's mlp.c_proj at M = 8: 100 KB of x a block, as much as its weights).
  */
-function gemv_mma_launch(a: MatmulArgs, dtype: DType, sm_count: number, smem_per_sm: number): GemvLaunch {
+function gemv_mma_launch(
+  a: MatmulArgs,
+  dtype: DType,
+  sm_count: number,
+  smem_per_sm: number,
+  max_split: number,
+): GemvLaunch {
   const w8 = !!a.w_scale;
   const kernel: KernelName = a.M <= 8
     ? (w8 ? "gemv_mma_w8_m8" : "gemv_mma_m8")
     : (w8 ? "gemv_mma_w8_m16" : "gemv_mma_m16");
-  const smem_bytes = a.M * a.K * dtype_bytes(dtype);
+  const x_bytes = a.M * a.K * dtype_bytes(dtype);
   const groups = Math.ceil(a.N / GEMV_MMA_ROWS), blocks_k = a.K / GEMV_MMA_KB;
   const per_chunk = GEMV_MMA_CHUNK_BYTES / (w8 ? 16 : 32); // k blocks a lane loads at once
-  const ks = Math.max(1, Math.min(GEMV_MAX_WARPS, Math.ceil(blocks_k / per_chunk)));
+  const kslices = a.ln || groups > GEMV_SPLIT_MAX_TILES ? 1 : Math.max(
+    1,
+    Math.min(max_split, Math.ceil(x_bytes / GEMV_SPLIT_X_BYTES), Math.floor(blocks_k / per_chunk)),
+  );
+  // The widest slice (the kernel cuts K at slice * blocks_k / kslices).
+  const slice_k = Math.ceil(blocks_k / kslices),
+    smem_bytes = a.M * slice_k * GEMV_MMA_KB * dtype_bytes(dtype);
+  const ks = Math.max(1, Math.min(GEMV_MAX_WARPS, Math.ceil(slice_k / per_chunk)));
   const per_tile = Math.max(1, Math.min(Math.floor(GEMV_MAX_WARPS / ks), Math.floor(groups / sm_count)));
-  const threads = 32 * ks * per_tile;
+  const threads = 32 * ks * per_tile, tiles = Math.ceil(groups / per_tile);
   const per_sm = gemv_blocks_per_sm(GEMV_GROUPED_BLOCKS_PER_SM, threads, smem_bytes, smem_per_sm);
-  const blocks = Math.min(Math.ceil(groups / per_tile), sm_count * per_sm);
-  return { kernel, blocks, threads, smem_bytes, ks, flags: gemv_flags(a) };
+  const per_slice = Math.max(1, Math.min(tiles, Math.floor(sm_count * per_sm / kslices)));
+  return { kernel, blocks: kslices * per_slice, threads, smem_bytes, ks, kslices, flags: gemv_flags(a) };
 }
 
 /** Largest power of two (at most 256) dividing an address. */

@@ -30,7 +30,7 @@ import type { CudaContext, Dim3 } from "./driver.ts";
 import { ArgPack } from "./launch_args.ts";
 import { KERNEL_CONSTANTS, type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
 import type { KernelModules } from "./modules.ts";
-import { GEMV_DEFAULT_SMEM, gemv_launch } from "./matmul.ts";
+import { GEMV_DEFAULT_SMEM, gemv_launch, GEMV_SPLIT_MAX_TILES } from "./matmul.ts";
 import { env } from "../../util/env.ts";
 
 /** How ops behave: launch (direct), only get ready (prepare), or launch into a capture. */
@@ -185,11 +185,15 @@ export class KernelOps {
    * between launches), then the arrival counter (decode_fused.cu fused_barrier).
    */
   #fused_bar = 0n;
+  /** Split tensor-core gemv launches' partial sums (grow-only, as #scratch) and arrival counters. */
+  #gemv_part: GrowingScratch;
+  #gemv_count = 0n;
 
   constructor(ctx: CudaContext, modules: KernelModules, stream: bigint, dtype: DType) {
     this.#ctx = ctx;
     this.#scratch = new GrowingScratch(ctx, "attention decode scratch", true);
     this.#fused_trace = new GrowingScratch(ctx, "fused decode trace", false);
+    this.#gemv_part = new GrowingScratch(ctx, "gemv split partials", true);
     this.#modules = modules;
     this.#stream = stream;
     this.#es = dtype_bytes(dtype);
@@ -257,9 +261,19 @@ export class KernelOps {
     this.#launch(f, [blocks, 1, 1], [256, 1, 1]);
   }
 
-  /** The whole matmul `a` (validated; gemv_fits) in the gemv kernel (on tensor cores where they suit). */
-  gemv(a: MatmulArgs, tensor_cores: boolean): void {
-    const l = gemv_launch(a, this.#dtype, this.#ctx.sm_count, this.#ctx.smem_optin_bytes, tensor_cores);
+  /**
+   * The whole matmul `a` (validated; gemv_fits) in the gemv kernel (on tensor cores where they suit,
+   * K split across at most `max_split` blocks).
+   */
+  gemv(a: MatmulArgs, tensor_cores: boolean, max_split: number): void {
+    const l = gemv_launch(
+      a,
+      this.#dtype,
+      this.#ctx.sm_count,
+      this.#ctx.smem_optin_bytes,
+      tensor_cores,
+      max_split,
+    );
     const f = this.#modules.get(l.kernel, undefined, this.mode !== "capture");
     if (l.smem_bytes > (this.#gemv_smem.get(f) ?? GEMV_DEFAULT_SMEM)) {
       if (this.mode === "capture") {
@@ -268,10 +282,17 @@ export class KernelOps {
       this.#ctx.func_set_smem(f, l.smem_bytes);
       this.#gemv_smem.set(f, l.smem_bytes);
     }
+    // A split launch's partial sums (kslices x 16 rows x N f32) and arrival counters.
+    const split = l.kslices > 1;
+    const part = split ? this.#gemv_part.get(l.kslices * 16 * a.N * 4, this.mode !== "capture").ptr : 0n;
+    if (split && this.#gemv_count === 0n) this.#gemv_count = this.#zeroed(GEMV_SPLIT_MAX_TILES * 4);
     if (this.mode === "prepare") return;
     this.#args.reset("ng_gemv").ptr(a.out).ptr(a.x).ptr(a.w).ptr(a.w_scale ?? null).ptr(a.bias)
       .ptr(a.ln?.weight ?? null)
       .ptr(a.ln?.bias ?? null).i32(a.M).i32(a.N).i32(a.K).f32(a.ln?.eps ?? 0).i32(l.flags).i32(l.ks);
+    if (l.kernel.startsWith("gemv_mma_")) {
+      this.#args.ptr(part).ptr(split ? this.#gemv_count : 0n).i32(l.kslices);
+    }
     this.#ctx.launch(f, [l.blocks, 1, 1], [l.threads, 1, 1], l.smem_bytes, this.#stream, this.#args);
   }
 
@@ -309,17 +330,7 @@ export class KernelOps {
         this.#ctx.func_set_smem(f, smem);
         this.#gemv_smem.set(f, smem);
       }
-      if (this.#fused_bar === 0n) {
-        const bytes = 4 * (this.#ctx.sm_count + 1);
-        const ptr = this.#ctx.mem_alloc(bytes);
-        try {
-          this.#ctx.memset8(ptr, 0, bytes, this.#stream);
-        } catch (e) {
-          this.#ctx.mem_free(ptr);
-          throw e;
-        }
-        this.#fused_bar = ptr;
-      }
+      if (this.#fused_bar === 0n) this.#fused_bar = this.#zeroed(4 * (this.#ctx.sm_count + 1));
     }
     // Clocks at the start, after each of the 5 * n_layer + 1 barriers and at the end; two timer reads.
     const trace = env("NGPT_FUSED_TRACE") === "1"
@@ -344,10 +355,24 @@ export class KernelOps {
     return true;
   }
 
+  /** `bytes` of device memory set to zero (outside capture; the caller owns it). */
+  #zeroed(bytes: number): bigint {
+    if (this.mode === "capture") throw new Error("internal: device words allocated during graph capture");
+    const ptr = this.#ctx.mem_alloc(bytes);
+    try {
+      this.#ctx.memset8(ptr, 0, bytes, this.#stream);
+    } catch (e) {
+      this.#ctx.mem_free(ptr);
+      throw e;
+    }
+    return ptr;
+  }
+
   /** Frees every decode scratch buffer but the newest (call when no graph uses them). */
   trim_scratch(): void {
     this.#scratch.trim();
     this.#fused_trace.trim();
+    this.#gemv_part.trim();
   }
 
   /**
@@ -522,11 +547,14 @@ export class KernelOps {
     return this.#fused_trace.newest();
   }
 
-  /** Frees the decode scratch, the fused decode's trace and barrier flags. */
+  /** Frees the decode scratch, the fused decode's trace and barrier flags, the split gemv's buffers. */
   dispose(): void {
     this.#scratch.dispose();
     this.#fused_trace.dispose();
+    this.#gemv_part.dispose();
     if (this.#fused_bar !== 0n) this.#ctx.mem_free(this.#fused_bar);
     this.#fused_bar = 0n;
+    if (this.#gemv_count !== 0n) this.#ctx.mem_free(this.#gemv_count);
+    this.#gemv_count = 0n;
   }
 }
