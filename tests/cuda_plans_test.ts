@@ -78,6 +78,8 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
     gemv_m16: 16,
     gemv_mma_m8: 8,
     gemv_mma_m16: 16,
+    gemv_mma_split_m8: 8,
+    gemv_mma_split_m16: 16,
   };
   for (const dtype of DTYPES) {
     const es = dtype === "f32" ? 4 : 2;
@@ -104,6 +106,12 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
           assert(l.blocks % l.kslices === 0, `${what}: ${l.blocks} blocks, ${l.kslices} slices`);
           const tiles = Math.ceil(N / (mma ? 8 : 4));
           assert(l.blocks >= 1 && l.blocks <= tiles * l.kslices, `${what}: ${l.blocks} blocks`);
+          // A split block passes at most 32 tiles (a bit each in gemv_mma.cu).
+          const tile_rows = 8 * l.threads / 32 / l.ks;
+          assert(
+            l.kslices === 1 || Math.ceil(N / tile_rows) <= 32 * l.blocks / l.kslices,
+            `${what}: tiles a block`,
+          );
           const slice_k = l.kslices === 1 ? K : Math.ceil(K / 64 / l.kslices) * 64;
           assertEquals(l.smem_bytes, M * slice_k * es, what);
           const bound = bounds[l.kernel];

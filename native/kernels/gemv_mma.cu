@@ -28,6 +28,9 @@
 #if NG_GEMV_MT != 8 && NG_GEMV_MT != 16
 #error "gemv_mma needs -DNG_GEMV_MT=8 or 16"
 #endif
+#if !defined(NG_GEMV_SPLIT)
+#error "gemv_mma needs -DNG_GEMV_SPLIT=0 or 1"
+#endif
 #if NG_GEMV_MMA_ROWS != 8 || NG_GEMV_MMA_KB != 64 || !defined(NG_GEMV_MMA_CHUNK)
 #error "gemv_mma needs -DNG_GEMV_MMA_ROWS=8, -DNG_GEMV_MMA_KB=64 and -DNG_GEMV_MMA_CHUNK (kernels.ts)"
 #endif
@@ -93,43 +96,64 @@ __device__ __forceinline__ void mma_stage_slice(st_t* xs, const st_t* NG_ACT_RES
   __syncthreads();
 }
 
-// `S` > 1 (split K; no layernorm, the host checks): block b takes K slice b % S of the tiles
-// b / S, b / S + gridDim.x / S, ... (gridDim.x a multiple of S), stages only that slice of x, and
-// writes each tile's sums to part[slice][m][n] (f32, 16 rows a slice); the tile's last block to
-// finish (count[tile], which it sets back to 0) adds the S slices in order and stores. Why: at M = 8
-// a block's x is as large as its weights (gpt2-xl's mlp.c_proj: 100 KB each), and N / 8 row groups
-// leave SMs idle where N is small (gpt2's 768).
+// The split launch's epilogue for one tile (every slice written): adds the S slices' sums in slice
+// order and stores.
+__device__ __forceinline__ void mma_split_store(void* out, const float* __restrict__ part,
+                                                const float* __restrict__ w_scale, const st_t* __restrict__ bias,
+                                                int tile, int per_tile, int M, int N, int S, int flags) {
+  const int t0 = tile * per_tile * MMA_ROWS, rows = min(per_tile * MMA_ROWS, N - t0);
+  for (int i = threadIdx.x; i < M * rows; i += blockDim.x) {
+    const int m = i / rows, n = t0 + i - m * rows;
+    float sum = 0.0f;
+    for (int sl = 0; sl < S; sl++) sum += __ldcg(part + ((size_t)sl * 16 + m) * N + n);
+    gemv_store<NG_GEMV_W8 != 0>(out, sum, w_scale, bias, m, n, N, flags);
+  }
+}
+
+// `S` > 1 (split K, -DNG_GEMV_SPLIT=1; no layernorm, the host checks): block b takes K slice b % S
+// of the tiles b / S, b / S + gridDim.x / S, ... (gridDim.x a multiple of S, at most 32 tiles a
+// block), stages only that slice of x, and writes each tile's sums to part[slice][m][n] (f32, 16
+// rows a slice); the tile's last block to finish (count[tile], which it sets back to 0) adds the S
+// slices in order and stores, after its loop over tiles. Why: at M = 8 a block's x is as large as
+// its weights (gpt2-xl's mlp.c_proj: 100 KB each), and N / 8 row groups leave SMs idle where N is
+// small (gpt2's 768). A separate kernel: with the split code in the same function as the unsplit
+// path, gpt2-xl at batch 8 ran 3133 us a step against 2586 (H200). Without it, S is 1 and part and
+// count unused.
 extern "C" __global__ void __launch_bounds__(32 * NG_GEMV_MAX_WARPS, 2)
 ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __restrict__ w,
             const float* __restrict__ w_scale, const st_t* __restrict__ bias, const st_t* __restrict__ ln_w,
             const st_t* __restrict__ ln_b, int M, int N, int K, float eps, int flags, int ks,
             float* __restrict__ part, unsigned int* __restrict__ count, int S) {
+  constexpr bool SPLIT = NG_GEMV_SPLIT != 0;
   constexpr bool HI = NG_GEMV_MT > 8;  // x' rows 8..15 exist
   extern __shared__ uint4 gemv_smem[];
   __shared__ float red[NG_GEMV_MAX_WARPS - 1][32][4];  // K slices 1.. of each group (3.5 KB)
-  __shared__ bool s_last;
+  __shared__ unsigned int s_arrived;
   st_t* xs = reinterpret_cast<st_t*>(gemv_smem);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
   const int per_tile = (blockDim.x >> 5) / ks, ksi = warp % ks;
   const int nkb = K / MMA_KB, groups = (N + MMA_ROWS - 1) / MMA_ROWS;
   const int tiles = (groups + per_tile - 1) / per_tile;
-  const int slice = blockIdx.x % S, stride = gridDim.x / S;
-  const int kb_lo = slice * nkb / S, kb_hi = (slice + 1) * nkb / S, kx = (kb_hi - kb_lo) * MMA_KB;
-  int tile = blockIdx.x / S, grp = tile * per_tile + warp / ks;
+  const int slice = SPLIT ? blockIdx.x % S : 0, stride = SPLIT ? gridDim.x / S : gridDim.x;
+  const int kb_lo = SPLIT ? slice * nkb / S : 0, kb_hi = SPLIT ? (slice + 1) * nkb / S : nkb;
+  const int kx = (kb_hi - kb_lo) * MMA_KB;  // x's staged row
+  const int tile0 = SPLIT ? blockIdx.x / S : blockIdx.x;
+  int tile = tile0, grp = tile * per_tile + warp / ks;
+  unsigned int last = 0;  // SPLIT: bit i set when this block completed tile tile0 + i * stride
   uint4 raw[MMA_U][MMA_WV];
   if (tile < tiles && grp < groups) mma_issue(raw, w, grp * MMA_ROWS + g, q, kb_lo + ksi, ks, kb_hi, N, K);
   // Weights are never written by a step: the first chunk goes out before waiting for x's writer.
   ng_grid_dep_wait();
   ng_grid_dep_launch();
-  if (S == 1) {
-    gemv_stage_x(xs, x, ln_w, ln_b, M, K, eps);
-  } else {
+  if (SPLIT) {
     mma_stage_slice(xs, x, M, K, kb_lo, kb_hi);
+  } else {
+    gemv_stage_x(xs, x, ln_w, ln_b, M, K, eps);
   }
   const st_t* x_lo = xs + (size_t)min(g, M - 1) * kx;  // A rows g and g + 8 (rows >= M: zero, below)
   const st_t* x_hi = xs + (size_t)min(g + 8, M - 1) * kx;
   const bool lo_live = g < M, hi_live = HI && g + 8 < M;
-  while (tile < tiles) {  // uniform over the block: the barriers below are safe
+  for (int it = 0; tile < tiles; it++) {  // uniform over the block: the barriers below are safe
     float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const int n0 = grp * MMA_ROWS;
     if (grp < groups) {
@@ -173,38 +197,35 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
       }
     }
     // C[i]: x' row m = g (+ 8 for i >= 2), weight row n = n0 + 2q + (i & 1).
-    if (S == 1) {
-      if (ksi == 0 && grp < groups) {
+    if (ksi == 0 && grp < groups) {
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-          const int m = g + (i >> 1) * 8, n = n0 + 2 * q + (i & 1);
-          if (m < M && n < N) gemv_store<NG_GEMV_W8 != 0>(out, c[i], w_scale, bias, m, n, N, flags);
+      for (int i = 0; i < 4; i++) {
+        const int m = g + (i >> 1) * 8, n = n0 + 2 * q + (i & 1);
+        if (m < M && n < N) {
+          if (SPLIT) {
+            __stcg(part + ((size_t)slice * 16 + m) * N + n, c[i]);
+          } else {
+            gemv_store<NG_GEMV_W8 != 0>(out, c[i], w_scale, bias, m, n, N, flags);
+          }
         }
-      }
-    } else {
-      if (ksi == 0 && grp < groups) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-          const int m = g + (i >> 1) * 8, n = n0 + 2 * q + (i & 1);
-          if (m < M && n < N) __stcg(part + ((size_t)slice * 16 + m) * N + n, c[i]);
-        }
-      }
-      __threadfence();  // this block's sums are visible before its arrival is
-      __syncthreads();
-      if (threadIdx.x == 0) s_last = atomicAdd(count + tile_now, 1u) == (unsigned)(S - 1);
-      __syncthreads();
-      if (s_last) {  // every slice of this tile is written: add them in slice order and store
-        __threadfence();
-        const int t0 = tile_now * per_tile * MMA_ROWS, rows = min(per_tile * MMA_ROWS, N - t0);
-        for (int i = threadIdx.x; i < M * rows; i += blockDim.x) {
-          const int m = i / rows, n = t0 + i - m * rows;
-          float sum = 0.0f;
-          for (int sl = 0; sl < S; sl++) sum += __ldcg(part + ((size_t)sl * 16 + m) * N + n);
-          gemv_store<NG_GEMV_W8 != 0>(out, sum, w_scale, bias, m, n, N, flags);
-        }
-        if (threadIdx.x == 0) count[tile_now] = 0;  // ready for the next launch
       }
     }
+    if (SPLIT) {  // count this slice's arrival; the last of a tile's S stores it after the loop
+      __threadfence();  // this block's sums are visible before its arrival is
+      __syncthreads();
+      if (threadIdx.x == 0) s_arrived = atomicAdd(count + tile_now, 1u);
+      __syncthreads();
+      if (s_arrived == (unsigned)(S - 1)) last |= 1u << it;
+    }
     grp = grp_next;
+  }
+  if (SPLIT && last != 0) {  // after the loop, so that no branch on s_arrived sits between the mma
+    __threadfence();
+    for (int it = 0; it < 32; it++) {
+      if (!(last >> it & 1u)) continue;
+      const int t = tile0 + it * stride;
+      mma_split_store(out, part, w_scale, bias, t, per_tile, M, N, S, flags);
+      if (threadIdx.x == 0) count[t] = 0;  // ready for the next launch
+    }
   }
 }

@@ -7,7 +7,8 @@
  * the storage dtype (-DNG_DTYPE=0 f32, 1 f16, 2 bf16) and, for attention, the head size
  * (-DNG_HEAD_DIM). An entry's fixed `defines` make further kernels of one file (gemv_m1 ..
  * gemv_m16: gemv.cu for M up to 1 .. 16; gemv_w8_m*: the same over int8 weights; gemv_mma_*: the
- * tensor-core kernel of gemv_mma.cu, which includes gemv.cu).
+ * tensor-core kernel of gemv_mma.cu, which includes gemv.cu; gemv_mma_split_*: it with K split across
+ * blocks).
  * @module
  */
 import { type DType, DTYPE_CODE } from "../backend.ts";
@@ -75,7 +76,7 @@ const gemv = (mt: number, w8 = false) => ({
   ],
 });
 
-const gemv_mma = (mt: number, w8: boolean) => ({
+const gemv_mma = (mt: number, w8: boolean, split = false) => ({
   file: "gemv_mma.cu",
   includes: ["gemv.cu"],
   entry: "ng_gemv_mma",
@@ -91,6 +92,7 @@ const gemv_mma = (mt: number, w8: boolean) => ({
     `NG_GEMV_MMA_KB=${K.GEMV_MMA_KB}`,
     `NG_GEMV_MMA_CHUNK=${K.GEMV_MMA_CHUNK_BYTES}`,
     `NG_GEMV_W8=${w8 ? 1 : 0}`,
+    `NG_GEMV_SPLIT=${split ? 1 : 0}`,
   ],
 });
 
@@ -134,6 +136,10 @@ export const KERNELS = {
   gemv_mma_m16: gemv_mma(16, false),
   gemv_mma_w8_m8: gemv_mma(8, true),
   gemv_mma_w8_m16: gemv_mma(16, true),
+  gemv_mma_split_m8: gemv_mma(8, false, true),
+  gemv_mma_split_m16: gemv_mma(16, false, true),
+  gemv_mma_split_w8_m8: gemv_mma(8, true, true),
+  gemv_mma_split_w8_m16: gemv_mma(16, true, true),
   // Int8 weight rows times their scales into the storage dtype (large-batch matmuls of int8 weights).
   dequant_rows: { file: "dequant_rows.cu", entry: "ng_dequant_rows", dtype: true, head_dim: false },
   kv_append: { file: "kv_append.cu", entry: "ng_kv_append", dtype: true, head_dim: false },

@@ -254,6 +254,8 @@ function gemv_flags(a: MatmulArgs): number {
 export const GEMV_SPLIT_MAX = 4;
 /** Most row-group tiles of a split launch: the arrival counters' length (ops.ts allocates them). */
 export const GEMV_SPLIT_MAX_TILES = 4096;
+/** Most tiles one block of a split launch passes (gemv_mma.cu keeps a bit for each). */
+const GEMV_SPLIT_TILES_PER_BLOCK = 32;
 /** x bytes a block of the tensor-core gemv stages, from which K is split across blocks. */
 const GEMV_SPLIT_X_BYTES = 32 << 10;
 
@@ -287,16 +289,34 @@ function gemv_mma_launch(
   max_split: number,
 ): GemvLaunch {
   const w8 = !!a.w_scale;
-  const kernel: KernelName = a.M <= 8
-    ? (w8 ? "gemv_mma_w8_m8" : "gemv_mma_m8")
-    : (w8 ? "gemv_mma_w8_m16" : "gemv_mma_m16");
-  const x_bytes = a.M * a.K * dtype_bytes(dtype);
-  const groups = Math.ceil(a.N / GEMV_MMA_ROWS), blocks_k = a.K / GEMV_MMA_KB;
+  const x_bytes = a.M * a.K * dtype_bytes(dtype), blocks_k = a.K / GEMV_MMA_KB;
   const per_chunk = GEMV_MMA_CHUNK_BYTES / (w8 ? 16 : 32); // k blocks a lane loads at once
-  const kslices = a.ln || groups > GEMV_SPLIT_MAX_TILES ? 1 : Math.max(
+  const kslices = a.ln ? 1 : Math.max(
     1,
     Math.min(max_split, Math.ceil(x_bytes / GEMV_SPLIT_X_BYTES), Math.floor(blocks_k / per_chunk)),
   );
+  const l = gemv_mma_shape(a, dtype, sm_count, smem_per_sm, kslices);
+  // A split block keeps one bit per tile it passes (at most GEMV_SPLIT_MAX_TILES) and the counters
+  // cover GEMV_SPLIT_MAX_TILES tiles; past either, no split.
+  const tiles = Math.ceil(Math.ceil(a.N / GEMV_MMA_ROWS) / (l.threads / 32 / l.ks));
+  const fits = tiles <= GEMV_SPLIT_MAX_TILES && tiles <= GEMV_SPLIT_TILES_PER_BLOCK * (l.blocks / kslices);
+  return kslices === 1 || fits ? l : gemv_mma_shape(a, dtype, sm_count, smem_per_sm, 1);
+}
+
+/** gemv_mma_launch's grid for `kslices` slices of K. */
+function gemv_mma_shape(
+  a: MatmulArgs,
+  dtype: DType,
+  sm_count: number,
+  smem_per_sm: number,
+  kslices: number,
+): GemvLaunch {
+  const w8 = !!a.w_scale;
+  const kernel = `gemv_mma_${kslices > 1 ? "split_" : ""}${w8 ? "w8_" : ""}m${
+    a.M <= 8 ? 8 : 16
+  }` as KernelName;
+  const groups = Math.ceil(a.N / GEMV_MMA_ROWS), blocks_k = a.K / GEMV_MMA_KB;
+  const per_chunk = GEMV_MMA_CHUNK_BYTES / (w8 ? 16 : 32);
   // The widest slice (the kernel cuts K at slice * blocks_k / kslices).
   const slice_k = Math.ceil(blocks_k / kslices),
     smem_bytes = a.M * slice_k * GEMV_MMA_KB * dtype_bytes(dtype);
