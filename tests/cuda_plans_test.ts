@@ -135,13 +135,16 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
     }
   }
   // The split: gpt2-xl's mlp.c_proj at M = 8 stages 100 KB of x a block unsplit, 25 KB in 4 slices;
-  // never with a layernorm (its statistics need the whole row) nor past max_split.
+  // never with a layernorm (its statistics need the whole row) nor past max_split, nor where 8 warps
+  // load a row group in one chunk each (int8 weights: 16 k a lane; gpt2's K = 3072).
   const fc2 = gemv_launch(mm(8, 1600, 6400), "bf16", 132, 232448, true);
   assertEquals([fc2.kslices, fc2.smem_bytes, fc2.ks], [4, 8 * 1600 * 2, 4]);
   assertEquals(gemv_launch(mm(8, 1600, 6400), "bf16", 132, 232448, true, 1).kslices, 1);
   const ln = { weight: buf, bias: buf, eps: 1e-5 };
   assertEquals(gemv_launch(mm(8, 1600, 6400, { ln }), "bf16", 132, 232448, true).kslices, 1);
   assertEquals(gemv_launch(mm(8, 1600, 6400), "bf16", 132, 232448, false).kslices, 1);
+  assertEquals(gemv_launch(mm(8, 1600, 6400, { w_scale: buf }), "bf16", 132, 232448, true).kslices, 1);
+  assertEquals(gemv_launch(mm(8, 768, 3072), "bf16", 132, 232448, true).kslices, 1);
   const flags = (more: Partial<MatmulArgs>) => gemv_launch(mm(1, 8, 8, more), "bf16", 132, 232448).flags;
   assertEquals(
     [
@@ -178,7 +181,7 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
   assertEquals(gemv_preferred(mm(8, 768, 768), "f32", true), false);
 });
 
-Deno.test("gemv tensor cores policy: int8 weights only unless all or off", () => {
+Deno.test("gemv tensor cores policy: all by default, int8 weights only, or off", () => {
   const buf: Buf = { ptr: 0n, bytes: 1 << 30, label: "b" };
   const a: MatmulArgs = {
     out: buf,
@@ -199,9 +202,9 @@ Deno.test("gemv tensor cores policy: int8 weights only unless all or off", () =>
   const prev = Deno.env.get("NGPT_GEMV_MMA");
   try {
     Deno.env.delete("NGPT_GEMV_MMA");
-    assertEquals(default_gemv_tensor_cores(), "int8");
-    Deno.env.set("NGPT_GEMV_MMA", "all");
     assertEquals(default_gemv_tensor_cores(), "all");
+    Deno.env.set("NGPT_GEMV_MMA", "int8");
+    assertEquals(default_gemv_tensor_cores(), "int8");
     Deno.env.set("NGPT_GEMV_MMA", "1");
     assertThrows(() => default_gemv_tensor_cores(), Error, "NGPT_GEMV_MMA");
   } finally {

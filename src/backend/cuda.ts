@@ -97,7 +97,7 @@ export class CudaBackend implements Backend {
   /**
    * Which gemv matmuls run M >= 3 on tensor cores where the shape suits (GemvTensorCores and
    * gemv_mma_suits in cuda/matmul.ts): "int8" (int8 weights only), "all" or "off". Default
-   * $NGPT_GEMV_MMA or "int8". Change it only between steps with distinct keys, as `gemv`.
+   * $NGPT_GEMV_MMA or "all". Change it only between steps with distinct keys, as `gemv`.
    */
   gemv_tensor_cores: GemvTensorCores;
   /**

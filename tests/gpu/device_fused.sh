@@ -43,7 +43,7 @@ if part bench; then
     [[ $mode == *int8* ]] && q=(--weights int8)
     [[ $mode == *kv8* ]] && q+=(--kv-dtype int8)
     [[ $mode == *nomma* ]] && env+=(NGPT_GEMV_MMA=off)  # gemv on CUDA cores only (gemv_mma.cu off)
-    [[ $mode == *-mma* ]] && env+=(NGPT_GEMV_MMA=all)   # 16-bit weights' gemv on tensor cores too
+    [[ $mode == *-mma* ]] && env+=(NGPT_GEMV_MMA=all)   # every gemv of M >= 3 on tensor cores (the default)
     [[ $mode == *nosplit* ]] && env+=(NGPT_GEMV_SPLIT=1)  # the tensor-core gemv never splits K across blocks
     env "${env[@]}" timeout "${BENCH_S:-90}" "${run[@]}" examples/bench.ts --device cuda --models "${MODELS:-gpt2,gpt2-xl}" \
       --batches "${BATCHES:-1,8}" --graphs on --prompt 64 --new 256 "${q[@]}" --json "$OUT/bench_$tag.json" \

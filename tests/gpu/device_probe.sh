@@ -36,7 +36,7 @@ for c in ${GEMV_NCU:-}; do
   IFS=: read -r m b w mma <<<"$c"
   f="$OUT/ncu_gemv_${m}_b${b}_$w${mma:+_$mma}.txt"
   stamp "ncu gemv $c"
-  NGPT_GEMV_MMA=${mma:-int8} timeout "${NCU_S:-240}" "$ncu" --target-processes all --profile-from-start off \
+  NGPT_GEMV_MMA=${mma:-all} timeout "${NCU_S:-240}" "$ncu" --target-processes all --profile-from-start off \
     -k regex:gemv -c 5 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
     --section LaunchStats --section WarpStateStats --section SchedulerStats \
     --metrics lts__t_sectors_srcunit_tex_op_read.sum,dram__bytes_read.sum \

@@ -218,12 +218,12 @@ gpu_suite("ops_test", () => {
       const es = dtype === "f32" ? 4 : 2;
       // [Ms, N, K]: N not a multiple of the gemv's 4 rows per warp; K of gpt2 / gpt2-xl; a tall case
       // with more row groups than the gemv grid has warps; K = 100 (bf16/f16 rows of 200 bytes:
-      // not whole 16-byte vectors, so cuBLASLt whatever M). Without ln, M = 16 at K = 3072, M = 7 at
-      // K = 6400 (slices of 33 and 34 k blocks) and M = 8 at N = 4100 (more tiles than blocks) split K
-      // across blocks on tensor cores (gemv_mma_launch).
+      // not whole 16-byte vectors, so cuBLASLt whatever M). Without ln, M = 7 at K = 6400 (slices of
+      // 33 and 34 k blocks) and M = 8 at N = 2100 (more tiles than blocks) split K across blocks on
+      // tensor cores (gemv_mma_launch).
       const cases: [number[], number, number][] = [
         [Array.from({ length: 16 }, (_, i) => i + 1), 37, 768],
-        [[8], 4100, 3072],
+        [[8], 2100, 6400],
         [[1, 3, 8], 129, 1600],
         [[2, 5, 16], 66, 3072],
         [[1, 7], 21, 6400],
@@ -308,12 +308,14 @@ gpu_suite("ops_test", () => {
       using be = backend(dtype, false);
       const es = dtype === "f32" ? 4 : 2;
       // [Ms, N, K]: gpt2's qkv and fc2 shapes (K a multiple of 64: the tensor-core gemv at M >= 3 in
-      // 16 bits), N not a multiple of a row group, K = 80 (CUDA cores only).
-      const cases: [number[], number, number][] = [[[1, 3, 8, 16], 2304, 768], [[2, 5, 12], 37, 3072], [
-        [4],
-        29,
-        80,
-      ]];
+      // 16 bits), N not a multiple of a row group, K = 80 (CUDA cores only), K = 9216 (on tensor
+      // cores, K split across blocks).
+      const cases: [number[], number, number][] = [
+        [[1, 3, 8, 16], 2304, 768],
+        [[2, 5, 12], 37, 3072],
+        [[4], 29, 80],
+        [[3], 40, 9216],
+      ];
       let seed = 300;
       for (const [Ms, N, K] of cases) {
         const rows = Math.max(...Ms);

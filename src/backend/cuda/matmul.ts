@@ -91,17 +91,17 @@ const GEMV_VARIANTS: readonly [number, KernelName, number, KernelName][] = [
 export const GEMV_MMA_MIN_M = 3;
 
 /**
- * Which gemv matmuls run on tensor cores where the shape suits (gemv_mma_suits): those of int8
- * weights only (the default: measured faster on an H200 for gpt2 and gpt2-xl at batch 8, where 16-bit
- * weights were faster for gpt2 and slower for gpt2-xl than cuBLASLt; docs/perf-notes.md), all, or
- * none.
+ * Which gemv matmuls run on tensor cores where the shape suits (gemv_mma_suits): all (the default:
+ * with x staged by cp.async and gpt2-xl's mlp.c_proj split across blocks, faster than cuBLASLt on an
+ * H200 at batch 8, gpt2 324 against 441 us a step, gpt2-xl 2400 against 2455; docs/perf-notes.md),
+ * those of int8 weights only, or none.
  */
 export type GemvTensorCores = "int8" | "all" | "off";
 
-/** $NGPT_GEMV_MMA ("int8", "all" or "off") when set, else "int8". */
+/** $NGPT_GEMV_MMA ("int8", "all" or "off") when set, else "all". */
 export function default_gemv_tensor_cores(): GemvTensorCores {
   const v = env("NGPT_GEMV_MMA");
-  if (v === undefined || v === "") return "int8";
+  if (v === undefined || v === "") return "all";
   if (v !== "int8" && v !== "all" && v !== "off") {
     throw new Error(`NGPT_GEMV_MMA must be "int8", "all" or "off", got "${v}"`);
   }
@@ -277,9 +277,10 @@ export function default_gemv_split(): number {
  * gemv_mma.cu's variant and grid (gemv_mma_suits): row groups of GEMV_MMA_ROWS weight rows; K split
  * over `ks` warps so that a lane loads its share in about one chunk (GEMV_MMA_CHUNK_BYTES of 64-k
  * blocks); as gemv's grouped shape, a block holds several groups when there are more than SMs.
- * Without a layernorm, where a block's x would pass GEMV_SPLIT_X_BYTES, K is also split across
- * blocks into `kslices` (at most `max_split`) of at least one chunk each: a block stages its slice of
- * x only (gpt2-xl's mlp.c_proj at M = 8: 100 KB of x a block, as much as its weights).
+ * Without a layernorm, where the warps of a row group would each need more than one chunk, K is also
+ * split across blocks into `kslices` (x bytes / GEMV_SPLIT_X_BYTES, at most `max_split`) of at least
+ * one chunk each: a block stages its slice of x only (gpt2-xl's mlp.c_proj at M = 8: 100 KB of x a
+ * block unsplit, as much as its weights).
  */
 function gemv_mma_launch(
   a: MatmulArgs,
@@ -291,7 +292,11 @@ function gemv_mma_launch(
   const w8 = !!a.w_scale;
   const x_bytes = a.M * a.K * dtype_bytes(dtype), blocks_k = a.K / GEMV_MMA_KB;
   const per_chunk = GEMV_MMA_CHUNK_BYTES / (w8 ? 16 : 32); // k blocks a lane loads at once
-  const kslices = a.ln ? 1 : Math.max(
+  // Split only where the unsplit warps would each need more than one chunk (H200, batch 8: gpt2-xl's
+  // mlp.c_proj in 16 bits, 2585 -> 2400 us a step; where one chunk sufficed, splitting cost gpt2 16%
+  // and gpt2-xl's int8 weights 9%).
+  const one_chunk = Math.ceil(blocks_k / per_chunk) <= GEMV_MAX_WARPS;
+  const kslices = a.ln || one_chunk ? 1 : Math.max(
     1,
     Math.min(max_split, Math.ceil(x_bytes / GEMV_SPLIT_X_BYTES), Math.floor(blocks_k / per_chunk)),
   );
