@@ -171,10 +171,15 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
   assertEquals(step(4, 768), [false, false, false, false, true]);
   assertEquals(step(8, 1600), [false, false, false, false, true]);
   assertEquals(step(9, 768), [false, false, false, false, false]);
-  // With tensor cores, every M up to 16 (K a multiple of 64), nothing above.
-  for (const M of [3, 4, 8, 9, 16]) {
+  // With tensor cores, 16-bit weights for M up to 8 (K a multiple of 64), cuBLASLt above; int8
+  // weights up to 16.
+  for (const M of [3, 4, 8]) {
     assertEquals(step(M, 768, true), [true, true, true, true, true]);
     assertEquals(step(M, 1600, true), [true, true, true, true, true]);
+  }
+  for (const M of [9, 16]) {
+    assertEquals(step(M, 1600, true), [false, false, false, false, false]);
+    assert(gemv_preferred(mm(M, 1600, 6400, { w_scale: buf }), "bf16", true), `int8 M=${M}`);
   }
   assertEquals(step(17, 768, true), [false, false, false, false, false]);
   assertEquals(gemv_preferred(mm(8, 768, 80), "bf16", true), false); // K = 80: not 64-k blocks

@@ -93,8 +93,9 @@ export const GEMV_MMA_MIN_M = 3;
 /**
  * Which gemv matmuls run on tensor cores where the shape suits (gemv_mma_suits): all (the default:
  * with x staged by cp.async and gpt2-xl's mlp.c_proj split across blocks, faster than cuBLASLt on an
- * H200 at batch 8, gpt2 324 against 441 us a step, gpt2-xl 2400 against 2455; docs/perf-notes.md),
- * those of int8 weights only, or none.
+ * H200 at batch 4 and 8, gpt2 324 against 442 us a step at 8, gpt2-xl 2385 against 2457; the "auto"
+ * gemv policy keeps 16-bit weights above M = 8 on cuBLASLt, see gemv_preferred), those of int8
+ * weights only, or none.
  */
 export type GemvTensorCores = "int8" | "all" | "off";
 
@@ -146,13 +147,20 @@ export function default_gemv_policy(): GemvPolicy {
 }
 
 /**
- * The "auto" policy: with `tensor_cores`, the tensor-core gemv wherever it suits (gemv_mma_suits);
- * else, measured against cuBLASLt per shape on an H100 (docs/perf-notes.md, p1), gemv for M = 1; for
+ * Largest M at which the "auto" policy sends 16-bit weights to the tensor-core gemv (its m8 kernel).
+ * H200, batch 16: gpt2 503 us a step against 448 with cuBLASLt, gpt2-xl 3470 against 2560; at batch
+ * 4 and 8 the tensor-core gemv was faster for both (docs/perf-notes.md).
+ */
+const GEMV_MMA_16BIT_MAX_M = 8;
+
+/**
+ * The "auto" policy: with `tensor_cores`, the tensor-core gemv wherever it suits (gemv_mma_suits),
+ * for 16-bit weights up to M = GEMV_MMA_16BIT_MAX_M; else, measured against cuBLASLt per shape on an H100 (docs/perf-notes.md, p1), gemv for M = 1; for
  * M = 2 when a row is at most 8 KiB (at 16 bits K <= 4096: not gpt2-xl's fc2, which cuBLASLt reads
  * faster); for wide outputs (the LM head) up to M = 8. Everything else: cuBLASLt.
  */
 export function gemv_preferred(a: MatmulArgs, dtype: DType, tensor_cores = true): boolean {
-  if (tensor_cores && gemv_mma_suits(a, dtype)) return true;
+  if (tensor_cores && gemv_mma_suits(a, dtype) && (!!a.w_scale || a.M <= GEMV_MMA_16BIT_MAX_M)) return true;
   if (a.N >= GEMV_WIDE_N) return a.M <= GEMV_WIDE_MAX_M;
   return a.M === 1 || (a.M === 2 && a.K * dtype_bytes(dtype) <= GEMV_M2_MAX_ROW_BYTES);
 }
