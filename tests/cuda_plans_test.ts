@@ -13,7 +13,6 @@ import {
   gemv_preferred,
   GEMV_SPLIT_MAX,
   gemv_tensor_cores_for,
-  grouped_per_tile,
 } from "../src/backend/cuda/matmul.ts";
 
 const DTYPES: DType[] = ["f32", "bf16", "f16"];
@@ -216,25 +215,5 @@ Deno.test("gemv tensor cores policy: all by default, int8 weights only, or off",
   } finally {
     if (prev === undefined) Deno.env.delete("NGPT_GEMV_MMA");
     else Deno.env.set("NGPT_GEMV_MMA", prev);
-  }
-});
-
-Deno.test("grouped gemv shape: row groups per block spread most evenly over the SMs", () => {
-  // gpt2's c_attn at M = 1: 576 groups of 4 rows, one warp each; 116 blocks of 5 leave no SM more than 5.
-  assertEquals(grouped_per_tile(576, 8, 132), 5);
-  assertEquals(grouped_per_tile(10, 0, 132), 1); // at least one group a block
-  // Exhaustively on small cases: no other choice gives an SM fewer groups, none larger ties.
-  const load = (g: number, p: number, sms: number) => Math.ceil(Math.ceil(g / p) / sms) * p;
-  for (const sms of [1, 7, 132]) {
-    for (let g = 1; g <= 600; g += 7) {
-      for (let max = 1; max <= 8; max++) {
-        const p = grouped_per_tile(g, max, sms);
-        assert(p >= 1 && p <= max, `${g} groups, max ${max}: ${p}`);
-        for (let q = 1; q <= max; q++) {
-          const [lp, lq] = [load(g, p, sms), load(g, q, sms)];
-          assert(lp < lq || (lp === lq && q <= p), `${g} groups, max ${max}, ${sms} SMs: ${p} against ${q}`);
-        }
-      }
-    }
   }
 });

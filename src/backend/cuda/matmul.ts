@@ -198,9 +198,9 @@ export interface GemvLaunch {
  * The gemv variant (the smallest bound >= M; gemv_mma.cu's where it suits and `tensor_cores`) and
  * its grid. K is split over `ks` warps so that a lane loads its share of a row group in about one chunk (all in flight at once). Two shapes, each the
  * faster one where measured:
- * - M <= 2, grouped: a block holds up to as many row groups as fit 8 warps (ks up to 8), as many as
- *   spread the groups most evenly over the SMs (grouped_per_tile); the block's warps share the
- *   staging of x; at most 8 blocks per SM (blocks loop over further tiles).
+ * - M <= 2, grouped: a block holds as many row groups as fit 8 warps (ks up to 8), but fewer when
+ *   that would leave fewer blocks than SMs (so N = 768 still spreads over every SM); the block's
+ *   warps share the staging of x; at most 8 blocks per SM (blocks loop over further tiles).
  * - M > 2, persistent: a block is one row group (ks up to 4); as many blocks as fit the SMs at once
  *   (by registers at 128 per thread, threads and shared memory), each looping over row groups.
  */
@@ -228,29 +228,13 @@ export function gemv_launch(
   const ks_for = (max: number) => Math.max(1, Math.min(max, Math.ceil(nvec / (32 * per_lane))));
   if (a.M <= 2) {
     const ks = ks_for(GEMV_MAX_WARPS);
-    const per_tile = grouped_per_tile(groups, Math.floor(GEMV_MAX_WARPS / ks), sm_count);
+    const per_tile = Math.max(1, Math.min(Math.floor(GEMV_MAX_WARPS / ks), Math.floor(groups / sm_count)));
     const blocks = Math.min(Math.ceil(groups / per_tile), sm_count * GEMV_GROUPED_BLOCKS_PER_SM);
     return { kernel, blocks, threads: 32 * ks * per_tile, smem_bytes, ks, kslices: 1, flags };
   }
   const ks = ks_for(GEMV_MAX_KS), threads = 32 * ks;
   const per_sm = gemv_blocks_per_sm(32, threads, smem_bytes, smem_per_sm);
   return { kernel, blocks: Math.min(groups, sm_count * per_sm), threads, smem_bytes, ks, kslices: 1, flags };
-}
-
-/**
- * Row groups a block of the grouped shape holds (1..max_per_tile): the fewest an SM may get, as
- * whole blocks of per_tile groups dealt round the SMs (ceil(blocks / SMs) * per_tile), and of those the
- * most per block (fewer blocks stage x). Filling 8 warps (or leaving no SM idle) instead gave some SMs
- * twice the groups of others: gpt2's c_attn, 576 groups, ran as 144 blocks of 4, 12 SMs with 8 groups
- * where 116 blocks of 5 give none more than 5.
- */
-export function grouped_per_tile(groups: number, max_per_tile: number, sm_count: number): number {
-  let best = 1, best_load = Infinity;
-  for (let p = 1; p <= Math.max(1, max_per_tile); p++) {
-    const load = Math.ceil(Math.ceil(groups / p) / sm_count) * p;
-    if (load <= best_load) best = p, best_load = load;
-  }
-  return best;
 }
 
 /**
