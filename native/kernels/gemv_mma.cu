@@ -46,7 +46,6 @@
 __device__ __forceinline__ void mma_issue(uint4 (&raw)[MMA_U][MMA_WV], const wt_t* __restrict__ w, int n, int q,
                                           int kb0, int step, int kb_end, int N, int K) {
   const wt_t* row = w + (size_t)(n < N ? n : N - 1) * K;
-  const int nkb = kb_end;
 #pragma unroll
   for (int u = 0; u < MMA_U; u++) {
     const int kb = kb0 + u * step;
@@ -54,7 +53,7 @@ __device__ __forceinline__ void mma_issue(uint4 (&raw)[MMA_U][MMA_WV], const wt_
     for (int j = 0; j < MMA_WV; j++) {
       // 16-bit: k 8q + 32j .. +7; int8: k 16q .. 16q+15.
       const int k = kb * MMA_KB + (NG_GEMV_W8 ? 16 * q : 8 * q + 32 * j);
-      raw[u][j] = kb < nkb ? gemv_load_w<NG_GEMV_W8 != 0, NG_GEMV_W8 ? 16 : NG_VEC>(row + k) : make_uint4(0, 0, 0, 0);
+      raw[u][j] = kb < kb_end ? gemv_load_w<NG_GEMV_W8 != 0, NG_GEMV_W8 ? 16 : NG_VEC>(row + k) : make_uint4(0, 0, 0, 0);
     }
   }
 }
@@ -219,7 +218,7 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
     }
     grp = grp_next;
   }
-  if (SPLIT && last != 0) {  // after the loop, so that no branch on s_arrived sits between the mma
+  if (SPLIT && last != 0) {  // after the loop, which then differs from the unsplit one only in its stores
     __threadfence();
     for (int it = 0; it < 32; it++) {
       if (!(last >> it & 1u)) continue;
