@@ -6,7 +6,9 @@
 # counters (the full report stays in $OUT/ncu_*.txt); PROBE=0 skips the barrier probe; ATTN_KV="dtype
 # int8" adds decode attention at batch 256 under Nsight Compute for each KV cache dtype; GEMV_NCU
 # ("model:batch:weights[:mma] ...") the first five gemv launches of one decode step (layer 0's four
-# and the next layer's first) with memory-workload and warp-state sections, mma = NGPT_GEMV_MMA.
+# and the next layer's first) with memory-workload and warp-state sections, mma = NGPT_GEMV_MMA;
+# GEMV_NCU_CLOCKS=none runs them at the card's own clocks with warm caches (ncu's default locks the
+# SM clock at base, 1.47 GHz on an H200, and flushes the caches before each kernel).
 # Prepare with tests/gpu/prepare_device.sh; results in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -36,7 +38,9 @@ for c in ${GEMV_NCU:-}; do
   IFS=: read -r m b w mma <<<"$c"
   f="$OUT/ncu_gemv_${m}_b${b}_$w${mma:+_$mma}.txt"
   stamp "ncu gemv $c"
-  NGPT_GEMV_MMA=${mma:-all} timeout "${NCU_S:-240}" "$ncu" --target-processes all --profile-from-start off \
+  clocks=()
+  [[ ${GEMV_NCU_CLOCKS:-} == none ]] && clocks=(--clock-control none --cache-control none)
+  NGPT_GEMV_MMA=${mma:-all} timeout "${NCU_S:-240}" "$ncu" --target-processes all --profile-from-start off "${clocks[@]}" \
     -k regex:gemv -c 5 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
     --section LaunchStats --section WarpStateStats --section SchedulerStats \
     --metrics lts__t_sectors_srcunit_tex_op_read.sum,dram__bytes_read.sum \
