@@ -7,6 +7,7 @@ import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
 import { DECODE_MIN_KEYS_PER_WARP, decode_plan } from "../src/backend/cuda/ops.ts";
 import type { Buf, DType, MatmulArgs } from "../src/backend/backend.ts";
 import {
+  default_gemv_split,
   default_gemv_tensor_cores,
   gemv_fits,
   gemv_launch,
@@ -215,5 +216,22 @@ Deno.test("gemv tensor cores policy: all by default, int8 weights only, or off",
   } finally {
     if (prev === undefined) Deno.env.delete("NGPT_GEMV_MMA");
     else Deno.env.set("NGPT_GEMV_MMA", prev);
+  }
+});
+
+Deno.test("gemv split policy: NGPT_GEMV_SPLIT caps the K slices, bad values name the variable", () => {
+  const prev = Deno.env.get("NGPT_GEMV_SPLIT");
+  try {
+    Deno.env.delete("NGPT_GEMV_SPLIT");
+    assertEquals(default_gemv_split(), GEMV_SPLIT_MAX);
+    Deno.env.set("NGPT_GEMV_SPLIT", "1");
+    assertEquals(default_gemv_split(), 1);
+    for (const bad of ["0", "5", "2.5", "two"]) {
+      Deno.env.set("NGPT_GEMV_SPLIT", bad);
+      assertThrows(() => default_gemv_split(), Error, "NGPT_GEMV_SPLIT");
+    }
+  } finally {
+    if (prev === undefined) Deno.env.delete("NGPT_GEMV_SPLIT");
+    else Deno.env.set("NGPT_GEMV_SPLIT", prev);
   }
 });
