@@ -102,7 +102,8 @@ export class CudaBackend implements Backend {
   gemv_tensor_cores: GemvTensorCores;
   /**
    * Most blocks a tensor-core gemv may split K across (1..GEMV_SPLIT_MAX in cuda/matmul.ts; 1: never),
-   * where a block's x would be large (gemv_mma_launch). Default $NGPT_GEMV_SPLIT or GEMV_SPLIT_MAX.
+   * where the warps of a row group would each need more than one chunk (gemv_mma_launch). Default
+   * $NGPT_GEMV_SPLIT or GEMV_SPLIT_MAX.
    * Change it only between steps with distinct keys, as `gemv`.
    */
   gemv_split: number;

@@ -155,8 +155,8 @@ const GEMV_MMA_16BIT_MAX_M = 8;
 
 /**
  * The "auto" policy: with `tensor_cores`, the tensor-core gemv wherever it suits (gemv_mma_suits),
- * for 16-bit weights up to M = GEMV_MMA_16BIT_MAX_M; else, measured against cuBLASLt per shape on an H100 (docs/perf-notes.md, p1), gemv for M = 1; for
- * M = 2 when a row is at most 8 KiB (at 16 bits K <= 4096: not gpt2-xl's fc2, which cuBLASLt reads
+ * for 16-bit weights up to M = GEMV_MMA_16BIT_MAX_M; else, measured against cuBLASLt per shape on
+ * an H100 (docs/perf-notes.md, p1), gemv for M = 1; for M = 2 when a row is at most 8 KiB (at 16 bits K <= 4096: not gpt2-xl's fc2, which cuBLASLt reads
  * faster); for wide outputs (the LM head) up to M = 8. Everything else: cuBLASLt.
  */
 export function gemv_preferred(a: MatmulArgs, dtype: DType, tensor_cores = true): boolean {
@@ -297,9 +297,8 @@ function gemv_mma_launch(
   smem_per_sm: number,
   max_split: number,
 ): GemvLaunch {
-  const w8 = !!a.w_scale;
   const x_bytes = a.M * a.K * dtype_bytes(dtype), blocks_k = a.K / GEMV_MMA_KB;
-  const per_chunk = GEMV_MMA_CHUNK_BYTES / (w8 ? 16 : 32); // k blocks a lane loads at once
+  const per_chunk = mma_chunk_blocks(a);
   // Split only where the unsplit warps would each need more than one chunk (H200, batch 8: gpt2-xl's
   // mlp.c_proj in 16 bits, 2585 -> 2400 us a step; where one chunk sufficed, splitting cost gpt2 16%
   // and gpt2-xl's int8 weights 9%).
@@ -309,11 +308,16 @@ function gemv_mma_launch(
     Math.min(max_split, Math.ceil(x_bytes / GEMV_SPLIT_X_BYTES), Math.floor(blocks_k / per_chunk)),
   );
   const l = gemv_mma_shape(a, dtype, sm_count, smem_per_sm, kslices);
-  // A split block keeps one bit per tile it passes (at most GEMV_SPLIT_MAX_TILES) and the counters
-  // cover GEMV_SPLIT_MAX_TILES tiles; past either, no split.
+  // A split block keeps one bit per tile it passes (at most GEMV_SPLIT_TILES_PER_BLOCK) and the
+  // counters cover GEMV_SPLIT_MAX_TILES tiles; past either, no split.
   const tiles = Math.ceil(Math.ceil(a.N / GEMV_MMA_ROWS) / (l.threads / 32 / l.ks));
   const fits = tiles <= GEMV_SPLIT_MAX_TILES && tiles <= GEMV_SPLIT_TILES_PER_BLOCK * (l.blocks / kslices);
   return kslices === 1 || fits ? l : gemv_mma_shape(a, dtype, sm_count, smem_per_sm, 1);
+}
+
+/** 64-k blocks a lane of gemv_mma.cu loads at once (a chunk): 16-bit weights 8 k a 16-byte load, int8 16. */
+function mma_chunk_blocks(a: MatmulArgs): number {
+  return GEMV_MMA_CHUNK_BYTES / (a.w_scale ? 16 : 32);
 }
 
 /** gemv_mma_launch's grid for `kslices` slices of K. */
@@ -324,12 +328,10 @@ function gemv_mma_shape(
   smem_per_sm: number,
   kslices: number,
 ): GemvLaunch {
-  const w8 = !!a.w_scale;
-  const kernel = `gemv_mma_${kslices > 1 ? "split_" : ""}${w8 ? "w8_" : ""}m${
-    a.M <= 8 ? 8 : 16
-  }` as KernelName;
+  const split = kslices > 1 ? "split_" : "", w8 = a.w_scale ? "w8_" : "";
+  const kernel = `gemv_mma_${split}${w8}m${a.M <= 8 ? 8 : 16}` as KernelName;
   const groups = Math.ceil(a.N / GEMV_MMA_ROWS), blocks_k = a.K / GEMV_MMA_KB;
-  const per_chunk = GEMV_MMA_CHUNK_BYTES / (w8 ? 16 : 32);
+  const per_chunk = mma_chunk_blocks(a);
   // The widest slice (the kernel cuts K at slice * blocks_k / kslices).
   const slice_k = Math.ceil(blocks_k / kslices),
     smem_bytes = a.M * slice_k * GEMV_MMA_KB * dtype_bytes(dtype);
