@@ -185,7 +185,10 @@ export class KernelOps {
    * between launches), then the arrival counter (decode_fused.cu fused_barrier).
    */
   #fused_bar = 0n;
-  /** Split tensor-core gemv launches' partial sums (grow-only, as #scratch) and arrival counters. */
+  /**
+   * Split tensor-core gemv launches' partial sums (grow-only, as #scratch) and arrival counters, shared
+   * by every such launch: they run one after another on this stream, each leaving its counters at 0.
+   */
   #gemv_part: GrowingScratch;
   #gemv_count = 0n;
 
