@@ -79,7 +79,7 @@ export {
   type CudaBackendOptions,
   type CudaStatus,
 } from "./src/backend/cuda.ts";
-export type { GemvPolicy, GemvTensorCores } from "./src/backend/cuda/matmul.ts";
+export type { GemvPolicy, GemvShape, GemvTensorCores } from "./src/backend/cuda/matmul.ts";
 export type { MemInfo } from "./src/backend/cuda/driver.ts";
 export { open_model, type OpenModelOptions } from "./src/loaders/open_model.ts";
 export { create_tokenizer, type Tokenizer } from "./src/tokenizer/tokenizer.ts";

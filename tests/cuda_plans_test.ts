@@ -113,6 +113,19 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
             l.kslices === 1 || Math.ceil(N / tile_rows) <= 32 * l.blocks / l.kslices,
             `${what}: tiles a block`,
           );
+          // Unsplit grouped shapes (M <= 2, tensor cores): full blocks (no room for another row
+          // group), never more blocks than fit the SMs at once (128 registers a thread; the rest
+          // loop), and on tensor cores K over at least 2 warps where it has two 64-k blocks.
+          if (l.kslices === 1 && (M <= 2 || mma)) {
+            assert(warps + l.ks > 8, `${what}: ${warps} warps of ${l.ks} leave room`);
+            const fit = Math.min(
+              8,
+              Math.floor(65536 / (128 * l.threads)),
+              Math.floor(232448 / (l.smem_bytes + 4096)),
+            );
+            assert(l.blocks <= 132 * Math.max(1, fit), `${what}: ${l.blocks} blocks, ${fit} fit an SM`);
+            assert(!mma || l.ks >= Math.min(2, K / 64), `${what}: ks ${l.ks}`);
+          }
           const slice_k = l.kslices === 1 ? K : Math.ceil(K / 64 / l.kslices) * 64;
           assertEquals(l.smem_bytes, M * slice_k * es, what);
           const bound = bounds[l.kernel];

@@ -51,6 +51,7 @@ import {
   gemv_preferred,
   gemv_tensor_cores_for,
   type GemvPolicy,
+  type GemvShape,
   type GemvTensorCores,
   Matmuls,
 } from "./cuda/matmul.ts";
@@ -108,6 +109,12 @@ export class CudaBackend implements Backend {
    */
   gemv_split: number;
   /**
+   * A grid for every gemv launch instead of the rule's (GemvShape in cuda/matmul.ts), for benchmarks
+   * that search the shapes (tests/gpu/gemv_bench.ts --sweep); null (the default) keeps the rule.
+   * Change it only between steps with distinct keys, as `gemv`.
+   */
+  gemv_shape: GemvShape | null = null;
+  /**
    * Whether run_loop records device-side loops (a graph WHILE node); default true unless
    * $NGPT_LOOP is "0". Turned off for good when the driver refuses one (loop_error says why);
    * run_loop then records its steps one after another.
@@ -164,6 +171,11 @@ export class CudaBackend implements Backend {
   /** Compute capability as major * 10 + minor (the sm_XY kernels are compiled for). */
   get arch(): number {
     return this.#ctx.arch;
+  }
+
+  /** Streaming multiprocessors of the device (the gemv grids are sized by them). */
+  get sm_count(): number {
+    return this.#ctx.sm_count;
   }
 
   #open(what: string): void {
@@ -314,7 +326,7 @@ export class CudaBackend implements Backend {
       ? gemv_preferred(a, this.dtype, tensor_cores)
       : a.M <= this.gemv;
     if (wanted && gemv_fits(a, this.dtype, this.#ctx.smem_optin_bytes)) {
-      this.#ops.gemv(a, tensor_cores, this.gemv_split);
+      this.#ops.gemv(a, tensor_cores, this.gemv_split, this.gemv_shape);
       return;
     }
     if (a.w_scale) a = { ...a, w: this.#dequantized_weight(a), w_scale: null };

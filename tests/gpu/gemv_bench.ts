@@ -5,17 +5,29 @@
  * L2). Prints one line per (shape, M) and, with --json, writes the rows.
  *
  *   deno run -A tests/gpu/gemv_bench.ts [--ms 1,2,4,8,12,16] [--json out.json]
+ *
+ * With --sweep, times the gemv alone on every grid worth trying (GemvShape: warps a row group,
+ * row groups a block, blocks) against the rule's (gemv_launch), re-times the fastest few and the
+ * rule's, and prints the best; --w8 uses int8 weights, --only a comma list of shape names to keep.
  * @module
  */
 import { parseArgs } from "node:util";
 import { create_cuda_backend } from "../../src/backend/cuda.ts";
 import type { Activation, MatmulArgs } from "../../src/backend/backend.ts";
 import { sub_buf } from "../../src/backend/buf.ts";
+import type { GemvShape } from "../../src/backend/cuda/matmul.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
-  options: { ms: { type: "string", default: "1,2,4,8,12,16" }, json: { type: "string" } },
+  options: {
+    ms: { type: "string", default: "1,2,4,8,12,16" },
+    json: { type: "string" },
+    sweep: { type: "boolean", default: false },
+    w8: { type: "boolean", default: false },
+    only: { type: "string" },
+  },
 });
+const only = values.only?.split(",");
 const ITERS = 10;
 /** Weight bytes each timed graph streams at least (copies of the weights, so L2 (50 MB) cannot hold them). */
 const STREAM_BYTES = 200e6;
@@ -42,9 +54,33 @@ for (const [m, C] of [["gpt2", 768], ["xl", 1600]] as const) {
   );
 }
 
+/**
+ * The grids --sweep tries for (N, K, M): every split of K over warps that leaves none idle, every
+ * count of row groups a block up to 8 warps, and blocks enough for every tile or whole waves of
+ * 1..4 blocks an SM (they loop over the rest).
+ */
+function sweep_shapes(N: number, K: number, M: number): GemvShape[] {
+  const mma = M >= 3 && K % 64 === 0;
+  const groups = Math.ceil(N / (mma ? 8 : 4));
+  const units = mma ? K / 64 : (values.w8 && M <= 2 ? K / 16 : K / 8); // what a warp's lanes split
+  const out: GemvShape[] = [];
+  for (let ks = 1; ks <= 8 && (ks === 1 || (ks - 1) * (mma ? 1 : 32) < units); ks++) {
+    for (let per_tile = 1; ks * per_tile <= 8; per_tile++) {
+      const tiles = Math.ceil(groups / per_tile);
+      const counts = new Set([tiles, ...[1, 2, 3, 4].map((k) => k * be.sm_count).filter((b) => b < tiles)]);
+      for (const blocks of counts) out.push({ ks, per_tile, blocks });
+    }
+  }
+  return out;
+}
+
 using be = create_cuda_backend({ dtype: "bf16" });
-console.log(`${be.device_name}, bf16, weights streamed from memory`);
-console.log("shape        M   gemv us  GB/s   cublas us  GB/s");
+console.log(`${be.device_name}, bf16${values.w8 ? ", int8 weights" : ""}, weights streamed from memory`);
+console.log(
+  values.sweep
+    ? "shape        M   rule us  best us  best shape"
+    : "shape        M   gemv us  GB/s   cublas us  GB/s",
+);
 const rows: Record<string, unknown>[] = [];
 const pool = be.alloc(POOL_BYTES, "weight pool");
 {
@@ -56,8 +92,11 @@ const pool = be.alloc(POOL_BYTES, "weight pool");
   }
   for (let off = 0; off < POOL_BYTES; off += chunk.byteLength) be.write(pool, chunk, off);
 }
+const w_scale = values.w8 ? be.alloc(50257 * 4, "row scales") : null;
+if (w_scale) be.write(w_scale, new Float32Array(50257).fill(1 / 64));
 for (const s of shapes) {
-  const M_max = 16, w_bytes = s.N * s.K * 2;
+  if (only && !only.includes(s.name)) continue;
+  const M_max = 16, w_bytes = s.N * s.K * (values.w8 ? 1 : 2);
   const reps = Math.min(128, Math.max(8, Math.ceil(STREAM_BYTES / w_bytes)));
   const ws = Array.from({ length: reps }, (_, i) => {
     const off = Math.floor((i * w_bytes) % (POOL_BYTES - w_bytes) / 256) * 256;
@@ -72,6 +111,7 @@ for (const s of shapes) {
       out,
       x,
       w,
+      w_scale,
       bias: s.out_f32 ? null : bias,
       M,
       N: s.N,
@@ -81,6 +121,48 @@ for (const s of shapes) {
       out_f32: s.out_f32,
       ln: s.ln ? { weight: g, bias: b, eps: 1e-5 } : undefined,
     });
+    /** Microseconds a matmul, the gemv on `shape` (null: the rule's grid). */
+    const time_gemv = (shape: GemvShape | null, tag: string, iters = ITERS) => {
+      be.gemv = 16;
+      be.gemv_shape = shape;
+      const key = `${s.name} ${M} ${tag}`;
+      const record = () => {
+        for (const w of ws) be.matmul(args(w));
+      };
+      be.run_step(key, record);
+      be.synchronize();
+      const t0 = performance.now();
+      for (let i = 0; i < iters; i++) be.run_step(key, record);
+      be.synchronize();
+      be.gemv_shape = null;
+      return (performance.now() - t0) * 1e3 / (iters * reps);
+    };
+    if (values.sweep) {
+      const tried = sweep_shapes(s.N, s.K, M).map((shape) => ({
+        shape,
+        us: time_gemv(shape, JSON.stringify(shape)),
+      }));
+      be.reset_steps();
+      tried.sort((p, q) => p.us - q.us);
+      // The fastest few and the rule again, three times each, keeping the median (one sweep's times are noisy).
+      const median = (shape: GemvShape | null) => {
+        const t = [0, 1, 2].map((i) => time_gemv(shape, `${JSON.stringify(shape)} again ${i}`, 3 * ITERS))
+          .sort();
+        return t[1];
+      };
+      const rule_us = median(null);
+      const best = tried.slice(0, 5).map(({ shape }) => ({ shape, us: median(shape) })).sort((p, q) =>
+        p.us - q.us
+      )[0];
+      be.reset_steps();
+      console.log(
+        `${s.name.padEnd(10)} ${String(M).padStart(3)} ${rule_us.toFixed(2).padStart(8)} ${
+          best.us.toFixed(2).padStart(8)
+        }  ${JSON.stringify(best.shape)}`,
+      );
+      rows.push({ shape: s.name, M, w8: values.w8, rule_us, best, tried, weight_bytes: w_bytes, reps });
+      continue;
+    }
     const us: number[] = [];
     for (const max_m of [16, 0]) {
       be.gemv = max_m;
@@ -108,4 +190,5 @@ for (const s of shapes) {
   be.free(out);
 }
 be.free(pool);
+if (w_scale) be.free(w_scale);
 if (values.json) Deno.writeTextFileSync(values.json, JSON.stringify(rows, null, 1));

@@ -195,6 +195,21 @@ export interface GemvLaunch {
 }
 
 /**
+ * A gemv grid picked by hand instead of gemv_launch's rule: for benchmarks that search the shapes
+ * (tests/gpu/gemv_bench.ts --sweep), through CudaBackend.gemv_shape.
+ */
+export interface GemvShape {
+  /** Warps sharing a row group (splitting K). */
+  ks: number;
+  /** Row groups a block (ks * per_tile warps, at most GEMV_MAX_WARPS). */
+  per_tile: number;
+  /** Blocks (they loop over further tiles); with kslices, a multiple of it. */
+  blocks: number;
+  /** The tensor-core gemv only: blocks splitting K (default 1, no split). */
+  kslices?: number;
+}
+
+/**
  * The gemv variant (the smallest bound >= M; gemv_mma.cu's where it suits and `tensor_cores`) and
  * its grid. K is split over `ks` warps so that a lane loads its share of a row group in about one chunk (all in flight at once). Two shapes, each the
  * faster one where measured:
@@ -211,7 +226,9 @@ export function gemv_launch(
   smem_per_sm: number,
   tensor_cores = true,
   max_split = GEMV_SPLIT_MAX,
+  shape: GemvShape | null = null,
 ): GemvLaunch {
+  if (shape) return gemv_shaped(a, dtype, sm_count, smem_per_sm, tensor_cores, shape);
   if (tensor_cores && gemv_mma_suits(a, dtype)) {
     return gemv_mma_launch(a, dtype, sm_count, smem_per_sm, max_split);
   }
@@ -227,14 +244,53 @@ export function gemv_launch(
   const flags = gemv_flags(a);
   const ks_for = (max: number) => Math.max(1, Math.min(max, Math.ceil(nvec / (32 * per_lane))));
   if (a.M <= 2) {
-    const ks = ks_for(GEMV_MAX_WARPS);
-    const per_tile = Math.max(1, Math.min(Math.floor(GEMV_MAX_WARPS / ks), Math.floor(groups / sm_count)));
-    const blocks = Math.min(Math.ceil(groups / per_tile), sm_count * GEMV_GROUPED_BLOCKS_PER_SM);
-    return { kernel, blocks, threads: 32 * ks * per_tile, smem_bytes, ks, kslices: 1, flags };
+    const ks = ks_for(GEMV_MAX_WARPS),
+      per_tile = Math.floor(GEMV_MAX_WARPS / ks),
+      threads = 32 * ks * per_tile;
+    const per_sm = gemv_blocks_per_sm(GEMV_GROUPED_BLOCKS_PER_SM, threads, smem_bytes, smem_per_sm);
+    const blocks = Math.min(Math.ceil(groups / per_tile), sm_count * per_sm);
+    return { kernel, blocks, threads, smem_bytes, ks, kslices: 1, flags };
   }
   const ks = ks_for(GEMV_MAX_KS), threads = 32 * ks;
   const per_sm = gemv_blocks_per_sm(32, threads, smem_bytes, smem_per_sm);
   return { kernel, blocks: Math.min(groups, sm_count * per_sm), threads, smem_bytes, ks, kslices: 1, flags };
+}
+
+/** gemv_launch's variant with the grid of `shape` (checked: each kernel's bounds on warps and tiles). */
+function gemv_shaped(
+  a: MatmulArgs,
+  dtype: DType,
+  sm_count: number,
+  smem_per_sm: number,
+  tensor_cores: boolean,
+  shape: GemvShape,
+): GemvLaunch {
+  const { ks, per_tile, blocks, kslices = 1 } = shape;
+  const what = `gemv shape ${JSON.stringify(shape)} for M=${a.M} N=${a.N} K=${a.K}`;
+  const int_in = (v: number, lo: number, hi: number) => Number.isInteger(v) && v >= lo && v <= hi;
+  if (
+    !int_in(ks, 1, GEMV_MAX_WARPS) || !int_in(per_tile, 1, GEMV_MAX_WARPS / ks) || !int_in(blocks, 1, 65535)
+  ) {
+    throw new Error(`${what}: needs 1 <= ks * per_tile <= ${GEMV_MAX_WARPS} and 1 <= blocks <= 65535`);
+  }
+  const mma = tensor_cores && gemv_mma_suits(a, dtype);
+  if (!int_in(kslices, 1, mma && !a.ln ? GEMV_SPLIT_MAX : 1) || blocks % kslices !== 0) {
+    throw new Error(
+      `${what}: kslices must divide blocks, and exceed 1 only on the tensor-core gemv without ln`,
+    );
+  }
+  const base = mma
+    ? gemv_mma_shape(a, dtype, sm_count, smem_per_sm, kslices)
+    : gemv_launch(a, dtype, sm_count, smem_per_sm, false);
+  const tiles = Math.ceil(Math.ceil(a.N / (mma ? GEMV_MMA_ROWS : GEMV_ROWS)) / per_tile);
+  if (
+    kslices > 1 && (tiles > GEMV_SPLIT_MAX_TILES || tiles > GEMV_SPLIT_TILES_PER_BLOCK * (blocks / kslices))
+  ) {
+    throw new Error(
+      `${what}: a split block passes at most ${GEMV_SPLIT_TILES_PER_BLOCK} of the ${tiles} tiles`,
+    );
+  }
+  return { ...base, ks, threads: 32 * ks * per_tile, blocks };
 }
 
 /**
@@ -335,8 +391,14 @@ function gemv_mma_shape(
   // The widest slice (the kernel cuts K at slice * blocks_k / kslices).
   const slice_k = Math.ceil(blocks_k / kslices),
     smem_bytes = a.M * slice_k * GEMV_MMA_KB * dtype_bytes(dtype);
-  const ks = Math.max(1, Math.min(GEMV_MAX_WARPS, Math.ceil(slice_k / per_chunk)));
-  const per_tile = Math.max(1, Math.min(Math.floor(GEMV_MAX_WARPS / ks), Math.floor(groups / sm_count)));
+  // Unsplit: K over at least 2 warps where it has 2 blocks (a warp's mma steps over its k blocks
+  // are one dependent chain; H200, gpt2's int8 c_attn at M = 8, one warp a row group 5.1 us, two
+  // 4.5) and full blocks, as gemv_launch's M <= 2. The split keeps the shape it was measured with.
+  const one_chunk = Math.ceil(slice_k / per_chunk);
+  const ks = Math.min(GEMV_MAX_WARPS, kslices === 1 ? Math.max(one_chunk, Math.min(2, slice_k)) : one_chunk);
+  const per_tile = kslices === 1
+    ? Math.floor(GEMV_MAX_WARPS / ks)
+    : Math.max(1, Math.min(Math.floor(GEMV_MAX_WARPS / ks), Math.floor(groups / sm_count)));
   const threads = 32 * ks * per_tile, tiles = Math.ceil(groups / per_tile);
   const per_sm = gemv_blocks_per_sm(GEMV_GROUPED_BLOCKS_PER_SM, threads, smem_bytes, smem_per_sm);
   const per_slice = Math.max(1, Math.min(tiles, Math.floor(sm_count * per_sm / kslices)));

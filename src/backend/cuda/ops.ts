@@ -30,7 +30,7 @@ import type { CudaContext, Dim3 } from "./driver.ts";
 import { ArgPack } from "./launch_args.ts";
 import { KERNEL_CONSTANTS, type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
 import type { KernelModules } from "./modules.ts";
-import { GEMV_DEFAULT_SMEM, gemv_launch, GEMV_SPLIT_MAX_TILES } from "./matmul.ts";
+import { GEMV_DEFAULT_SMEM, gemv_launch, GEMV_SPLIT_MAX_TILES, type GemvShape } from "./matmul.ts";
 import { env } from "../../util/env.ts";
 
 /** How ops behave: launch (direct), only get ready (prepare), or launch into a capture. */
@@ -266,9 +266,9 @@ export class KernelOps {
 
   /**
    * The whole matmul `a` (validated; gemv_fits) in the gemv kernel (on tensor cores where they suit,
-   * K split across at most `max_split` blocks).
+   * K split across at most `max_split` blocks), on the grid `shape` when given.
    */
-  gemv(a: MatmulArgs, tensor_cores: boolean, max_split: number): void {
+  gemv(a: MatmulArgs, tensor_cores: boolean, max_split: number, shape: GemvShape | null = null): void {
     const l = gemv_launch(
       a,
       this.#dtype,
@@ -276,6 +276,7 @@ export class KernelOps {
       this.#ctx.smem_optin_bytes,
       tensor_cores,
       max_split,
+      shape,
     );
     const f = this.#modules.get(l.kernel, undefined, this.mode !== "capture");
     if (l.smem_bytes > (this.#gemv_smem.get(f) ?? GEMV_DEFAULT_SMEM)) {
