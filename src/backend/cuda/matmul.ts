@@ -211,13 +211,12 @@ export interface GemvShape {
 
 /**
  * The gemv variant (the smallest bound >= M; gemv_mma.cu's where it suits and `tensor_cores`) and
- * its grid. K is split over `ks` warps so that a lane loads its share of a row group in about one chunk (all in flight at once). Two shapes, each the
- * faster one where measured:
- * - M <= 2, grouped: a block holds as many row groups as fit 8 warps (ks up to 8), but fewer when
- *   that would leave fewer blocks than SMs (so N = 768 still spreads over every SM); the block's
- *   warps share the staging of x; at most 8 blocks per SM (blocks loop over further tiles).
- * - M > 2, persistent: a block is one row group (ks up to 4); as many blocks as fit the SMs at once
- *   (by registers at 128 per thread, threads and shared memory), each looping over row groups.
+ * its grid. Two shapes, each the faster one where measured:
+ * - M <= 2 (and the tensor-core gemv), grouped (gemv_grouped_grid): full blocks of row groups, K
+ *   split over `ks` warps, and no more blocks than fit the SMs at once.
+ * - M > 2 on CUDA cores, persistent: a block is one row group (K split so that a lane loads its share
+ *   in about one chunk, ks up to 4); as many blocks as fit the SMs at once (by registers at 128 per
+ *   thread, threads and shared memory), each looping over row groups.
  */
 export function gemv_launch(
   a: MatmulArgs,
@@ -244,12 +243,8 @@ export function gemv_launch(
   const flags = gemv_flags(a);
   const ks_for = (max: number) => Math.max(1, Math.min(max, Math.ceil(nvec / (32 * per_lane))));
   if (a.M <= 2) {
-    const ks = ks_for(GEMV_MAX_WARPS),
-      per_tile = Math.floor(GEMV_MAX_WARPS / ks),
-      threads = 32 * ks * per_tile;
-    const per_sm = gemv_blocks_per_sm(GEMV_GROUPED_BLOCKS_PER_SM, threads, smem_bytes, smem_per_sm);
-    const blocks = Math.min(Math.ceil(groups / per_tile), sm_count * per_sm);
-    return { kernel, blocks, threads, smem_bytes, ks, kslices: 1, flags };
+    const g = gemv_grouped_grid(groups, ks_for(GEMV_MAX_WARPS), 1, smem_bytes, sm_count, smem_per_sm);
+    return { kernel, ...g, smem_bytes, kslices: 1, flags };
   }
   const ks = ks_for(GEMV_MAX_KS), threads = 32 * ks;
   const per_sm = gemv_blocks_per_sm(32, threads, smem_bytes, smem_per_sm);
@@ -291,6 +286,36 @@ function gemv_shaped(
     );
   }
   return { ...base, ks, threads: 32 * ks * per_tile, blocks };
+}
+
+/**
+ * The grouped shape's grid for `groups` row groups (gemv.cu at M <= 2, gemv_mma.cu unsplit). Blocks
+ * are full: as many groups as GEMV_MAX_WARPS warps hold, so that one x staging (and layernorm) serves
+ * the most weight rows. K is split over the largest ks in ks_min..ks_max (ks_max: about one chunk
+ * a lane) whose tiles all fit the SMs at once, else over ks_min (fewest tiles); blocks beyond what
+ * fits at once would run as a second wave, so the grid stops there and blocks loop over the rest.
+ * H200 (tests/gpu/gemv_bench.ts --sweep, each matmul of gpt2 and gpt2-xl against the rule before,
+ * which spread smaller blocks over every SM and let up to 8 blocks an SM queue): gpt2-xl at M = 1
+ * 30.0 -> 25.3 us a layer, gpt2 12.3 -> 12.2; at M = 8 on tensor cores 42.2 -> 38.6 and 19.2 -> 17.5.
+ */
+function gemv_grouped_grid(
+  groups: number,
+  ks_max: number,
+  ks_min: number,
+  smem_bytes: number,
+  sm_count: number,
+  smem_per_sm: number,
+): { ks: number; threads: number; blocks: number } {
+  if (!(ks_min >= 1 && ks_min <= ks_max && ks_max <= GEMV_MAX_WARPS)) {
+    throw new Error(`internal: gemv ks range ${ks_min}..${ks_max}`);
+  }
+  for (let ks = ks_max;; ks--) {
+    const per_tile = Math.floor(GEMV_MAX_WARPS / ks), threads = 32 * ks * per_tile;
+    const tiles = Math.ceil(groups / per_tile);
+    const at_once = sm_count *
+      gemv_blocks_per_sm(GEMV_GROUPED_BLOCKS_PER_SM, threads, smem_bytes, smem_per_sm);
+    if (tiles <= at_once || ks === ks_min) return { ks, threads, blocks: Math.min(tiles, at_once) };
+  }
 }
 
 /**
@@ -391,14 +416,24 @@ function gemv_mma_shape(
   // The widest slice (the kernel cuts K at slice * blocks_k / kslices).
   const slice_k = Math.ceil(blocks_k / kslices),
     smem_bytes = a.M * slice_k * GEMV_MMA_KB * dtype_bytes(dtype);
-  // Unsplit: K over at least 2 warps where it has 2 blocks (a warp's mma steps over its k blocks
-  // are one dependent chain; H200, gpt2's int8 c_attn at M = 8, one warp a row group 5.1 us, two
-  // 4.5) and full blocks, as gemv_launch's M <= 2. The split keeps the shape it was measured with.
-  const one_chunk = Math.ceil(slice_k / per_chunk);
-  const ks = Math.min(GEMV_MAX_WARPS, kslices === 1 ? Math.max(one_chunk, Math.min(2, slice_k)) : one_chunk);
-  const per_tile = kslices === 1
-    ? Math.floor(GEMV_MAX_WARPS / ks)
-    : Math.max(1, Math.min(Math.floor(GEMV_MAX_WARPS / ks), Math.floor(groups / sm_count)));
+  // Unsplit: the grouped grid, with K over at least 2 warps where it has 2 blocks (a warp's mma
+  // steps over its k blocks are one dependent chain; H200, gpt2's int8 c_attn at M = 8, one warp a
+  // row group 5.1 us, two 4.5). The split keeps the shape it was measured with.
+  const ks_chunk = Math.max(1, Math.min(GEMV_MAX_WARPS, Math.ceil(slice_k / per_chunk)));
+  if (kslices === 1) {
+    const ks_min = Math.min(2, slice_k, GEMV_MAX_WARPS);
+    const g = gemv_grouped_grid(
+      groups,
+      Math.max(ks_chunk, ks_min),
+      ks_min,
+      smem_bytes,
+      sm_count,
+      smem_per_sm,
+    );
+    return { kernel, ...g, smem_bytes, kslices, flags: gemv_flags(a) };
+  }
+  const ks = ks_chunk;
+  const per_tile = Math.max(1, Math.min(Math.floor(GEMV_MAX_WARPS / ks), Math.floor(groups / sm_count)));
   const threads = 32 * ks * per_tile, tiles = Math.ceil(groups / per_tile);
   const per_sm = gemv_blocks_per_sm(GEMV_GROUPED_BLOCKS_PER_SM, threads, smem_bytes, smem_per_sm);
   const per_slice = Math.max(1, Math.min(tiles, Math.floor(sm_count * per_sm / kslices)));
