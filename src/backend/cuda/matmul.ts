@@ -243,7 +243,10 @@ export function gemv_launch(
   const flags = gemv_flags(a);
   const ks_for = (max: number) => Math.max(1, Math.min(max, Math.ceil(nvec / (32 * per_lane))));
   if (a.M <= 2) {
-    const g = gemv_grouped_grid(groups, ks_for(GEMV_MAX_WARPS), 1, smem_bytes, sm_count, smem_per_sm);
+    // ks stays at one chunk a lane even where that takes more tiles than fit at once (the blocks
+    // loop): fewer warps in one wave measured slower (H200, gpt2-xl batch 1, 1441 against 1417 us).
+    const ks = ks_for(GEMV_MAX_WARPS);
+    const g = gemv_grouped_grid(groups, ks, ks, smem_bytes, sm_count, smem_per_sm);
     return { kernel, ...g, smem_bytes, kslices: 1, flags };
   }
   const ks = ks_for(GEMV_MAX_KS), threads = 32 * ks;
@@ -294,9 +297,9 @@ function gemv_shaped(
  * the most weight rows. K is split over the largest ks in ks_min..ks_max (ks_max: about one chunk
  * a lane) whose tiles all fit the SMs at once, else over ks_min (fewest tiles); blocks beyond what
  * fits at once would run as a second wave, so the grid stops there and blocks loop over the rest.
- * H200 (tests/gpu/gemv_bench.ts --sweep, each matmul of gpt2 and gpt2-xl against the rule before,
- * which spread smaller blocks over every SM and let up to 8 blocks an SM queue): gpt2-xl at M = 1
- * 30.0 -> 25.3 us a layer, gpt2 12.3 -> 12.2; at M = 8 on tensor cores 42.2 -> 38.6 and 19.2 -> 17.5.
+ * Measured on an H200 against the rule before, which spread smaller blocks over every SM and let
+ * up to 8 blocks an SM queue (docs/perf-notes.md, fifth round): a decode step of gpt2-xl 1660 ->
+ * 1417 us at batch 1 and 2398 -> 2316 at batch 8, of gpt2 216 -> 200 and 323 -> 306.
  */
 function gemv_grouped_grid(
   groups: number,
