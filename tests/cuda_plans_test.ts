@@ -14,6 +14,7 @@ import {
   gemv_preferred,
   GEMV_SPLIT_MAX,
   gemv_tensor_cores_for,
+  type GemvShape,
 } from "../src/backend/cuda/matmul.ts";
 
 const DTYPES: DType[] = ["f32", "bf16", "f16"];
@@ -246,5 +247,48 @@ Deno.test("gemv split policy: NGPT_GEMV_SPLIT caps the K slices, bad values name
   } finally {
     if (prev === undefined) Deno.env.delete("NGPT_GEMV_SPLIT");
     else Deno.env.set("NGPT_GEMV_SPLIT", prev);
+  }
+});
+
+Deno.test("gemv_shape: a hand-picked grid replaces the rule's; grids a kernel cannot run are refused", () => {
+  const buf: Buf = { ptr: 0n, bytes: 1 << 30, label: "b" };
+  const mm = (M: number, N: number, K: number, more: Partial<MatmulArgs> = {}): MatmulArgs => ({
+    out: buf,
+    x: buf,
+    w: buf,
+    bias: null,
+    M,
+    N,
+    K,
+    act: "none",
+    accumulate: false,
+    ...more,
+  });
+  const launch = (a: MatmulArgs, shape: GemvShape) => gemv_launch(a, "bf16", 132, 232448, true, 4, shape);
+  // gemv.cu at M = 1: the rule's variant, staging and flags with the given grid.
+  const rule = gemv_launch(mm(1, 4800, 1600), "bf16", 132, 232448);
+  const l = launch(mm(1, 4800, 1600), { ks: 1, per_tile: 7, blocks: 172 });
+  assertEquals(l, { ...rule, ks: 1, threads: 224, blocks: 172 });
+  // Tensor cores, unsplit and split (the split kernel, its slice of x staged).
+  assertEquals(launch(mm(8, 2304, 768), { ks: 2, per_tile: 4, blocks: 72 }).kernel, "gemv_mma_m8");
+  const split = launch(mm(8, 1600, 6400), { ks: 4, per_tile: 1, blocks: 400, kslices: 4 });
+  assertEquals([split.kernel, split.kslices, split.smem_bytes], ["gemv_mma_split_m8", 4, 8 * 1600 * 2]);
+  const bad: [MatmulArgs, GemvShape][] = [
+    [mm(1, 768, 768), { ks: 0, per_tile: 1, blocks: 1 }],
+    [mm(1, 768, 768), { ks: 3, per_tile: 3, blocks: 1 }], // 9 warps
+    [mm(1, 768, 768), { ks: 1, per_tile: 1, blocks: 0 }],
+    [mm(1, 768, 768), { ks: 1, per_tile: 1.5, blocks: 4 }],
+    [mm(1, 768, 768), { ks: 1, per_tile: 1, blocks: 4, kslices: 2 }], // no split on CUDA cores
+    [mm(8, 1600, 6400, { ln: { weight: buf, bias: buf, eps: 1e-5 } }), {
+      ks: 1,
+      per_tile: 1,
+      blocks: 4,
+      kslices: 2,
+    }],
+    [mm(8, 1600, 6400), { ks: 1, per_tile: 1, blocks: 6, kslices: 4 }], // blocks not a multiple
+    [mm(8, 1600, 6400), { ks: 1, per_tile: 1, blocks: 4, kslices: 4 }], // 200 tiles, 32 a block at most
+  ];
+  for (const [a, shape] of bad) {
+    assertThrows(() => launch(a, shape), Error, `gemv shape ${JSON.stringify(shape)}`);
   }
 });
