@@ -22,6 +22,22 @@ import { padded_vocab, VOCAB_ALIGN } from "../src/model/gpt.ts";
 
 const SMS = 132;
 
+/** A buffer standing for any device memory (the plans only read its address). */
+const buf: Buf = { ptr: 0n, bytes: 1 << 30, label: "b" };
+/** Matmul arguments of M x K times N x K over `buf`, with `more` on top. */
+const mm = (M: number, N: number, K: number, more: Partial<MatmulArgs> = {}): MatmulArgs => ({
+  out: buf,
+  x: buf,
+  w: buf,
+  bias: null,
+  M,
+  N,
+  K,
+  act: "none",
+  accumulate: false,
+  ...more,
+});
+
 Deno.test("decode_plan: few heads get up to 8 warps each and, on long caches, chunks of keys", () => {
   const p = decode_plan(1, 12, 320, SMS); // gpt2 b1: 12 (b, head) pairs, far fewer than SMs
   assertEquals(p.warps_per_head, 8);
@@ -55,19 +71,6 @@ Deno.test("padded_vocab: rows of the LM head and logits are a multiple of VOCAB_
 });
 
 Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", () => {
-  const buf: Buf = { ptr: 0n, bytes: 1 << 30, label: "b" };
-  const mm = (M: number, N: number, K: number, more: Partial<MatmulArgs> = {}): MatmulArgs => ({
-    out: buf,
-    x: buf,
-    w: buf,
-    bias: null,
-    M,
-    N,
-    K,
-    act: "none",
-    accumulate: false,
-    ...more,
-  });
   const shapes = [[768, 768], [2304, 768], [768, 3072], [1600, 6400], [50257, 1600], [5, 8], [37, 64], [
     3,
     24,
@@ -251,19 +254,6 @@ Deno.test("gemv split policy: NGPT_GEMV_SPLIT caps the K slices, bad values name
 });
 
 Deno.test("gemv_shape: a hand-picked grid replaces the rule's; grids a kernel cannot run are refused", () => {
-  const buf: Buf = { ptr: 0n, bytes: 1 << 30, label: "b" };
-  const mm = (M: number, N: number, K: number, more: Partial<MatmulArgs> = {}): MatmulArgs => ({
-    out: buf,
-    x: buf,
-    w: buf,
-    bias: null,
-    M,
-    N,
-    K,
-    act: "none",
-    accumulate: false,
-    ...more,
-  });
   const launch = (a: MatmulArgs, shape: GemvShape) => gemv_launch(a, "bf16", 132, 232448, true, 4, shape);
   // gemv.cu at M = 1: the rule's variant, staging and flags with the given grid.
   const rule = gemv_launch(mm(1, 4800, 1600), "bf16", 132, 232448);

@@ -121,11 +121,11 @@ for (const s of shapes) {
       out_f32: s.out_f32,
       ln: s.ln ? { weight: g, bias: b, eps: 1e-5 } : undefined,
     });
-    /** Microseconds a matmul, the gemv on `shape` (null: the rule's grid). */
-    const time_gemv = (shape: GemvShape | null, tag: string, iters = ITERS) => {
-      be.gemv = 16;
+    /** Microseconds a matmul: through `max_m` (16: the gemv, 0: cuBLASLt), the gemv on `shape` (null: the rule's grid). */
+    const time = (max_m: number, shape: GemvShape | null, tag: string, iters = ITERS) => {
+      be.gemv = max_m;
       be.gemv_shape = shape;
-      const key = `${s.name} ${M} ${tag}`;
+      const key = `${s.name} ${M} ${max_m} ${tag}`;
       const record = () => {
         for (const w of ws) be.matmul(args(w));
       };
@@ -140,14 +140,14 @@ for (const s of shapes) {
     if (values.sweep) {
       const tried = sweep_shapes(s.N, s.K, M).map((shape) => ({
         shape,
-        us: time_gemv(shape, JSON.stringify(shape)),
+        us: time(16, shape, JSON.stringify(shape)),
       }));
       be.reset_steps();
       tried.sort((p, q) => p.us - q.us);
       // The fastest few and the rule again, three times each, keeping the median (one sweep's times are noisy).
       const median = (shape: GemvShape | null) => {
-        const t = [0, 1, 2].map((i) => time_gemv(shape, `${JSON.stringify(shape)} again ${i}`, 3 * ITERS))
-          .sort();
+        const t = [0, 1, 2].map((i) => time(16, shape, `${JSON.stringify(shape)} again ${i}`, 3 * ITERS));
+        t.sort((p, q) => p - q);
         return t[1];
       };
       const rule_us = median(null);
@@ -163,20 +163,7 @@ for (const s of shapes) {
       rows.push({ shape: s.name, M, w8: values.w8, rule_us, best, tried, weight_bytes: w_bytes, reps });
       continue;
     }
-    const us: number[] = [];
-    for (const max_m of [16, 0]) {
-      be.gemv = max_m;
-      const key = `${s.name} ${M} ${max_m}`;
-      const record = () => {
-        for (const w of ws) be.matmul(args(w));
-      };
-      be.run_step(key, record);
-      be.synchronize();
-      const t0 = performance.now();
-      for (let i = 0; i < ITERS; i++) be.run_step(key, record);
-      be.synchronize();
-      us.push((performance.now() - t0) * 1e3 / (ITERS * reps));
-    }
+    const us = [16, 0].map((max_m) => time(max_m, null, "rule"));
     const gbs = (t: number) => (w_bytes / (t * 1e3)).toFixed(0);
     console.log(
       `${s.name.padEnd(10)} ${String(M).padStart(3)} ${us[0].toFixed(2).padStart(8)} ${
