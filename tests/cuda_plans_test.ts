@@ -185,7 +185,7 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
   assertEquals(step(1, 768), [true, true, true, true, true]);
   assertEquals(step(1, 1600), [true, true, true, true, true]);
   assertEquals(step(2, 768), [true, true, true, true, true]);
-  assertEquals(step(2, 1600), [true, true, true, false, true]);
+  assertEquals(step(2, 1600), [true, true, true, true, true]);
   assertEquals(step(4, 768), [false, false, false, false, true]);
   assertEquals(step(8, 1600), [false, false, false, false, true]);
   assertEquals(step(9, 768), [false, false, false, false, false]);

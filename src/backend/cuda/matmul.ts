@@ -126,8 +126,6 @@ export function gemv_mma_suits(a: MatmulArgs, dtype: DType): boolean {
 const GEMV_WIDE_N = 16384;
 /** Largest M of a wide matmul that the default policy sends to gemv. */
 const GEMV_WIDE_MAX_M = 8;
-/** Largest row (K * element bytes) that the default policy sends to gemv at M = 2. */
-const GEMV_M2_MAX_ROW_BYTES = 8192;
 
 /** Which matmuls go to the gemv kernel: "auto" (gemv_preferred), or those with M up to a number (0: none). */
 export type GemvPolicy = "auto" | number;
@@ -155,14 +153,15 @@ const GEMV_MMA_16BIT_MAX_M = 8;
 
 /**
  * The "auto" policy: with `tensor_cores`, the tensor-core gemv wherever it suits (gemv_mma_suits),
- * for 16-bit weights up to M = GEMV_MMA_16BIT_MAX_M; else, measured against cuBLASLt per shape on
- * an H100 (docs/perf-notes.md, p1), gemv for M = 1; for M = 2 when a row is at most 8 KiB (at 16 bits K <= 4096: not gpt2-xl's fc2, which cuBLASLt reads
- * faster); for wide outputs (the LM head) up to M = 8. Everything else: cuBLASLt.
+ * for 16-bit weights up to M = GEMV_MMA_16BIT_MAX_M; else gemv for M <= 2 and for wide outputs (the
+ * LM head) up to M = 8; everything else cuBLASLt. (M = 2 with rows over 8 KiB, gpt2-xl's mlp.c_proj,
+ * went to cuBLASLt from the H100 per-op tables of p1 in docs/perf-notes.md until the full-block grids:
+ * H200, gpt2-xl batch 2, 1620 us a step with gemv against 1746.)
  */
 export function gemv_preferred(a: MatmulArgs, dtype: DType, tensor_cores = true): boolean {
   if (tensor_cores && gemv_mma_suits(a, dtype) && (!!a.w_scale || a.M <= GEMV_MMA_16BIT_MAX_M)) return true;
   if (a.N >= GEMV_WIDE_N) return a.M <= GEMV_WIDE_MAX_M;
-  return a.M === 1 || (a.M === 2 && a.K * dtype_bytes(dtype) <= GEMV_M2_MAX_ROW_BYTES);
+  return a.M <= 2;
 }
 
 /**
