@@ -217,7 +217,8 @@ gpu_suite("ops_test", () => {
       using be = backend(dtype, false);
       const es = dtype === "f32" ? 4 : 2;
       // [Ms, N, K]: N not a multiple of the gemv's 4 rows per warp; K of gpt2 / gpt2-xl; a tall case
-      // with more row groups than the gemv grid has warps; K = 100 (bf16/f16 rows of 200 bytes:
+      // with more row groups than the gemv grid has warps (its blocks loop, M = 1 and 2 included);
+      // M = 2 at K = 6400 (gpt2-xl's mlp.c_proj at batch 2); K = 100 (bf16/f16 rows of 200 bytes:
       // not whole 16-byte vectors, so cuBLASLt whatever M). Without ln, M = 7 at K = 6400 (slices of
       // 33 and 34 k blocks) and M = 8 at N = 2100 (more tiles than blocks) split K across blocks on
       // tensor cores (gemv_mma_launch).
@@ -226,8 +227,8 @@ gpu_suite("ops_test", () => {
         [[8], 2100, 6400],
         [[1, 3, 8], 129, 1600],
         [[2, 5, 16], 66, 3072],
-        [[1, 7], 21, 6400],
-        [[4], 40001, 64],
+        [[1, 2, 7], 21, 6400],
+        [[1, 2, 4], 40001, 64],
         [[3], 30, 100],
       ];
       let seed = 100;
