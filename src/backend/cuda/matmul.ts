@@ -279,15 +279,13 @@ function gemv_shaped(
   const base = mma
     ? gemv_mma_shape(a, dtype, sm_count, smem_per_sm, kslices)
     : gemv_launch(a, dtype, sm_count, smem_per_sm, false);
-  const tiles = Math.ceil(Math.ceil(a.N / (mma ? GEMV_MMA_ROWS : GEMV_ROWS)) / per_tile);
-  if (
-    kslices > 1 && (tiles > GEMV_SPLIT_MAX_TILES || tiles > GEMV_SPLIT_TILES_PER_BLOCK * (blocks / kslices))
-  ) {
+  const l = { ...base, ks, threads: 32 * ks * per_tile, blocks };
+  if (!split_fits(a, l)) {
     throw new Error(
-      `${what}: a split block passes at most ${GEMV_SPLIT_TILES_PER_BLOCK} of the ${tiles} tiles`,
+      `${what}: a split block passes at most ${GEMV_SPLIT_TILES_PER_BLOCK} of the ${split_tiles(a, l)} tiles`,
     );
   }
-  return { ...base, ks, threads: 32 * ks * per_tile, blocks };
+  return l;
 }
 
 /**
@@ -391,11 +389,23 @@ function gemv_mma_launch(
     Math.min(max_split, Math.ceil(x_bytes / GEMV_SPLIT_X_BYTES), Math.floor(blocks_k / per_chunk)),
   );
   const l = gemv_mma_shape(a, dtype, sm_count, smem_per_sm, kslices);
-  // A split block keeps one bit per tile it passes (at most GEMV_SPLIT_TILES_PER_BLOCK) and the
-  // counters cover GEMV_SPLIT_MAX_TILES tiles; past either, no split.
-  const tiles = Math.ceil(Math.ceil(a.N / GEMV_MMA_ROWS) / (l.threads / 32 / l.ks));
-  const fits = tiles <= GEMV_SPLIT_MAX_TILES && tiles <= GEMV_SPLIT_TILES_PER_BLOCK * (l.blocks / kslices);
-  return kslices === 1 || fits ? l : gemv_mma_shape(a, dtype, sm_count, smem_per_sm, 1);
+  return split_fits(a, l) ? l : gemv_mma_shape(a, dtype, sm_count, smem_per_sm, 1);
+}
+
+/** Row-group tiles of a tensor-core gemv launch (GEMV_MMA_ROWS rows a group, threads / 32 / ks groups a tile). */
+function split_tiles(a: MatmulArgs, l: GemvLaunch): number {
+  return Math.ceil(Math.ceil(a.N / GEMV_MMA_ROWS) / (l.threads / 32 / l.ks));
+}
+
+/**
+ * Whether launch `l` can run: unsplit, or a split whose blocks each pass at most
+ * GEMV_SPLIT_TILES_PER_BLOCK tiles (gemv_mma.cu keeps a bit for each) and whose tiles the
+ * GEMV_SPLIT_MAX_TILES arrival counters cover.
+ */
+function split_fits(a: MatmulArgs, l: GemvLaunch): boolean {
+  if (l.kslices === 1) return true;
+  const tiles = split_tiles(a, l);
+  return tiles <= GEMV_SPLIT_MAX_TILES && tiles <= GEMV_SPLIT_TILES_PER_BLOCK * (l.blocks / l.kslices);
 }
 
 /** 64-k blocks a lane of gemv_mma.cu loads at once (a chunk): 16-bit weights 8 k a 16-byte load, int8 16. */
