@@ -15,7 +15,8 @@ import { parseArgs } from "node:util";
 import { create_cuda_backend } from "../../src/backend/cuda.ts";
 import type { Activation, MatmulArgs } from "../../src/backend/backend.ts";
 import { sub_buf } from "../../src/backend/buf.ts";
-import type { GemvShape } from "../../src/backend/cuda/matmul.ts";
+import { gemv_mma_suits, type GemvShape } from "../../src/backend/cuda/matmul.ts";
+import { KERNEL_CONSTANTS } from "../../src/backend/cuda/kernels.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -55,17 +56,20 @@ for (const [m, C] of [["gpt2", 768], ["xl", 1600]] as const) {
 }
 
 /**
- * The grids --sweep tries for (N, K, M): every split of K over warps that leaves none idle, every
+ * The grids --sweep tries for the matmul `a`: every split of K over warps that leaves none idle, every
  * count of row groups a block up to 8 warps, and blocks enough for every tile or whole waves of
  * 1..4 blocks an SM (they loop over the rest).
  */
-function sweep_shapes(N: number, K: number, M: number): GemvShape[] {
-  const mma = M >= 3 && K % 64 === 0;
-  const groups = Math.ceil(N / (mma ? 8 : 4));
-  const units = mma ? K / 64 : (values.w8 && M <= 2 ? K / 16 : K / 8); // what a warp's lanes split
+function sweep_shapes(a: MatmulArgs): GemvShape[] {
+  const { GEMV_ROWS, GEMV_MAX_WARPS, GEMV_MMA_ROWS, GEMV_MMA_KB } = KERNEL_CONSTANTS;
+  const mma = gemv_mma_suits(a, be.dtype);
+  const groups = Math.ceil(a.N / (mma ? GEMV_MMA_ROWS : GEMV_ROWS));
+  // What a warp's lanes split: 64-k blocks on tensor cores, else a weight row's vectors (gemv.cu:
+  // 16 int8 weights at M <= 2, else as many as a 16-byte bf16 vector).
+  const units = mma ? a.K / GEMV_MMA_KB : a.w_scale && a.M <= 2 ? a.K / 16 : a.K / 8;
   const out: GemvShape[] = [];
-  for (let ks = 1; ks <= 8 && (ks === 1 || (ks - 1) * (mma ? 1 : 32) < units); ks++) {
-    for (let per_tile = 1; ks * per_tile <= 8; per_tile++) {
+  for (let ks = 1; ks <= GEMV_MAX_WARPS && (ks === 1 || (ks - 1) * (mma ? 1 : 32) < units); ks++) {
+    for (let per_tile = 1; ks * per_tile <= GEMV_MAX_WARPS; per_tile++) {
       const tiles = Math.ceil(groups / per_tile);
       const counts = new Set([tiles, ...[1, 2, 3, 4].map((k) => k * be.sm_count).filter((b) => b < tiles)]);
       for (const blocks of counts) out.push({ ks, per_tile, blocks });
@@ -138,7 +142,7 @@ for (const s of shapes) {
       return (performance.now() - t0) * 1e3 / (iters * reps);
     };
     if (values.sweep) {
-      const tried = sweep_shapes(s.N, s.K, M).map((shape) => ({
+      const tried = sweep_shapes(args(ws[0])).map((shape) => ({
         shape,
         us: time(16, shape, JSON.stringify(shape)),
       }));
