@@ -13,6 +13,7 @@ extern "C" __global__ void ng_attention_combine(st_t* __restrict__ out, const fl
                                                 const float* __restrict__ part_ml, const int* __restrict__ lengths,
                                                 const int* __restrict__ n_new, int H, int max_T, int chunk,
                                                 int n_chunks) {
+  NG_TRACE_KERNEL;
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   const int b = blockIdx.y, h = blockIdx.x, d = threadIdx.x;

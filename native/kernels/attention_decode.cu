@@ -377,6 +377,7 @@ __device__ __forceinline__ void attention_decode_block(
     }
   }
   __syncthreads();
+  ng_trace_mark(1);
   // Merge the wph warps of each head (the chunk is not empty, so the head's first warp holds a key
   // and M is finite).
   const bool single = j0 == 0 && j1 == len;
@@ -415,6 +416,7 @@ ng_attention_decode(st_t* __restrict__ out, float* __restrict__ part_acc, float*
                     , float* __restrict__ k_scale, float* __restrict__ v_scale
 #endif
 ) {
+  NG_TRACE_KERNEL;
 #if !NG_KV8
   float* k_scale = nullptr;
   float* v_scale = nullptr;

@@ -44,6 +44,7 @@ ng_attention_prefill(st_t* __restrict__ out, const st_t* __restrict__ qkv, const
                      , const float* __restrict__ k_scale, const float* __restrict__ v_scale
 #endif
 ) {
+  NG_TRACE_KERNEL;
 #if !NG_KV8
   const float* k_scale = nullptr;
   const float* v_scale = nullptr;

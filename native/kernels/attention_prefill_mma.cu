@@ -60,6 +60,7 @@ ng_attention_prefill_mma(st_t* __restrict__ out, const st_t* __restrict__ qkv,
                          const st_t* __restrict__ k_pool, const st_t* __restrict__ v_pool,
                          const int* __restrict__ block_table, const int* __restrict__ lengths,
                          const int* __restrict__ seq_start, int H, float scale, int bs_log2, int mb) {
+  NG_TRACE_KERNEL;
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   __shared__ __align__(16) st_t k_s[NSTAGE][BK][PITCH];

@@ -3,6 +3,7 @@
 // HF gelu_new), applied by common.cuh's ng_gelu. Grid-stride; any grid and block.
 extern "C" __global__ void ng_bias_gelu(st_t* __restrict__ x, const st_t* __restrict__ bias, long long n, int N,
                                         int act) {
+  NG_TRACE_KERNEL;
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {

@@ -95,6 +95,7 @@ ng_decode_fused(const FusedLayer* __restrict__ layers, const FusedKv* __restrict
                 const int* __restrict__ block_table, int M, int C, int H, int Vp, int max_pos, float eps, int act,
                 int max_T, float scale_log2, int bs_log2, int mb, int ks_all, unsigned int* flags,
                 unsigned long long* trace) {
+  NG_TRACE_KERNEL;
   const FusedModel mw = *reinterpret_cast<const FusedModel*>(layers + n_layer);
   const st_t *wte = mw.wte, *wpe = mw.wpe, *lm_head = mw.lm_head;
   // Warps splitting K in each gemv phase, four bits each (the host's fused_ks).

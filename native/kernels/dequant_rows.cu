@@ -4,6 +4,7 @@
 // groups of 4 elements (K % 4 == 0, q 4-byte aligned); any grid and block.
 extern "C" __global__ void ng_dequant_rows(st_t* __restrict__ out, const signed char* __restrict__ q,
                                            const float* __restrict__ scale, int N, int K) {
+  NG_TRACE_KERNEL;
   // The scratch may still be read by the previous matmul: wait for it before writing.
   ng_grid_dep_wait();
   ng_grid_dep_launch();

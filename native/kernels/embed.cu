@@ -4,6 +4,7 @@
 extern "C" __global__ void ng_embed(st_t* __restrict__ out, const int* __restrict__ tokens,
                                     const int* __restrict__ positions, const st_t* __restrict__ wte,
                                     const st_t* __restrict__ wpe, int C, int max_pos, int vocab) {
+  NG_TRACE_KERNEL;
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   const int r = blockIdx.x;

@@ -2,6 +2,7 @@
 // prefill). Grid: n blocks; block: threads striding over C.
 extern "C" __global__ void ng_gather_rows(st_t* __restrict__ out, const st_t* __restrict__ x,
                                           const int* __restrict__ idx, int C) {
+  NG_TRACE_KERNEL;
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   const int i = blockIdx.x;

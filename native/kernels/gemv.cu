@@ -277,6 +277,7 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* NG_ACT_
   // that produced x (programmatic dependent launch), hiding their latency behind its tail.
   wait();
   gemv_stage_x(xs, x, ln_w, ln_b, M, K, eps);
+  ng_trace_mark(0);
   int xoff[MT];  // offset of row m of x' in xs
 #pragma unroll
   for (int m = 0; m < MT; m++) xoff[m] = (m < M ? m : M - 1) * K;
@@ -311,6 +312,7 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* NG_ACT_
         }
       }
     }
+    ng_trace_mark(1);
     // The next tile's first chunk is in flight during the reduction and the stores.
     tile += gridDim.x;
     const int g_next = tile * per_tile + warp / ks;
@@ -338,6 +340,7 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* NG_ACT_
         if (m < M && n < N) gemv_store<W8>(out, acc[j], w_scale, bias, m, n, N, flags);
       }
     }
+    ng_trace_mark(2);
     g = g_next;
   }
 }
@@ -348,6 +351,7 @@ extern "C" __global__ void NG_GEMV_BOUNDS
 ng_gemv(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __restrict__ w,
         const float* __restrict__ w_scale, const st_t* __restrict__ bias, const st_t* __restrict__ ln_w,
         const st_t* __restrict__ ln_b, int M, int N, int K, float eps, int flags, int ks) {
+  NG_TRACE_KERNEL;
   gemv<NG_GEMV_MT, NG_GEMV_W8 != 0>(out, x, w, w_scale, bias, ln_w, ln_b, M, N, K, eps, flags, ks, [] {
     ng_grid_dep_wait();
     ng_grid_dep_launch();

@@ -123,6 +123,7 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
             const float* __restrict__ w_scale, const st_t* __restrict__ bias, const st_t* __restrict__ ln_w,
             const st_t* __restrict__ ln_b, int M, int N, int K, float eps, int flags, int ks,
             float* __restrict__ part, unsigned int* __restrict__ count, int S) {
+  NG_TRACE_KERNEL;
   constexpr bool SPLIT = NG_GEMV_SPLIT != 0;
   constexpr bool HI = NG_GEMV_MT > 8;  // x' rows 8..15 exist
   extern __shared__ uint4 gemv_smem[];
@@ -149,6 +150,7 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
   } else {
     gemv_stage_x(xs, x, ln_w, ln_b, M, K, eps);
   }
+  ng_trace_mark(0);
   const st_t* x_lo = xs + (size_t)min(g, M - 1) * kx;  // A rows g and g + 8 (rows >= M: zero, below)
   const st_t* x_hi = xs + (size_t)min(g + 8, M - 1) * kx;
   const bool lo_live = g < M, hi_live = HI && g + 8 < M;
@@ -176,6 +178,7 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
         }
       }
     }
+    ng_trace_mark(1);
     // The next tile's first chunk is in flight during the reduction and the stores.
     const int tile_now = tile;
     tile += stride;
@@ -216,6 +219,7 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
       __syncthreads();
       if (s_arrived == (unsigned)(S - 1)) last |= 1u << it;
     }
+    ng_trace_mark(2);
     grp = grp_next;
   }
   if (SPLIT && last != 0) {  // after the loop, which then differs from the unsplit one only in its stores

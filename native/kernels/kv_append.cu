@@ -23,6 +23,7 @@ extern "C" __global__ void ng_kv_append(kv_t* __restrict__ k_pool, kv_t* __restr
                                         , float* __restrict__ k_scale, float* __restrict__ v_scale
 #endif
 ) {
+  NG_TRACE_KERNEL;
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   const int r = blockIdx.x, b = row_seq[r];

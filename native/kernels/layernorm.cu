@@ -3,6 +3,7 @@
 extern "C" __global__ void __launch_bounds__(256)
 ng_layernorm(st_t* __restrict__ out, const st_t* __restrict__ x, const st_t* __restrict__ weight,
              const st_t* __restrict__ bias, int C, float eps) {
+  NG_TRACE_KERNEL;
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   __shared__ float scratch[32];

@@ -13,6 +13,7 @@
 extern "C" __global__ void __launch_bounds__(NG_LOGPROBS_THREADS)
 ng_logprobs(float* __restrict__ out, const float* __restrict__ logits, const int* __restrict__ targets, int V,
             int ld, int top_n) {
+  NG_TRACE_KERNEL;
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   __shared__ float fs[32];

@@ -9,6 +9,7 @@ extern "C" __device__ __cudart_builtin__ void cudaGraphSetConditional(ng_cond_ha
 extern "C" __global__ void ng_loop_step(int* __restrict__ log, const int* __restrict__ src, int words, int stride,
                                         int* __restrict__ log2, const int* __restrict__ src2, int words2,
                                         int stride2, int* counter, ng_cond_handle handle, int first, int n) {
+  NG_TRACE_KERNEL;
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   const int i = *counter;

@@ -42,6 +42,7 @@ extern "C" __global__ void __launch_bounds__(NT)
 ng_sample(int* __restrict__ tokens_out, const float* __restrict__ logits, const int* __restrict__ lengths,
           const int* __restrict__ n_new, const float* __restrict__ temperature, const int* __restrict__ top_k,
           const float* __restrict__ top_p, const unsigned int* __restrict__ seed, int V, int ld) {
+  NG_TRACE_KERNEL;
   ng_grid_dep_wait();
   ng_grid_dep_launch();
   __shared__ float fs[32];

@@ -41,6 +41,7 @@ import { DeviceMemory } from "./cuda/memory.ts";
 import { ASYNC_WRITE_BYTES, PinnedStaging, SMALL_WRITE_BYTES } from "./cuda/staging.ts";
 import { ReadRing } from "./cuda/read_ring.ts";
 import { KernelModules } from "./cuda/modules.ts";
+import { trace_bytes, trace_capacity, trace_defines } from "./cuda/step_trace.ts";
 import { KernelOps } from "./cuda/ops.ts";
 import {
   default_gemv_policy,
@@ -140,6 +141,8 @@ export class CudaBackend implements Backend {
   #steps: StepGraphs;
   #in_step = false;
   #disposed = false;
+  /** The step trace's buffer (NGPT_TRACE; step_trace.ts), owned by #mem. */
+  #trace: Buf | null = null;
 
   /** Use create_cuda_backend. */
   constructor(lib: NativeLib, ctx: CudaContext, stream: bigint, mm: Matmuls, opts: CudaBackendOptions) {
@@ -158,7 +161,19 @@ export class CudaBackend implements Backend {
     this.#mem = new DeviceMemory(ctx);
     this.#staging = new PinnedStaging(ctx, stream);
     this.#ring = new ReadRing(ctx, stream);
-    this.#modules = new KernelModules(ctx, this.dtype, cache_root(opts.cache_dir));
+    const trace_cap = trace_capacity();
+    if (trace_cap > 0) {
+      const t = this.#mem.alloc(trace_bytes(trace_cap), "step trace");
+      this.#trace = t;
+      this.#ctx.memset8(t.ptr, 0, t.bytes, stream);
+    }
+    const trace = this.#trace;
+    this.#modules = new KernelModules(
+      ctx,
+      this.dtype,
+      cache_root(opts.cache_dir),
+      trace ? (k) => trace_defines(trace.ptr, trace_cap, k) : undefined,
+    );
     this.#ops = new KernelOps(ctx, this.#modules, stream, this.dtype);
     this.#steps = new StepGraphs(ctx);
   }
@@ -369,6 +384,20 @@ export class CudaBackend implements Backend {
     if (!t) return null;
     const out = new BigUint64Array(t.bytes / 8);
     this.read(t, out);
+    return out;
+  }
+
+  /**
+   * The step trace so far (NGPT_TRACE=<records>; src/backend/cuda/step_trace.ts parses it), then,
+   * with `reset`, an empty one. Null when not tracing. Waits for the device.
+   */
+  step_trace(reset = false): BigUint64Array | null {
+    this.#host_op("step_trace");
+    if (!this.#trace) return null;
+    this.synchronize();
+    const out = new BigUint64Array(this.#trace.bytes / 8);
+    this.read(this.#trace, out);
+    if (reset) this.write(this.#trace, new BigUint64Array(1));
     return out;
   }
 

@@ -2,7 +2,8 @@
 # One GPU-machine call for issue 11's decode: the fused decode's tests against the op-by-op decode
 # (and the int8 and parity suites), where the fused step's time goes (`trace`:
 # tests/gpu/fused_trace.ts), the decode bench at batch 1 and 8 for gpt2 and gpt2-xl with the fused
-# decode on (NGPT_FUSED_DECODE=1) and off, with int8 weights, with the tensor-core gemv off (MODES:
+# decode on (NGPT_FUSED_DECODE=1) and off, where an op-by-op step's time goes (`steps`:
+# tests/gpu/step_trace.ts), with int8 weights, with the tensor-core gemv off (MODES:
 # fused, unfused, int8, unfused-int8, ...-kv8, ...-nomma, ...-mma, ...-nosplit), gpt2 at batch 256 with the
 # 16-bit and int8 KV cache (`big`), and torch_baseline.py's peers in the same call. TREES="base ."
 # benches prepare_device.sh's BASE commit too, alternating with this tree mode by mode. Prepare with
@@ -26,6 +27,16 @@ if part trace; then
     stamp "trace $c"
     IFS=: read -r m b w <<<"$c"
     NGPT_FUSED_DECODE=1 timeout 60 "${run[@]}" tests/gpu/fused_trace.ts --model $m --batch $b --weights ${w:-dtype} 2>&1 | grep -v "^    at" | tail -2 | tee -a "$OUT/trace.txt"
+  done
+fi
+if part steps; then
+  for c in ${STEP_TRACES:-gpt2:1 gpt2-xl:1 gpt2:8}; do  # model:batch[:int8]: where an op-by-op step's time goes
+    stamp "step trace $c"
+    IFS=: read -r m b w <<<"$c"
+    n=24 raw=() && [[ $m == gpt2-xl ]] && n=6
+    [[ $c == gpt2:1 ]] && raw=(--raw "$OUT/steps_gpt2_b1.bin")  # about 12 MB
+    NGPT_TRACE=2000000 timeout 120 "${run[@]}" tests/gpu/step_trace.ts --model $m --batch $b --weights ${w:-dtype} --new $n \
+      --json "$OUT/steps_${m}_b${b}_${w:-dtype}.json" "${raw[@]}" 2>&1 | grep -v "^    at" | tee -a "$OUT/steps.txt" | tail -24
   done
 fi
 if [[ " ${TREES:-.} " == *" base "* ]]; then  # the BASE commit's sources beside this tree's library and model
@@ -69,5 +80,5 @@ if part peers; then
   cut -c1-220 "$OUT/peers.jsonl"
 fi
 stamp "done"
-(cd "$OUT" && shopt -s nullglob && tar -czf results.tgz -- *.json *.jsonl *.txt && find . -maxdepth 1 -type f \
+(cd "$OUT" && shopt -s nullglob && tar -czf results.tgz -- *.json *.jsonl *.txt *.bin && find . -maxdepth 1 -type f \
   ! -name results.tgz ! -name times.txt -delete)

@@ -336,20 +336,21 @@ export function kernel_variants(
 }
 
 /**
- * Compiles a variant for `arch` to CUBIN, through the cache under `cache_dir` (null: no cache).
- * Throws NvrtcCompileError (with the log) when it does not compile.
+ * Compiles a variant for `arch` to CUBIN, through the cache under `cache_dir` (null: no cache),
+ * with `extra_defines` (NAME=VALUE) after the variant's own (the step trace's). Throws NvrtcCompileError (with the log) when it does not compile.
  */
 export function compile_variant(
   nvrtc: Nvrtc,
   v: KernelVariant,
   arch: number,
   cache_dir: string | null,
+  extra_defines: readonly string[] = [],
 ): Uint8Array {
   return cached_compile(
     nvrtc,
     kernel_source(v.kernel),
     variant_name(v),
-    kernel_options(v, arch),
+    [...kernel_options(v, arch), ...extra_defines.map((d) => `-D${d}`)],
     arch,
     cache_dir,
   );

@@ -16,10 +16,19 @@ export class KernelModules {
   #nvrtc: Nvrtc | null = null;
   #modules = new Map<string, { module: bigint; func: bigint }>();
 
-  constructor(ctx: CudaContext, dtype: DType, cache_dir: string | null) {
+  #defines: (kernel: KernelName) => readonly string[];
+
+  /** `defines`: further -D options of every kernel (the step trace's, step_trace.ts). */
+  constructor(
+    ctx: CudaContext,
+    dtype: DType,
+    cache_dir: string | null,
+    defines: (kernel: KernelName) => readonly string[] = () => [],
+  ) {
     this.#ctx = ctx;
     this.#dtype = dtype;
     this.#cache_dir = cache_dir;
+    this.#defines = defines;
   }
 
   /** The function of `kernel` (for attention: at `head_dim`), loaded if `may_load`, else it must be. */
@@ -35,7 +44,7 @@ export class KernelModules {
       );
     }
     this.#nvrtc ??= Nvrtc.load(this.#ctx.lib);
-    const cubin = compile_variant(this.#nvrtc, v, this.#ctx.arch, this.#cache_dir);
+    const cubin = compile_variant(this.#nvrtc, v, this.#ctx.arch, this.#cache_dir, this.#defines(kernel));
     const module = this.#ctx.module_load(cubin);
     try {
       const func = this.#ctx.module_function(module, KERNELS[kernel].entry);
