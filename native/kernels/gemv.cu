@@ -159,6 +159,34 @@ __device__ __forceinline__ void gemv_issue(uint4 (&raw)[U][NG_GEMV_ROWS],
   }
 }
 
+// The layernorm's weights and bias into L1 (every 128-byte line, spread over the block's threads),
+// before waiting for x: gemv_stage_x's normalize pass then does not wait on the L2 for them.
+__device__ __forceinline__ void gemv_prefetch_ln(const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b, int K) {
+  if (ln_w == nullptr) return;
+  const int lines = (K * (int)sizeof(st_t) + 127) / 128;
+  for (int l = threadIdx.x; l < lines; l += blockDim.x) {
+    ng_prefetch_l1(reinterpret_cast<const char*>(ln_w) + 128 * l);
+    if (ln_b) ng_prefetch_l1(reinterpret_cast<const char*>(ln_b) + 128 * l);
+  }
+}
+
+// The operands of out[m, n]'s store other than its dot product into L1: the row's scale and bias,
+// which no kernel writes (callable before the wait), or (`residual`, after it) out[m, n] itself
+// where the store accumulates.
+template <bool W8>
+__device__ __forceinline__ void gemv_prefetch_store(const void* out, const float* __restrict__ w_scale,
+                                                    const st_t* __restrict__ bias, int m, int n, int N, int flags,
+                                                    bool residual) {
+  if (residual) {
+    if ((flags & NG_GEMV_ACCUMULATE) && !(flags & NG_GEMV_OUT_F32)) {
+      ng_prefetch_l1(reinterpret_cast<const st_t*>(out) + (size_t)m * N + n);
+    }
+    return;
+  }
+  if (W8) ng_prefetch_l1(w_scale + n);
+  if (bias) ng_prefetch_l1(bias + n);
+}
+
 // The prologue: x rows m < M into xs (M x K st_t in shared memory), layernormed when ln_w is given.
 // Every thread of the block must call it; it ends with a barrier.
 __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRICT x,
@@ -271,11 +299,26 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* NG_ACT_
   const int groups = (N + R - 1) / R, tiles = (groups + per_tile - 1) / per_tile;
   int tile = blockIdx.x;
   int g = tile * per_tile + warp / ks;
+  // The lanes that store a group's outputs (after the reduce-scatter) bring their other operands
+  // into L1 ahead (gemv_prefetch_store).
+  const bool storer = ksi == 0 && lane % LANES == 0;
+  const auto prefetch_store = [&](int gg, bool residual) {
+    if (!storer || gg >= groups) return;
+#pragma unroll
+    for (int j = 0; j < HELD; j++) {
+      const int i = (lane / LANES) * HELD + j, m = i % MT, n = gg * R + i / MT;
+      if (m < M && n < N) gemv_prefetch_store<W8>(out, w_scale, bias, m, n, N, flags, residual);
+    }
+  };
   uint4 raw[U][R];
   if (tile < tiles && g < groups) gemv_issue<U, W8, WVEC>(raw, w, g * R, v_first, step, N, K);
-  // Weights are never written by a step: their first loads go out before waiting for the kernel
-  // that produced x (programmatic dependent launch), hiding their latency behind its tail.
+  // Weights (and the layernorm's, the biases and scales) are never written by a step: their first
+  // loads go out before waiting for the kernel that produced x (programmatic dependent launch),
+  // hiding their latency behind its tail.
+  gemv_prefetch_ln(ln_w, ln_b, K);
+  if (tile < tiles) prefetch_store(g, false);
   wait();
+  if (tile < tiles) prefetch_store(g, true);
   gemv_stage_x(xs, x, ln_w, ln_b, M, K, eps);
   ng_trace_mark(0);
   int xoff[MT];  // offset of row m of x' in xs
@@ -317,6 +360,10 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* NG_ACT_
     tile += gridDim.x;
     const int g_next = tile * per_tile + warp / ks;
     if (tile < tiles && g_next < groups) gemv_issue<U, W8, WVEC>(raw, w, g_next * R, v_first, step, N, K);
+    if (tile < tiles) {
+      prefetch_store(g_next, false);
+      prefetch_store(g_next, true);
+    }
     GemvReduce<NV, 16>::run(acc, lane);
     if (ks > 1) {  // add the other K slices' sums into the first warp of the group
       __syncthreads();  // red is free (the previous tile has read it)

@@ -140,11 +140,25 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
   const int tile0 = SPLIT ? blockIdx.x / S : blockIdx.x;
   int tile = tile0, grp = tile * per_tile + warp / ks;
   unsigned int last = 0;  // SPLIT: bit i set when this block completed tile tile0 + i * stride
+  // The first warp of a group stores C (rows g, g + 8; columns 2q, 2q + 1): it brings the stores'
+  // other operands into L1 ahead (gemv_prefetch_store; the split's last block stores elsewhere).
+  const auto prefetch_store = [&](int gr, bool residual) {
+    if (SPLIT || ksi != 0 || gr >= groups) return;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const int m = g + (i >> 1) * 8, n = gr * MMA_ROWS + 2 * q + (i & 1);
+      if (m < M && n < N) gemv_prefetch_store<NG_GEMV_W8 != 0>(out, w_scale, bias, m, n, N, flags, residual);
+    }
+  };
   uint4 raw[MMA_U][MMA_WV];
   if (tile < tiles && grp < groups) mma_issue(raw, w, grp * MMA_ROWS + g, q, kb_lo + ksi, ks, kb_hi, N, K);
-  // Weights are never written by a step: the first chunk goes out before waiting for x's writer.
+  // Weights (and the layernorm's, the biases and scales) are never written by a step: the first
+  // chunk goes out before waiting for x's writer.
+  if (!SPLIT) gemv_prefetch_ln(ln_w, ln_b, K);
+  if (tile < tiles) prefetch_store(grp, false);
   ng_grid_dep_wait();
   ng_grid_dep_launch();
+  if (tile < tiles) prefetch_store(grp, true);
   if (SPLIT) {
     mma_stage_slice(xs, x, M, K, kb_lo, kb_hi);
   } else {
@@ -184,6 +198,10 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
     tile += stride;
     const int grp_next = tile * per_tile + warp / ks;
     if (tile < tiles && grp_next < groups) mma_issue(raw, w, grp_next * MMA_ROWS + g, q, kb_lo + ksi, ks, kb_hi, N, K);
+    if (tile < tiles) {
+      prefetch_store(grp_next, false);
+      prefetch_store(grp_next, true);
+    }
     if (ks > 1) {  // add the other K slices' C into the first warp of the group
       __syncthreads();  // red is free (the previous tile has read it)
       if (ksi != 0) {
