@@ -90,13 +90,16 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
     const es = dtype === "f32" ? 4 : 2;
     for (let M = 1; M <= 16; M++) {
       for (const [N, K] of shapes) {
-        for (const tc of [true, false]) {
-          const what = `${dtype} M=${M} N=${N} K=${K} tensor cores ${tc}`;
-          // Whole 16-byte vectors per row, and x staged in shared memory (227 KiB less 4 KiB static).
-          const fits = K * es % 16 === 0 && M * K * es <= 232448 - 4096;
-          assertEquals(gemv_fits(mm(M, N, K), dtype, 232448), fits, `fits ${what}`);
+        for (const [tc, ln] of [[true, false], [false, false], [true, true]]) {
+          const what = `${dtype} M=${M} N=${N} K=${K} tensor cores ${tc} ln ${ln}`;
+          const a = mm(M, N, K, ln ? { ln: { weight: buf, bias: buf, eps: 1e-5 } } : {});
+          // Whole 16-byte vectors per row, and x (with ln, its weight and bias after it) staged in
+          // shared memory (227 KiB less 4 KiB static).
+          const rows = M + (ln ? 2 : 0);
+          const fits = K * es % 16 === 0 && rows * K * es <= 232448 - 4096;
+          assertEquals(gemv_fits(a, dtype, 232448), fits, `fits ${what}`);
           if (!fits) continue;
-          const l = gemv_launch(mm(M, N, K), dtype, 132, 232448, tc);
+          const l = gemv_launch(a, dtype, 132, 232448, tc);
           // The tensor-core kernel: 16-bit storage, M >= 3, K a multiple of 64, 8-row groups.
           const mma = tc && dtype !== "f32" && M >= 3 && K % 64 === 0;
           assertEquals(l.kernel.startsWith("gemv_mma_"), mma, `${what}: ${l.kernel}`);
@@ -107,6 +110,7 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
           // K split across blocks: tensor cores only, each slice at least one chunk of 64-k blocks,
           // block b taking slice b % kslices of x, staged alone.
           assert(l.kslices >= 1 && l.kslices <= GEMV_SPLIT_MAX && (mma || l.kslices === 1), `${what}: split`);
+          assert(!ln || l.kslices === 1, `${what}: a split with a layernorm`);
           assert(l.kslices === 1 || K / 64 / l.kslices >= 8, `${what}: ${l.kslices} slices`);
           assert(l.blocks % l.kslices === 0, `${what}: ${l.blocks} blocks, ${l.kslices} slices`);
           const tiles = Math.ceil(N / (mma ? 8 : 4));
@@ -131,7 +135,7 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
             assert(!mma || l.ks >= Math.min(2, K / 64), `${what}: ks ${l.ks}`);
           }
           const slice_k = l.kslices === 1 ? K : Math.ceil(K / 64 / l.kslices) * 64;
-          assertEquals(l.smem_bytes, M * slice_k * es, what);
+          assertEquals(l.smem_bytes, (l.kslices === 1 ? rows : M) * slice_k * es, what);
           const bound = bounds[l.kernel];
           const least = mma ? 8 : 1; // the tensor-core kernel's smallest bound is 8 (M from 3)
           assert(bound >= M && (bound === least || bound / 2 < M), `${what}: variant ${l.kernel}`);

@@ -179,11 +179,6 @@ __device__ __forceinline__ void ng_kv8_store_row(signed char* dst, float* scale,
   if (lane == 0) *scale = s;
 }
 
-// Brings the 128-byte line holding p into this SM's L1 (no register waits for it): a small operand
-// that a kernel will need after a chain of other work (gemv.cu's layernorm weights, bias, scales
-// and residual) is then an L1 hit instead of one more round trip to the L2.
-__device__ __forceinline__ void ng_prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
-
 // Shared-memory addresses and 16-byte asynchronous copies into shared memory (sm_80+):
 // attention_prefill_mma.cu's K/V tiles, gemv.cu's staging of x.
 __device__ __forceinline__ unsigned smem_addr(const void* p) {

@@ -16,8 +16,8 @@
 // into dynamic shared memory (M * K st_t) and, with ln, normalizes it there (mean and 1/std per
 // row as torch: two passes, biased variance), rounding x' to st_t as the unfused path does.
 // Each tile's stores overlap the next tile's first chunk of loads.
-// Needs K % NG_VEC == 0, 16-byte aligned x, w, ln_w, ln_b, M * K * sizeof(st_t) bytes of dynamic
-// shared memory, blockDim.x = 32 * ks * (row groups per tile) <= 256 (the host checks and sizes).
+// Needs K % NG_VEC == 0, 16-byte aligned x, w, ln_w, ln_b, (M + 2 with ln, else M) * K *
+// sizeof(st_t) bytes of dynamic shared memory (x, then the layernorm's weight and bias), blockDim.x = 32 * ks * (row groups per tile) <= 256 (the host checks and sizes).
 // flags: bits 0-1 activation (0 none, 1 GELU erf, 2 GELU tanh), bit 2 accumulate, bit 3 f32 out.
 // With -DNG_GEMV_W8=1 (weight-only int8, W8A16), w holds int8 values and w_scale one f32 scale per
 // row. For M <= 2 a lane's weight vector is still 16 bytes, now 16 int8 values (XPW = 16 / NG_VEC x
@@ -159,39 +159,30 @@ __device__ __forceinline__ void gemv_issue(uint4 (&raw)[U][NG_GEMV_ROWS],
   }
 }
 
-// The layernorm's weights and bias into L1 (every 128-byte line, spread over the block's threads),
-// before waiting for x: gemv_stage_x's normalize pass then does not wait on the L2 for them.
-__device__ __forceinline__ void gemv_prefetch_ln(const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b, int K) {
-  if (ln_w == nullptr) return;
-  const int lines = (K * (int)sizeof(st_t) + 127) / 128;
-  for (int l = threadIdx.x; l < lines; l += blockDim.x) {
-    ng_prefetch_l1(reinterpret_cast<const char*>(ln_w) + 128 * l);
-    if (ln_b) ng_prefetch_l1(reinterpret_cast<const char*>(ln_b) + 128 * l);
-  }
-}
-
-// The operands of out[m, n]'s store other than its dot product into L1: the row's scale and bias,
-// which no kernel writes (callable before the wait), or (`residual`, after it) out[m, n] itself
-// where the store accumulates.
-template <bool W8>
-__device__ __forceinline__ void gemv_prefetch_store(const void* out, const float* __restrict__ w_scale,
-                                                    const st_t* __restrict__ bias, int m, int n, int N, int flags,
-                                                    bool residual) {
-  if (residual) {
-    if ((flags & NG_GEMV_ACCUMULATE) && !(flags & NG_GEMV_OUT_F32)) {
-      ng_prefetch_l1(reinterpret_cast<const st_t*>(out) + (size_t)m * N + n);
+// The layernorm's weight and bias (zeros without one) into lns (2 x K st_t of shared memory, after
+// x), as asynchronous copies that gemv_stage_x waits for. Weights are never written by a step, so the
+// unfused kernels call it before their programmatic-launch wait: gemv_stage_x's normalize pass then
+// does not wait on the L2 for them after x arrives (one round trip of the few microseconds a
+// gpt2 kernel takes).
+__device__ __forceinline__ void gemv_stage_ln(st_t* lns, const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b,
+                                              int K) {
+  const int nvec = K / NG_VEC;
+  uint4* l4 = reinterpret_cast<uint4*>(lns);
+  for (int v = threadIdx.x; v < nvec; v += blockDim.x) {
+    cp_async16(smem_addr(l4 + v), ln_w + (size_t)v * NG_VEC, 16);
+    if (ln_b) {
+      cp_async16(smem_addr(l4 + nvec + v), ln_b + (size_t)v * NG_VEC, 16);
+    } else {
+      l4[nvec + v] = make_uint4(0, 0, 0, 0);
     }
-    return;
   }
-  if (W8) ng_prefetch_l1(w_scale + n);
-  if (bias) ng_prefetch_l1(bias + n);
+  cp_async_commit();
 }
 
-// The prologue: x rows m < M into xs (M x K st_t in shared memory), layernormed when ln_w is given.
-// Every thread of the block must call it; it ends with a barrier.
-__device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRICT x,
-                                             const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b,
-                                             int M, int K, float eps) {
+// The prologue: x rows m < M into xs (M x K st_t in shared memory), layernormed when lns (staged by
+// gemv_stage_ln) is given. Every thread of the block must call it; it ends with a barrier.
+__device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRICT x, const st_t* lns, int M, int K,
+                                             float eps) {
   __shared__ float s_mul[NG_GEMV_MT], s_add[NG_GEMV_MT];
   const int nvec = K / NG_VEC, total = M * nvec;
   uint4* xs4 = reinterpret_cast<uint4*>(xs);
@@ -209,7 +200,7 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRI
   for (int i = threadIdx.x; i < total; i += blockDim.x) xs4[i] = x4[i];
 #endif
   __syncthreads();
-  if (ln_w == nullptr) return;
+  if (lns == nullptr) return;
   const int lane = threadIdx.x & 31;
   for (int m = threadIdx.x >> 5; m < M; m += blockDim.x >> 5) {
     const uint4* row = xs4 + (size_t)m * nvec;
@@ -234,18 +225,15 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRI
       s_add[m] = -mean * rstd;
     }
   }
+  cp_async_wait<0>();  // this thread's copies of the layernorm's vectors; the barrier: everyone's
   __syncthreads();
+  const uint4* l4 = reinterpret_cast<const uint4*>(lns);
   for (int i = threadIdx.x; i < total; i += blockDim.x) {
     const int m = i / nvec, v = i - m * nvec;
     float f[NG_VEC], g[NG_VEC], b[NG_VEC];
     unpack_vec(xs4[i], f);
-    load_vec(ln_w + (size_t)v * NG_VEC, g);
-    if (ln_b) {
-      load_vec(ln_b + (size_t)v * NG_VEC, b);
-    } else {
-#pragma unroll
-      for (int e = 0; e < NG_VEC; e++) b[e] = 0.0f;
-    }
+    unpack_vec(l4[v], g);
+    unpack_vec(l4[nvec + v], b);
 #pragma unroll
     for (int e = 0; e < NG_VEC; e++) f[e] = fmaf(fmaf(f[e], s_mul[m], s_add[m]), g[e], b[e]);
     xs4[i] = gemv_pack(f);
@@ -253,24 +241,52 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRI
   __syncthreads();
 }
 
+// What out[m, n]'s store needs besides its dot product, loaded into registers well before it: the
+// row's scale (int8 weights) and bias, which no kernel writes (loaded before the programmatic-launch
+// wait), and, where the store accumulates, the residual out[m, n] (right after the wait). Loaded at
+// the store instead, they were one or two round trips to the L2 after the reduction (H200, gpt2
+// batch 1: attn.c_proj's reduction and stores took 1.1 us, c_fc's 0.4).
+struct GemvOperands {
+  float scale, bias, residual;
+};
+template <bool W8>
+__device__ __forceinline__ void gemv_load_consts(GemvOperands& o, const float* __restrict__ w_scale,
+                                                 const st_t* __restrict__ bias, int n) {
+  o.scale = W8 ? w_scale[n] : 1.0f;
+  o.bias = bias ? to_f32(bias[n]) : 0.0f;
+}
+__device__ __forceinline__ void gemv_load_residual(GemvOperands& o, const void* out, int m, int n, int N, int flags) {
+  const bool acc = (flags & NG_GEMV_ACCUMULATE) && !(flags & NG_GEMV_OUT_F32);
+  o.residual = acc ? to_f32(reinterpret_cast<const st_t*>(out)[(size_t)m * N + n]) : 0.0f;
+}
+
 // Out[m, n] from its dot product: times the row's scale (int8 weights), plus the bias, then the
 // activation or the residual (accumulate), or as f32 (flags).
 template <bool W8>
-__device__ __forceinline__ void gemv_store(void* out, float dot, const float* __restrict__ w_scale,
-                                           const st_t* __restrict__ bias, int m, int n, int N, int flags) {
-  float y = (W8 ? dot * w_scale[n] : dot) + (bias ? to_f32(bias[n]) : 0.0f);
-  const size_t o = (size_t)m * N + n;
+__device__ __forceinline__ void gemv_store_with(void* out, float dot, const GemvOperands& o, int m, int n, int N,
+                                                int flags) {
+  float y = (W8 ? dot * o.scale : dot) + o.bias;
+  const size_t i = (size_t)m * N + n;
   if (flags & NG_GEMV_OUT_F32) {
-    reinterpret_cast<float*>(out)[o] = y;
+    reinterpret_cast<float*>(out)[i] = y;
   } else {
-    st_t* op = reinterpret_cast<st_t*>(out) + o;
     if (flags & NG_GEMV_ACCUMULATE) {
-      y += to_f32(*op);
+      y += o.residual;
     } else if (flags & 3) {
       y = ng_gelu(y, flags & 3);
     }
-    *op = from_f32(y);
+    reinterpret_cast<st_t*>(out)[i] = from_f32(y);
   }
+}
+
+// The same with its operands loaded now.
+template <bool W8>
+__device__ __forceinline__ void gemv_store(void* out, float dot, const float* __restrict__ w_scale,
+                                           const st_t* __restrict__ bias, int m, int n, int N, int flags) {
+  GemvOperands o;
+  gemv_load_consts<W8>(o, w_scale, bias, n);
+  gemv_load_residual(o, out, m, n, N, flags);
+  gemv_store_with<W8>(out, dot, o, m, n, N, flags);
 }
 
 // The whole kernel for M <= MT (rows m >= M repeat row M - 1 and are not stored). `wait` is called
@@ -297,29 +313,40 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* NG_ACT_
   const int ksi = warp % ks;                    // this warp's K slice
   const int nvec = K / WVEC, step = 32 * ks, v_first = ksi * 32 + lane;  // weight vectors per row
   const int groups = (N + R - 1) / R, tiles = (groups + per_tile - 1) / per_tile;
+  st_t* lns = ln_w ? xs + (size_t)M * K : nullptr;  // the layernorm's vectors, after x
   int tile = blockIdx.x;
   int g = tile * per_tile + warp / ks;
-  // The lanes that store a group's outputs (after the reduce-scatter) bring their other operands
-  // into L1 ahead (gemv_prefetch_store).
+  // The lanes that store a group's outputs (after the reduce-scatter) hold their other operands
+  // (not at M > 4, whose kernels have no registers to spare: they load them at the store).
+  constexpr bool HOLD = MT <= 4;
   const bool storer = ksi == 0 && lane % LANES == 0;
-  const auto prefetch_store = [&](int gg, bool residual) {
-    if (!storer || gg >= groups) return;
+  GemvOperands ops[HELD];
+  const auto load_ops = [&](int gg, bool consts, bool residual) {
+    if (!HOLD || !storer || gg >= groups) return;
 #pragma unroll
     for (int j = 0; j < HELD; j++) {
       const int i = (lane / LANES) * HELD + j, m = i % MT, n = gg * R + i / MT;
-      if (m < M && n < N) gemv_prefetch_store<W8>(out, w_scale, bias, m, n, N, flags, residual);
+      if (m >= M || n >= N) continue;
+      if (consts) gemv_load_consts<W8>(ops[j], w_scale, bias, n);
+      if (residual) gemv_load_residual(ops[j], out, m, n, N, flags);
     }
   };
   uint4 raw[U][R];
   if (tile < tiles && g < groups) gemv_issue<U, W8, WVEC>(raw, w, g * R, v_first, step, N, K);
-  // Weights (and the layernorm's, the biases and scales) are never written by a step: their first
-  // loads go out before waiting for the kernel that produced x (programmatic dependent launch),
-  // hiding their latency behind its tail.
-  gemv_prefetch_ln(ln_w, ln_b, K);
-  if (tile < tiles) prefetch_store(g, false);
+  // Weights (and the layernorm's, the biases and scales) are never written by a step: they are
+  // requested before waiting for the kernel that produced x (programmatic dependent launch), hiding
+  // their latency behind its tail. (The fused decode's shared memory may still be in use by the
+  // phase before its barrier.)
+  if (tile < tiles) load_ops(g, true, false);
+#ifndef NG_FUSED
+  if (lns) gemv_stage_ln(lns, ln_w, ln_b, K);
+#endif
   wait();
-  if (tile < tiles) prefetch_store(g, true);
-  gemv_stage_x(xs, x, ln_w, ln_b, M, K, eps);
+#ifdef NG_FUSED
+  if (lns) gemv_stage_ln(lns, ln_w, ln_b, K);
+#endif
+  if (tile < tiles) load_ops(g, false, true);
+  gemv_stage_x(xs, x, lns, M, K, eps);
   ng_trace_mark(0);
   int xoff[MT];  // offset of row m of x' in xs
 #pragma unroll
@@ -360,10 +387,6 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* NG_ACT_
     tile += gridDim.x;
     const int g_next = tile * per_tile + warp / ks;
     if (tile < tiles && g_next < groups) gemv_issue<U, W8, WVEC>(raw, w, g_next * R, v_first, step, N, K);
-    if (tile < tiles) {
-      prefetch_store(g_next, false);
-      prefetch_store(g_next, true);
-    }
     GemvReduce<NV, 16>::run(acc, lane);
     if (ks > 1) {  // add the other K slices' sums into the first warp of the group
       __syncthreads();  // red is free (the previous tile has read it)
@@ -384,10 +407,16 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* NG_ACT_
       for (int j = 0; j < HELD; j++) {
         const int i = (lane / LANES) * HELD + j;
         const int r = i / MT, m = i % MT, n = n0 + r;
-        if (m < M && n < N) gemv_store<W8>(out, acc[j], w_scale, bias, m, n, N, flags);
+        if (m >= M || n >= N) continue;
+        if (HOLD) {
+          gemv_store_with<W8>(out, acc[j], ops[j], m, n, N, flags);
+        } else {
+          gemv_store<W8>(out, acc[j], w_scale, bias, m, n, N, flags);
+        }
       }
     }
     ng_trace_mark(2);
+    if (tile < tiles) load_ops(g_next, true, true);  // used after the next tile's dot products
     g = g_next;
   }
 }

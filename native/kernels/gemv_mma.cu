@@ -20,8 +20,9 @@
 // s + ks, ...; a block holds blockDim.x / 32 / ks groups (a tile); blocks loop over tiles with
 // stride gridDim.x. Each lane keeps MMA_U k blocks of loads in flight (256 bytes), the first chunk
 // issued before the PDL wait; the ks warps add their C through shared memory and the first one
-// stores. x' is staged as in gemv.cu (gemv_stage_x), M * K st_t of dynamic shared memory; or, with
-// K split across blocks (S > 1, see ng_gemv_mma), only the block's K slice of x.
+// stores. x' is staged as in gemv.cu (gemv_stage_x), (M + 2 with a layernorm, else M) * K st_t of
+// dynamic shared memory; or, with K split across blocks (S > 1, see ng_gemv_mma; no layernorm), only
+// the block's K slice of x.
 #if NG_DTYPE == 0
 #error "gemv_mma needs a 16-bit storage type (NG_DTYPE 1 or 2)"
 #endif
@@ -140,29 +141,33 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
   const int tile0 = SPLIT ? blockIdx.x / S : blockIdx.x;
   int tile = tile0, grp = tile * per_tile + warp / ks;
   unsigned int last = 0;  // SPLIT: bit i set when this block completed tile tile0 + i * stride
-  // The first warp of a group stores C (rows g, g + 8; columns 2q, 2q + 1): it brings the stores'
-  // other operands into L1 ahead (gemv_prefetch_store; the split's last block stores elsewhere).
-  const auto prefetch_store = [&](int gr, bool residual) {
+  st_t* lns = !SPLIT && ln_w ? xs + (size_t)M * K : nullptr;  // the layernorm's vectors, after x
+  // The first warp of a group stores C (x' rows g, g + 8; weight rows n0 + 2q, + 1) and holds the
+  // stores' other operands (gemv.cu's GemvOperands; the split's last block stores elsewhere).
+  GemvOperands ops[4];
+  const auto load_ops = [&](int gr, bool consts, bool residual) {
     if (SPLIT || ksi != 0 || gr >= groups) return;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
       const int m = g + (i >> 1) * 8, n = gr * MMA_ROWS + 2 * q + (i & 1);
-      if (m < M && n < N) gemv_prefetch_store<NG_GEMV_W8 != 0>(out, w_scale, bias, m, n, N, flags, residual);
+      if (m >= M || n >= N) continue;
+      if (consts) gemv_load_consts<NG_GEMV_W8 != 0>(ops[i], w_scale, bias, n);
+      if (residual) gemv_load_residual(ops[i], out, m, n, N, flags);
     }
   };
   uint4 raw[MMA_U][MMA_WV];
   if (tile < tiles && grp < groups) mma_issue(raw, w, grp * MMA_ROWS + g, q, kb_lo + ksi, ks, kb_hi, N, K);
-  // Weights (and the layernorm's, the biases and scales) are never written by a step: the first
-  // chunk goes out before waiting for x's writer.
-  if (!SPLIT) gemv_prefetch_ln(ln_w, ln_b, K);
-  if (tile < tiles) prefetch_store(grp, false);
+  // Weights (and the layernorm's, the biases and scales) are never written by a step: they are
+  // requested before waiting for x's writer.
+  if (tile < tiles) load_ops(grp, true, false);
+  if (lns) gemv_stage_ln(lns, ln_w, ln_b, K);
   ng_grid_dep_wait();
   ng_grid_dep_launch();
-  if (tile < tiles) prefetch_store(grp, true);
+  if (tile < tiles) load_ops(grp, false, true);
   if (SPLIT) {
     mma_stage_slice(xs, x, M, K, kb_lo, kb_hi);
   } else {
-    gemv_stage_x(xs, x, ln_w, ln_b, M, K, eps);
+    gemv_stage_x(xs, x, lns, M, K, eps);
   }
   ng_trace_mark(0);
   const st_t* x_lo = xs + (size_t)min(g, M - 1) * kx;  // A rows g and g + 8 (rows >= M: zero, below)
@@ -198,10 +203,6 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
     tile += stride;
     const int grp_next = tile * per_tile + warp / ks;
     if (tile < tiles && grp_next < groups) mma_issue(raw, w, grp_next * MMA_ROWS + g, q, kb_lo + ksi, ks, kb_hi, N, K);
-    if (tile < tiles) {
-      prefetch_store(grp_next, false);
-      prefetch_store(grp_next, true);
-    }
     if (ks > 1) {  // add the other K slices' C into the first warp of the group
       __syncthreads();  // red is free (the previous tile has read it)
       if (ksi != 0) {
@@ -225,7 +226,7 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
           if (SPLIT) {
             __stcg(part + ((size_t)slice * 16 + m) * N + n, c[i]);
           } else {
-            gemv_store<NG_GEMV_W8 != 0>(out, c[i], w_scale, bias, m, n, N, flags);
+            gemv_store_with<NG_GEMV_W8 != 0>(out, c[i], ops[i], m, n, N, flags);
           }
         }
       }
@@ -238,6 +239,7 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
       if (s_arrived == (unsigned)(S - 1)) last |= 1u << it;
     }
     ng_trace_mark(2);
+    if (tile < tiles) load_ops(grp_next, true, true);  // used after the next tile's mma steps
     grp = grp_next;
   }
   if (SPLIT && last != 0) {  // after the loop, which then differs from the unsplit one only in its stores

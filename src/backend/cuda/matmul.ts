@@ -168,14 +168,22 @@ export function gemv_preferred(a: MatmulArgs, dtype: DType, tensor_cores = true)
  * Whether the gemv kernel can run `a` (validated): M <= GEMV_MAX_M, rows of whole 16-byte
  * vectors (K * element bytes a multiple of 16; int8 weights: K a multiple of 16), x, w and the
  * layernorm vectors 16-byte aligned, and
- * x (M * K elements) fits the shared memory a block may have (`smem_optin_bytes`).
+ * x (M * K elements, and the layernorm's 2 * K) fits the shared memory a block may have (`smem_optin_bytes`).
  */
 export function gemv_fits(a: MatmulArgs, dtype: DType, smem_optin_bytes: number): boolean {
   const aligned = (b: Buf | null | undefined) => !b || b.ptr % 16n === 0n;
   const row_bytes = a.K * dtype_bytes(dtype);
   return a.M <= GEMV_MAX_M && row_bytes % 16 === 0 && (!a.w_scale || a.K % 16 === 0) &&
-    a.M * row_bytes <= smem_optin_bytes - GEMV_STATIC_SMEM &&
+    gemv_smem_rows(a) * row_bytes <= smem_optin_bytes - GEMV_STATIC_SMEM &&
     aligned(a.x) && aligned(a.w) && aligned(a.ln?.weight) && aligned(a.ln?.bias);
+}
+
+/**
+ * Rows of K elements of a gemv's dynamic shared memory: x's M, then, with a layernorm, its weight and
+ * bias (staged before the programmatic-launch wait: gemv.cu's gemv_stage_ln).
+ */
+function gemv_smem_rows(a: MatmulArgs): number {
+  return a.M + (a.ln ? 2 : 0);
 }
 
 /** How to launch the gemv kernel for `a`. */
@@ -183,7 +191,7 @@ export interface GemvLaunch {
   kernel: KernelName;
   blocks: number;
   threads: number;
-  /** Dynamic shared memory: x, M * K elements. */
+  /** Dynamic shared memory: x, M * K elements (with a layernorm, 2 * K more: gemv_smem_rows). */
   smem_bytes: number;
   /** Warps sharing a row group (splitting K). */
   ks: number;
@@ -236,7 +244,7 @@ export function gemv_launch(
   // else as many as a 16-bit vector (gemv.cu).
   const [, kernel16, per_lane, kernel8] = v;
   const kernel = a.w_scale ? kernel8 : kernel16;
-  const row_bytes = a.K * dtype_bytes(dtype), smem_bytes = a.M * row_bytes;
+  const row_bytes = a.K * dtype_bytes(dtype), smem_bytes = gemv_smem_rows(a) * row_bytes;
   const nvec = (a.w_scale && a.M <= 2 ? a.K : row_bytes) / 16;
   const groups = Math.ceil(a.N / GEMV_ROWS);
   const flags = gemv_flags(a);
@@ -427,7 +435,7 @@ function gemv_mma_shape(
   const per_chunk = mma_chunk_blocks(a);
   // The widest slice (the kernel cuts K at slice * blocks_k / kslices).
   const slice_k = Math.ceil(blocks_k / kslices),
-    smem_bytes = a.M * slice_k * GEMV_MMA_KB * dtype_bytes(dtype);
+    smem_bytes = (kslices > 1 ? a.M : gemv_smem_rows(a)) * slice_k * GEMV_MMA_KB * dtype_bytes(dtype);
   // Unsplit: the grouped grid, with K over at least 2 warps where it has 2 blocks (a warp's mma
   // steps over its k blocks are one dependent chain; H200, gpt2's int8 c_attn at M = 8, one warp a
   // row group 5.1 us, two 4.5). The split keeps the shape it was measured with.
