@@ -234,8 +234,7 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi) {
 //   [1..3] global timer at entry, after the wait, at exit; [4..6] clock64 at the same;
 //   [7] clock64 as the wait starts; [8..11] global timer at marks 0..3; [12..15] clock64 at the same.
 // Slots are taken in arrival order, so a launch's blocks all come before the next launch's (which
-// cannot start before they have all started and let it: ng_grid_dep_launch). Records past
-// NG_TRACE_CAP are dropped.
+// cannot start before they have all passed their wait). Records past NG_TRACE_CAP are dropped.
 #ifdef NG_TRACE
 __device__ __forceinline__ unsigned long long ng_gtimer() {
   unsigned long long t;
@@ -303,13 +302,3 @@ __device__ __forceinline__ void ng_grid_dep_launch() {
   asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
 }
-// ng_grid_dep_launch() at a kernel's entry, before its own wait, so that the next kernel's blocks
-// start (and request their weights) while this one still waits. Only for kernels that read nothing
-// before their wait that a kernel of a step writes (gemv.cu, gemv_mma.cu: weights, biases and the
-// layernorm's vectors). Every other kernel lets the next one start only after its own wait, so a
-// kernel never starts before the last such kernel ahead of it has passed its wait: attention_decode
-// reads the step's lengths and cached keys before its wait, and the kernels since the previous
-// step's advance (embed, loop_step) all trigger late. The step trace measured why (H200, gpt2 batch
-// 1): a gemv's blocks spent 1.5 us from entry to their wait issuing weight loads, and they could
-// only enter after the kernel before had passed its wait.
-__device__ __forceinline__ void ng_grid_dep_launch_early() { ng_grid_dep_launch(); }

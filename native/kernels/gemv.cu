@@ -428,8 +428,9 @@ ng_gemv(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __restri
         const float* __restrict__ w_scale, const st_t* __restrict__ bias, const st_t* __restrict__ ln_w,
         const st_t* __restrict__ ln_b, int M, int N, int K, float eps, int flags, int ks) {
   NG_TRACE_KERNEL;
-  ng_grid_dep_launch_early();
-  gemv<NG_GEMV_MT, NG_GEMV_W8 != 0>(out, x, w, w_scale, bias, ln_w, ln_b, M, N, K, eps, flags, ks,
-                                    [] { ng_grid_dep_wait(); });
+  gemv<NG_GEMV_MT, NG_GEMV_W8 != 0>(out, x, w, w_scale, bias, ln_w, ln_b, M, N, K, eps, flags, ks, [] {
+    ng_grid_dep_wait();
+    ng_grid_dep_launch();
+  });
 }
 #endif

@@ -125,7 +125,6 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
             const st_t* __restrict__ ln_b, int M, int N, int K, float eps, int flags, int ks,
             float* __restrict__ part, unsigned int* __restrict__ count, int S) {
   NG_TRACE_KERNEL;
-  ng_grid_dep_launch_early();
   constexpr bool SPLIT = NG_GEMV_SPLIT != 0;
   constexpr bool HI = NG_GEMV_MT > 8;  // x' rows 8..15 exist
   extern __shared__ uint4 gemv_smem[];
@@ -163,6 +162,7 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
   if (tile < tiles) load_ops(grp, true, false);
   if (lns) gemv_stage_ln(lns, ln_w, ln_b, K);
   ng_grid_dep_wait();
+  ng_grid_dep_launch();
   if (tile < tiles) load_ops(grp, false, true);
   if (SPLIT) {
     mma_stage_slice(xs, x, M, K, kb_lo, kb_hi);
