@@ -397,7 +397,10 @@ export class CudaBackend implements Backend {
     this.synchronize();
     const out = new BigUint64Array(this.#trace.bytes / 8);
     this.read(this.#trace, out);
-    if (reset) this.write(this.#trace, new BigUint64Array(1));
+    if (reset) { // every record: a record keeps the marks its kernel does not log from before
+      this.#ctx.memset8(this.#trace.ptr, 0, this.#trace.bytes, this.#stream);
+      this.synchronize();
+    }
     return out;
   }
 
