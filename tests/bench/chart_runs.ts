@@ -30,7 +30,7 @@ for (const arg of positionals) {
 }
 if (values.peer) {
   for (const line of Deno.readTextFileSync(values.peer).split("\n")) {
-    if (!line.trim()) continue;
+    if (!line.trimStart().startsWith("{")) continue; // torch_baseline.py ends with a table
     const r = JSON.parse(line);
     if (r.engine && r.tok_s) rows.push({ ...r, engine: `torch-${r.engine}` });
   }
