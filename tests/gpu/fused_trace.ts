@@ -10,13 +10,12 @@ import { parseArgs } from "node:util";
 import { create_backend, Engine, GPT, open_model } from "../../mod.ts";
 import { CudaBackend } from "../../src/backend/cuda.ts";
 import { create_tokenizer } from "../../src/tokenizer/tokenizer.ts";
+import { DECODE_TOOL_OPTIONS, synthetic_prompts } from "./gpu_helpers.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
   options: {
-    model: { type: "string", default: "gpt2" },
-    batch: { type: "string", default: "1" },
-    weights: { type: "string", default: "dtype" },
+    ...DECODE_TOOL_OPTIONS,
     graphs: { type: "string", default: "on" },
   },
 });
@@ -28,10 +27,7 @@ if (!(backend instanceof CudaBackend)) throw new Error("fused_trace needs the CU
 using gpt = await GPT.load(backend, source, { weights: values.weights as "dtype" | "int8" });
 using engine = new Engine(gpt, await create_tokenizer(source.tokenizer), { max_running: B });
 const V = gpt.config.vocab_size;
-const prompts = Array.from(
-  { length: B },
-  (_, b) => Array.from({ length: 64 }, (_, t) => (b * 7919 + t * 104729) % V),
-);
+const prompts = synthetic_prompts(B, 64, V);
 await engine.generate(
   prompts.map((prompt) => ({ prompt, max_new_tokens: 40, temperature: 0, stop_at_eot: false })),
 );

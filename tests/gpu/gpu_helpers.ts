@@ -23,6 +23,24 @@ export function backend(dtype: DType, graphs = true): CudaBackend {
   return create_cuda_backend({ dtype, graphs });
 }
 
+/**
+ * `B` token prompts of `P` tokens below `V`, different per sequence and the same every run (the
+ * decode tools' input: fused_trace.ts, profile_decode.ts, step_trace.ts).
+ */
+export function synthetic_prompts(B: number, P: number, V: number): number[][] {
+  return Array.from(
+    { length: B },
+    (_, b) => Array.from({ length: P }, (_, t) => (b * 7919 + t * 104729) % V),
+  );
+}
+
+/** The decode tools' options for which model to run (random weights), at what batch and weights. */
+export const DECODE_TOOL_OPTIONS = {
+  model: { type: "string", default: "gpt2" },
+  batch: { type: "string", default: "1" },
+  weights: { type: "string", default: "dtype" },
+} as const;
+
 /** A seeded uniform generator in [0, 1) (mulberry32). */
 export { rng };
 export { rel_l2 } from "../helpers/compare.ts";

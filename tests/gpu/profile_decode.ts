@@ -10,6 +10,7 @@ import { parseArgs } from "node:util";
 import { create_backend, Engine, GPT, open_model } from "../../mod.ts";
 import { CudaBackend } from "../../src/backend/cuda.ts";
 import { create_tokenizer } from "../../src/tokenizer/tokenizer.ts";
+import { synthetic_prompts } from "./gpu_helpers.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -34,10 +35,7 @@ using engine = new Engine(gpt, await create_tokenizer(source.tokenizer), {
 });
 engine.reserve();
 const V = gpt.config.vocab_size;
-const prompts = Array.from(
-  { length: B },
-  (_, b) => Array.from({ length: P }, (_, t) => (b * 7919 + t * 104729) % V),
-);
+const prompts = synthetic_prompts(B, P, V);
 const reqs = (n: number) =>
   prompts.map((prompt) => ({ prompt, max_new_tokens: n, temperature: 0, stop_at_eot: false }));
 await engine.generate(reqs(S + 1)); // records every step's graph outside the profiled range

@@ -22,13 +22,12 @@ import { CudaBackend } from "../../src/backend/cuda.ts";
 import { parse_trace, TRACE_RECORD_WORDS } from "../../src/backend/cuda/step_trace.ts";
 import { median, summarize_steps, summary_table, timer_resolution_ns } from "../helpers/step_summary.ts";
 import { create_tokenizer } from "../../src/tokenizer/tokenizer.ts";
+import { DECODE_TOOL_OPTIONS, synthetic_prompts } from "./gpu_helpers.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
   options: {
-    model: { type: "string", default: "gpt2" },
-    batch: { type: "string", default: "1" },
-    weights: { type: "string", default: "dtype" },
+    ...DECODE_TOOL_OPTIONS,
     json: { type: "string" },
     new: { type: "string", default: "24" },
     raw: { type: "string" },
@@ -50,13 +49,11 @@ if (values.from) { // a trace written by --raw, looked at again without a GPU
   using gpt = await GPT.load(backend, source, { weights: values.weights as "dtype" | "int8" });
   using engine = new Engine(gpt, await create_tokenizer(source.tokenizer), { max_running: B });
   const V = gpt.config.vocab_size;
+  const prompts = synthetic_prompts(B, 64, V);
   const run = (n: number) =>
-    engine.generate(Array.from({ length: B }, (_, b) => ({
-      prompt: Array.from({ length: 64 }, (_, t) => (b * 7919 + t * 104729) % V),
-      max_new_tokens: n,
-      temperature: 0,
-      stop_at_eot: false,
-    })));
+    engine.generate(
+      prompts.map((prompt) => ({ prompt, max_new_tokens: n, temperature: 0, stop_at_eot: false })),
+    );
   await run(40); // compiles, captures the graphs
   backend.step_trace(true);
   await run(Number(values.new));
