@@ -17,7 +17,8 @@
 // row as torch: two passes, biased variance), rounding x' to st_t as the unfused path does.
 // Each tile's stores overlap the next tile's first chunk of loads.
 // Needs K % NG_VEC == 0, 16-byte aligned x, w, ln_w, ln_b, (M + 2 with ln, else M) * K *
-// sizeof(st_t) bytes of dynamic shared memory (x, then the layernorm's weight and bias), blockDim.x = 32 * ks * (row groups per tile) <= 256 (the host checks and sizes).
+// sizeof(st_t) bytes of dynamic shared memory (x, then the layernorm's weight and bias), and
+// blockDim.x = 32 * ks * (row groups per tile) <= 256 (the host checks and sizes).
 // flags: bits 0-1 activation (0 none, 1 GELU erf, 2 GELU tanh), bit 2 accumulate, bit 3 f32 out.
 // With -DNG_GEMV_W8=1 (weight-only int8, W8A16), w holds int8 values and w_scale one f32 scale per
 // row. For M <= 2 a lane's weight vector is still 16 bytes, now 16 int8 values (XPW = 16 / NG_VEC x

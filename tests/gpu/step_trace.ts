@@ -89,6 +89,6 @@ console.log(JSON.stringify(out));
 if (values.json) {
   Deno.writeTextFileSync(
     values.json,
-    JSON.stringify({ ...out, by_label: s.by_label, steps: s.steps }, null, 1),
+    JSON.stringify({ ...out, by_label: s.by_label, step_rows: s.steps }, null, 1),
   );
 }
