@@ -28,8 +28,9 @@ function trace_words(launches: FakeLaunch[], capacity = 64): BigUint64Array {
       const r = (i + 1) * TRACE_RECORD_WORDS;
       w[r] = (BigInt(TAG[l.kernel]) << 48n) | (BigInt(l.blocks.length) << 32n) | (BigInt(k) << 16n) |
         BigInt(k);
-      [b.entry, b.wait, b.exit].forEach((t, j) => (w[r + 1 + j] = BigInt(t)));
-      (b.marks ?? []).forEach((t, j) => (w[r + 8 + j] = BigInt(t)));
+      // common.cuh's words: entry, the wait's start (200 ns after entry here), its end, exit, marks.
+      [b.entry, b.entry + 200, b.wait, b.exit].forEach((t, j) => (w[r + 1 + j] = BigInt(t)));
+      (b.marks ?? []).forEach((t, j) => (w[r + 5 + j] = BigInt(t)));
       i++;
     });
   }
@@ -78,8 +79,9 @@ Deno.test("parse_trace: records group into launches in arrival order; a broken l
   assertEquals(got.map((l) => l.kernel), launches.map((l) => l.kernel));
   assertEquals(got[1].grid, 2);
   assertEquals(got[1].blocks[1].wait_ns, 10_000 + 200 + 100);
-  assertEquals(got[1].blocks[0].mark_ns.slice(0, 3), [10_500, 10_900, 11_100]);
-  assertEquals(got[2].blocks[0].mark_ns, [null, null, null, null]); // attention logs none here
+  assertEquals(got[1].blocks[1].wait_start_ns, 10_000 + 200 - 500 + 200);
+  assertEquals(got[1].blocks[0].mark_ns, [10_500, 10_900, 11_100]);
+  assertEquals(got[2].blocks[0].mark_ns, [null, null, null]); // attention logs none here
   // A launch of 2 blocks whose second record is another kernel's.
   const w = trace_words(launches);
   w[3 * TRACE_RECORD_WORDS] = (BigInt(TAG.sample) << 48n) | (2n << 32n) | (1n << 16n);
@@ -108,7 +110,7 @@ Deno.test("summarize_steps: a step's rows add up to it; gemvs get their matmul; 
   const total = s.steps[0].reduce((a, r) => a + r.step, 0);
   assertEquals(total, 10_000 + 1200 * 9 + 200 + 1000 - 10_000);
   const c_attn = s.steps[0][0];
-  assertEquals([c_attn.gap, c_attn.spread, c_attn.tail], [200, 100, 0]); // the median exit is the upper one
+  assertEquals([c_attn.prewait, c_attn.gap, c_attn.spread, c_attn.tail], [200, 200, 100, 0]); // the median exit is the upper one
   assertEquals([c_attn.staged, c_attn.dots, c_attn.stored], [300, 400, 200]);
   assert(Number.isNaN(s.steps[0][1].staged)); // no marks: not a number
   const fc = s.by_label.find((b) => b.label === "c_fc")!;
@@ -144,5 +146,7 @@ Deno.test("trace_capacity and trace_defines: NGPT_TRACE names a record count; ba
     "NG_TRACE=0xabcull",
     "NG_TRACE_CAP=10",
     `NG_TRACE_TAG=${TAG.sample}`,
+    "NG_TRACE_WORDS=8",
+    "NG_TRACE_MARKS=3",
   ]);
 });

@@ -226,21 +226,16 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi) {
 #endif
 
 // The step trace (tests/gpu/step_trace.ts, src/backend/cuda/step_trace.ts; only with
-// -DNG_TRACE=<device address>, which the backend bakes in when NGPT_TRACE is set): thread 0 of every
-// block takes the next record of the buffer (NG_TRACE_KERNEL opens each kernel) and logs the global
-// timer and its SM's clock at entry, around ng_grid_dep_wait, at ng_trace_mark(i) and when it
-// leaves. The buffer: a u64 record count, 15 u64 unused, then records of 16 u64:
+// -DNG_TRACE=<device address>, which the backend bakes in when NGPT_TRACE is set, with the record
+// size NG_TRACE_WORDS and NG_TRACE_MARKS): thread 0 of every block takes the next record of the
+// buffer (NG_TRACE_KERNEL opens each kernel) and logs the global timer (ns) at entry, around
+// ng_grid_dep_wait, at ng_trace_mark(i) and when it leaves. The buffer: a u64 record count, the
+// rest of a record's words unused, then records of NG_TRACE_WORDS u64:
 //   [0] tag << 48 | blocks << 32 | block << 16 | smid (the grid's blocks, this block's linear index)
-//   [1..3] global timer at entry, after the wait, at exit; [4..6] clock64 at the same;
-//   [7] clock64 as the wait starts; [8..11] global timer at marks 0..3; [12..15] clock64 at the same.
+//   [1] entry, [2] the wait's start, [3] its end, [4] exit, [5 + i] mark i (i < NG_TRACE_MARKS).
 // Slots are taken in arrival order, so a launch's blocks all come before the next launch's (which
 // cannot start before they have all passed their wait). Records past NG_TRACE_CAP are dropped.
 #ifdef NG_TRACE
-__device__ __forceinline__ unsigned long long ng_gtimer() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 __device__ __forceinline__ unsigned int ng_smid() {
   unsigned int s;
   asm volatile("mov.u32 %0, %%smid;" : "=r"(s));
@@ -250,32 +245,35 @@ __device__ __forceinline__ unsigned long long*& ng_trace_slot() {
   __shared__ unsigned long long* rec;  // thread 0's own: no barrier needed
   return rec;
 }
-__device__ __forceinline__ void ng_trace_put(int gt_i, int clk_i) {
+// Word i of thread 0's record := the global timer.
+__device__ __forceinline__ void ng_trace_put(int i) {
   if (threadIdx.x != 0) return;
   unsigned long long* r = ng_trace_slot();
   if (r == nullptr) return;
-  const unsigned long long c = clock64();
-  r[gt_i] = ng_gtimer();
-  r[clk_i] = c;
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  r[i] = t;
 }
 struct NgTraceScope {
   __device__ NgTraceScope() {
     if (threadIdx.x != 0) return;
     unsigned long long* buf = reinterpret_cast<unsigned long long*>(NG_TRACE);
     const unsigned long long i = atomicAdd(buf, 1ull);
-    unsigned long long* r = i < (unsigned long long)NG_TRACE_CAP ? buf + 16 + 16 * i : nullptr;
+    unsigned long long* r = i < (unsigned long long)NG_TRACE_CAP ? buf + NG_TRACE_WORDS * (i + 1) : nullptr;
     ng_trace_slot() = r;
     if (r == nullptr) return;
     const unsigned int blocks = gridDim.x * gridDim.y * gridDim.z;
     const unsigned int b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
     r[0] = ((unsigned long long)NG_TRACE_TAG << 48) | ((unsigned long long)(blocks & 0xffff) << 32) |
            ((unsigned long long)(b & 0xffff) << 16) | ng_smid();
-    ng_trace_put(1, 4);
+    ng_trace_put(1);
   }
-  __device__ ~NgTraceScope() { ng_trace_put(3, 6); }
+  __device__ ~NgTraceScope() { ng_trace_put(4); }
 };
 #define NG_TRACE_KERNEL NgTraceScope ng_trace_scope_
-__device__ __forceinline__ void ng_trace_mark(int i) { ng_trace_put(8 + i, 12 + i); }
+__device__ __forceinline__ void ng_trace_mark(int i) {
+  if (i < NG_TRACE_MARKS) ng_trace_put(5 + i);
+}
 #else
 #define NG_TRACE_KERNEL
 __device__ __forceinline__ void ng_trace_mark(int) {}
@@ -288,13 +286,13 @@ __device__ __forceinline__ void ng_trace_mark(int) {}
 // ng_grid_dep_launch() lets the next kernel start now (its own wait still protects it).
 __device__ __forceinline__ void ng_grid_dep_wait() {
 #ifdef NG_TRACE
-  if (threadIdx.x == 0 && ng_trace_slot() != nullptr) ng_trace_slot()[7] = clock64();
+  ng_trace_put(2);
 #endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 #ifdef NG_TRACE
-  ng_trace_put(2, 5);
+  ng_trace_put(3);
 #endif
 }
 __device__ __forceinline__ void ng_grid_dep_launch() {

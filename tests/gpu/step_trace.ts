@@ -1,9 +1,10 @@
 /**
  * Where a decode step's time goes, kernel by kernel: runs a random GPT-2 with NGPT_TRACE set (every
  * block logs its entry, its programmatic-launch wait, its marks and its exit: common.cuh), takes one
- * whole decode step from the trace and prints, for each kernel of a layer (the median over layers)
- * and for the rest of the step:
- *   gap_us   the previous kernel's last block out -> this kernel's first block past its wait (the
+ * whole decode step from the trace and prints, for each kernel of a layer (the mean over layers and
+ * steps) and for the rest of the step:
+ *   prewait  per block (median), entry -> reaching its wait (what it requests before);
+ *   gap      the previous kernel's last block out -> this kernel's first block past its wait (the
  *            release of the dependency);
  *   spread   first -> last block past the wait;
  *   body     per block (median), wait -> exit, and (gemv) wait -> x staged (mark 0), -> dot products

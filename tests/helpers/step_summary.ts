@@ -2,8 +2,7 @@
  * A decode step's time, kernel by kernel, from a parsed step trace (src/backend/cuda/step_trace.ts):
  * what tests/gpu/step_trace.ts prints. No GPU needed (tests/step_trace_test.ts runs it on a made-up
  * trace). Times are the global timer's (ns; on an H200 each SM sees it step by 256 ns, at phases 32
- * ns apart); the SMs' clocks, also logged, drift apart over a run and would need a fit to be
- * compared across SMs.
+ * ns apart).
  * @module
  */
 import type { TraceBlock, TraceLaunch } from "../../src/backend/cuda/step_trace.ts";
@@ -14,6 +13,8 @@ export interface StepRow {
   label: string;
   kernel: string;
   grid: number;
+  /** Per block (median): entry -> the wait's start (the requests a kernel makes before it). */
+  prewait: number;
   /** The previous launch's last block out -> this launch's first block past its wait. */
   gap: number;
   /** First -> last block past the wait. */
@@ -41,7 +42,7 @@ export interface StepSummary {
 }
 
 const GEMV_ROLES = ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"];
-const KEYS = ["gap", "spread", "body", "staged", "dots", "stored", "tail", "step"] as const;
+const KEYS = ["prewait", "gap", "spread", "body", "staged", "dots", "stored", "tail", "step"] as const;
 const NOT_DECODE = /prefill|layernorm|kv_append|gather|logprobs|scatter/;
 
 /** The median (upper middle) of `a`; NaN when empty. */
@@ -77,6 +78,7 @@ function step_rows(step: TraceLaunch[], n_layer: number): StepRow[] {
       label,
       kernel: l.kernel,
       grid: l.grid,
+      prewait: median(l.blocks.map((b) => ns(b.wait_start_ns) - b.entry_ns)),
       gap: min(wait) - prev_exit,
       spread: max(wait) - min(wait),
       body: median(l.blocks.map((b) => ns(b.exit_ns) - ns(b.wait_ns))),

@@ -337,7 +337,8 @@ export function kernel_variants(
 
 /**
  * Compiles a variant for `arch` to CUBIN, through the cache under `cache_dir` (null: no cache),
- * with `extra_defines` (NAME=VALUE) after the variant's own (the step trace's). Throws NvrtcCompileError (with the log) when it does not compile.
+ * with `extra_defines` (NAME=VALUE) after the variant's own (the step trace's). Throws
+ * NvrtcCompileError (with the log) when it does not compile.
  */
 export function compile_variant(
   nvrtc: Nvrtc,

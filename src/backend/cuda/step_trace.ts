@@ -1,18 +1,19 @@
 /**
  * The step trace: with NGPT_TRACE=<records> every kernel is compiled with -DNG_TRACE=<address of a
  * device buffer>, and thread 0 of each block logs when it started, passed its programmatic-launch
- * wait, reached its marks and left (native/kernels/common.cuh, NG_TRACE_KERNEL). This file holds the
- * buffer's layout (one source with common.cuh's comment), the -D options, and the parse of a read
- * buffer into launches. tests/gpu/step_trace.ts turns a decode step's launches into a table.
+ * wait, reached its marks and left, on the global timer (native/kernels/common.cuh, NG_TRACE_KERNEL,
+ * whose comment gives the words of a record). This file holds the record's size, passed to the
+ * kernels with the other -D options, and the parse of a read buffer into launches.
+ * tests/gpu/step_trace.ts turns a decode step's launches into a table.
  * @module
  */
 import { env } from "../../util/env.ts";
 import { type KernelName, KERNELS } from "./kernels.ts";
 
 /** u64 words of a record, and of the header (the record count, then unused) before the records. */
-export const TRACE_RECORD_WORDS = 16;
-/** Marks a record holds (ng_trace_mark(0..3)). */
-export const TRACE_MARKS = 4;
+export const TRACE_RECORD_WORDS = 8;
+/** Marks a record holds (ng_trace_mark(0..2): its words 5..7). */
+export const TRACE_MARKS = 3;
 
 /** Records to keep (NGPT_TRACE: a positive integer, "1" for 262,144), or 0 when not tracing. */
 export function trace_capacity(): number {
@@ -39,25 +40,22 @@ export function trace_defines(ptr: bigint, capacity: number, kernel: KernelName)
     `NG_TRACE=0x${ptr.toString(16)}ull`,
     `NG_TRACE_CAP=${capacity}`,
     `NG_TRACE_TAG=${TAGS.indexOf(kernel)}`,
+    `NG_TRACE_WORDS=${TRACE_RECORD_WORDS}`,
+    `NG_TRACE_MARKS=${TRACE_MARKS}`,
   ];
 }
 
-/** One block's record: ns of the global timer, clocks of its SM's counter (null: not reached). */
+/** One block's record: the global timer (ns) at each point (null: not reached or not logged). */
 export interface TraceBlock {
   block: number;
   sm: number;
-  /** Global timer (ns) at entry, after the programmatic-launch wait, at exit. */
   entry_ns: number;
+  /** When the block reached its programmatic-launch wait, and when the wait returned. */
+  wait_start_ns: number | null;
   wait_ns: number | null;
   exit_ns: number | null;
-  /** SM clock at entry, at the wait's start and end, at exit. */
-  entry_clk: number;
-  wait_start_clk: number | null;
-  wait_clk: number | null;
-  exit_clk: number | null;
-  /** Global timer and SM clock at marks 0..3. */
+  /** Marks 0 .. TRACE_MARKS - 1 (gemv: x staged, dot products done, stored). */
   mark_ns: (number | null)[];
-  mark_clk: (number | null)[];
 }
 
 /** A launch: its kernel, grid and block records (by blockIdx.x). */
@@ -83,14 +81,10 @@ export function parse_trace(words: BigUint64Array): { launches: TraceLaunch[]; d
       block: Number((info >> 16n) & 0xffffn),
       sm: Number(info & 0xffffn),
       entry_ns: Number(r[1]),
-      wait_ns: opt(r[2]),
-      exit_ns: opt(r[3]),
-      entry_clk: Number(r[4]),
-      wait_clk: opt(r[5]),
-      exit_clk: opt(r[6]),
-      wait_start_clk: opt(r[7]),
-      mark_ns: Array.from({ length: TRACE_MARKS }, (_, k) => opt(r[8 + k])),
-      mark_clk: Array.from({ length: TRACE_MARKS }, (_, k) => opt(r[8 + TRACE_MARKS + k])),
+      wait_start_ns: opt(r[2]),
+      wait_ns: opt(r[3]),
+      exit_ns: opt(r[4]),
+      mark_ns: Array.from({ length: TRACE_MARKS }, (_, k) => opt(r[5 + k])),
     });
   }
   // Slots are taken in arrival order and a launch cannot start before every block of the one
