@@ -4,7 +4,8 @@
 # tests/gpu/fused_trace.ts), the decode bench at batch 1 and 8 for gpt2 and gpt2-xl with the fused
 # decode on (NGPT_FUSED_DECODE=1) and off, where an op-by-op step's time goes (`steps`:
 # tests/gpu/step_trace.ts), with int8 weights, with the tensor-core gemv off (MODES:
-# fused, unfused, int8, unfused-int8, ...-kv8, ...-nomma, ...-mma, ...-nosplit), gpt2 at batch 256 with the
+# fused, unfused, int8, unfused-int8, ...-kv8, ...-nomma, ...-mma, ...-nosplit, ...-loop1; STEP_ENV:
+# variables for the step traces, e.g. NGPT_LOOP=1), gpt2 at batch 256 with the
 # 16-bit and int8 KV cache (`big`), and torch_baseline.py's peers in the same call. TREES="base ."
 # benches prepare_device.sh's BASE commit too, alternating with this tree mode by mode. Prepare with
 # tests/gpu/prepare_device.sh; results in $OUT/results.tgz.
@@ -35,7 +36,7 @@ if part steps; then
     IFS=: read -r m b w <<<"$c"
     n=24 raw=() && [[ $m == gpt2-xl ]] && n=6
     [[ $c == gpt2:1 ]] && raw=(--raw "$OUT/steps_gpt2_b1.bin")  # about 12 MB
-    NGPT_TRACE=2000000 timeout 120 "${run[@]}" tests/gpu/step_trace.ts --model $m --batch $b --weights ${w:-dtype} --new $n \
+    env ${STEP_ENV:-} NGPT_TRACE=2000000 timeout 120 "${run[@]}" tests/gpu/step_trace.ts --model $m --batch $b --weights ${w:-dtype} --new $n \
       --json "$OUT/steps_${m}_b${b}_${w:-dtype}.json" "${raw[@]}" 2>&1 | grep -v "^    at" | tee -a "$OUT/steps.txt" | tail -24
   done
 fi
@@ -56,6 +57,7 @@ if part bench; then
     [[ $mode == *nomma* ]] && env+=(NGPT_GEMV_MMA=off)  # gemv on CUDA cores only (gemv_mma.cu off)
     [[ $mode == *-mma* ]] && env+=(NGPT_GEMV_MMA=all)   # every gemv of M >= 3 on tensor cores (the default)
     [[ $mode == *nosplit* ]] && env+=(NGPT_GEMV_SPLIT=1)  # the tensor-core gemv never splits K across blocks
+    [[ $mode == *loop1* ]] && env+=(NGPT_LOOP=1)  # the steps of a launch as a WHILE node's loop on the device
     env "${env[@]}" timeout "${BENCH_S:-90}" "${run[@]}" examples/bench.ts --device cuda --models "${MODELS:-gpt2,gpt2-xl}" \
       --batches "${BATCHES:-1,8}" --graphs on --prompt 64 --new 256 "${q[@]}" --json "$OUT/bench_$tag.json" \
       >"$OUT/bench_$tag.txt" 2>&1
