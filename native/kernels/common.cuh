@@ -69,6 +69,20 @@ __device__ __forceinline__ void unpack_vec(uint4 u, float* out) {
 // Loads NG_VEC consecutive elements (16-byte aligned) as f32.
 __device__ __forceinline__ void load_vec(const st_t* p, float* out) { unpack_vec(*reinterpret_cast<const uint4*>(p), out); }
 
+// NG_VEC f32 values rounded to st_t, as one 16-byte vector.
+__device__ __forceinline__ uint4 pack_vec(const float* f) {
+#if NG_DTYPE == 0
+  return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+#else
+  unsigned int w[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    w[i] = (unsigned int)from_f32(f[2 * i]) | ((unsigned int)from_f32(f[2 * i + 1]) << 16);
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+#endif
+}
+
 // GELU by activation code (src/backend/backend.ts ACTIVATION_CODE): 1 exact erf (nanoGPT's
 // nn.GELU()), 2 tanh approximation (HF gelu_new); anything else is the identity.
 __device__ __forceinline__ float ng_gelu(float v, int act) {

@@ -16,8 +16,8 @@
 // into dynamic shared memory (M * K st_t) and, with ln, normalizes it there (mean and 1/std per
 // row as torch: two passes, biased variance), rounding x' to st_t as the unfused path does.
 // Each tile's stores overlap the next tile's first chunk of loads.
-// Needs K % NG_VEC == 0, 16-byte aligned x, w, ln_w, ln_b, (M + 2 with ln, else M) * K *
-// sizeof(st_t) bytes of dynamic shared memory (x, then the layernorm's weight and bias), and
+// Needs K % NG_VEC == 0, 16-byte aligned x, w, ln_w, ln_b, (2M + 2 with ln, else M) * K *
+// sizeof(st_t) bytes of dynamic shared memory (x', then the layernorm's weight and bias, then x), and
 // blockDim.x = 32 * ks * (row groups per tile) <= 256 (the host checks and sizes).
 // flags: bits 0-1 activation (0 none, 1 GELU erf, 2 GELU tanh), bit 2 accumulate, bit 3 f32 out.
 // With -DNG_GEMV_W8=1 (weight-only int8, W8A16), w holds int8 values and w_scale one f32 scale per
@@ -100,21 +100,6 @@ __device__ __forceinline__ void gemv_unpack_w(uint4 u, int j, float* f) {
   }
 }
 
-// NG_VEC f32 values rounded to st_t, as one 16-byte vector.
-__device__ __forceinline__ uint4 gemv_pack(const float* f) {
-#if NG_DTYPE == 0
-  return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
-                    __float_as_uint(f[3]));
-#else
-  unsigned int w[4];
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    w[i] = (unsigned int)from_f32(f[2 * i]) | ((unsigned int)from_f32(f[2 * i + 1]) << 16);
-  }
-  return make_uint4(w[0], w[1], w[2], w[3]);
-#endif
-}
-
 // Warp reduce-scatter of C values per lane over the lanes differing in bits O, O/2, ..., 1: while
 // more than one value is left, each step swaps half of them with the partner lane (lane ^ O) and
 // adds, so lanes with bit O set keep the upper half. Afterwards, with NV = the starting C (a power
@@ -180,64 +165,88 @@ __device__ __forceinline__ void gemv_stage_ln(st_t* lns, const st_t* __restrict_
   cp_async_commit();
 }
 
+// The layernorm's statistics of one row of K elements (nvec vectors) in shared memory, as torch
+// (two passes, biased variance), computed by a whole warp: every lane returns mul = 1/std and
+// add = -mean/std. A lane's vectors are loaded together (up to GEMV_LN_VPL; beyond that a loop):
+// one round trip to shared memory a pass rather than one a vector.
+#define GEMV_LN_VPL 4  // vectors a lane loads at once: K <= 1024 (16-bit) in one round trip
+// A lane's sum over its vectors v = lane + 32j of a row (f(e) of each element e; the vectors past
+// nvec add nothing): loaded at clamped addresses with no branch between them, so they are all in
+// flight at once (loads under `if (v < nvec)` were issued one after another, each waited for).
+template <typename F>
+__device__ __forceinline__ float gemv_ln_lane_sum(const uint4* row, int nvec, F f) {
+  const int lane = threadIdx.x & 31;
+  uint4 r[GEMV_LN_VPL];
+#pragma unroll
+  for (int j = 0; j < GEMV_LN_VPL; j++) r[j] = row[min(lane + 32 * j, nvec - 1)];
+  float s = 0.0f;
+#pragma unroll
+  for (int j = 0; j < GEMV_LN_VPL; j++) {
+    float x[NG_VEC];
+    unpack_vec(r[j], x);
+    float t = 0.0f;
+#pragma unroll
+    for (int e = 0; e < NG_VEC; e++) t += f(x[e]);
+    s += lane + 32 * j < nvec ? t : 0.0f;
+  }
+  for (int v = lane + 32 * GEMV_LN_VPL; v < nvec; v += 32) {
+    float x[NG_VEC];
+    unpack_vec(row[v], x);
+#pragma unroll
+    for (int e = 0; e < NG_VEC; e++) s += f(x[e]);
+  }
+  return s;
+}
+
+__device__ __forceinline__ void gemv_ln_stats(const uint4* row, int nvec, int K, float eps, float& mul, float& add) {
+  const float mean = warp_sum(gemv_ln_lane_sum(row, nvec, [](float x) { return x; })) / (float)K;
+  const float var = warp_sum(gemv_ln_lane_sum(row, nvec, [=](float x) { return (x - mean) * (x - mean); })) / (float)K;
+  mul = rsqrtf(var + eps);
+  add = -mean * mul;
+}
+
 // The prologue: x rows m < M into xs (M x K st_t in shared memory), layernormed when lns (staged by
 // gemv_stage_ln) is given. Every thread of the block must call it; it ends with a barrier.
+// With a layernorm, x lands after the layernorm's vectors (lns + 2K: M x K more st_t, which the host
+// sizes) and x' is written into xs, so no warp waits on another between the staging and the
+// normalize pass: each warp that normalizes vectors of a row computes that row's statistics itself.
+// (Warp 0 computing them alone, behind two more barriers, took about 0.8 of a gpt2 c_attn's 1.2 us
+// of staging: H200, step trace.)
 __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRICT x, const st_t* lns, int M, int K,
                                              float eps) {
-  __shared__ float s_mul[NG_GEMV_MT], s_add[NG_GEMV_MT];
   const int nvec = K / NG_VEC, total = M * nvec;
   uint4* xs4 = reinterpret_cast<uint4*>(xs);
+  uint4* raw4 = lns ? reinterpret_cast<uint4*>(const_cast<st_t*>(lns) + 2 * (size_t)K) : xs4;
   const uint4* x4 = reinterpret_cast<const uint4*>(x);
 #if NG_GEMV_MT > 2
   // Asynchronous copies, all of a thread's in flight at once: a plain loop waits for each load in
   // turn (at M = 8 and K = 6400, 25 round trips to the L2 per thread before any arithmetic). H200,
   // gpt2 / gpt2-xl batch 8 on tensor cores: 396 -> 324 and 2726 -> 2586 us a step.
-  for (int i = threadIdx.x; i < total; i += blockDim.x) cp_async16(smem_addr(xs4 + i), x4 + i, 16);
+  for (int i = threadIdx.x; i < total; i += blockDim.x) cp_async16(smem_addr(raw4 + i), x4 + i, 16);
   cp_async_commit();
-  cp_async_wait<0>();
 #else
   // M <= 2: a thread copies 1 to 4 vectors, and the plain loads' L1 copy serves the SM's other
   // blocks (cp.async.cg bypasses the L1: gpt2 batch 1 went from 216 to 236 us a step, H200).
-  for (int i = threadIdx.x; i < total; i += blockDim.x) xs4[i] = x4[i];
+  for (int i = threadIdx.x; i < total; i += blockDim.x) raw4[i] = x4[i];
 #endif
+  cp_async_wait<0>();  // this thread's copies (x, the layernorm's vectors); the barrier: everyone's
   __syncthreads();
   if (lns == nullptr) return;
-  const int lane = threadIdx.x & 31;
-  for (int m = threadIdx.x >> 5; m < M; m += blockDim.x >> 5) {
-    const uint4* row = xs4 + (size_t)m * nvec;
-    float s = 0.0f;
-    for (int v = lane; v < nvec; v += 32) {
-      float f[NG_VEC];
-      unpack_vec(row[v], f);
-#pragma unroll
-      for (int e = 0; e < NG_VEC; e++) s += f[e];
-    }
-    const float mean = warp_sum(s) / (float)K;
-    float q = 0.0f;
-    for (int v = lane; v < nvec; v += 32) {
-      float f[NG_VEC];
-      unpack_vec(row[v], f);
-#pragma unroll
-      for (int e = 0; e < NG_VEC; e++) q += (f[e] - mean) * (f[e] - mean);
-    }
-    const float rstd = rsqrtf(warp_sum(q) / (float)K + eps);
-    if (lane == 0) {
-      s_mul[m] = rstd;
-      s_add[m] = -mean * rstd;
-    }
-  }
-  cp_async_wait<0>();  // this thread's copies of the layernorm's vectors; the barrier: everyone's
-  __syncthreads();
   const uint4* l4 = reinterpret_cast<const uint4*>(lns);
-  for (int i = threadIdx.x; i < total; i += blockDim.x) {
-    const int m = i / nvec, v = i - m * nvec;
-    float f[NG_VEC], g[NG_VEC], b[NG_VEC];
-    unpack_vec(xs4[i], f);
-    unpack_vec(l4[v], g);
-    unpack_vec(l4[nvec + v], b);
+  const int first = threadIdx.x & ~31;  // this warp's first vector of a row
+  for (int m = 0; m < M; m++) {
+    if (first >= nvec) break;  // uniform over the warp: it has no vectors to normalize
+    float mul, add;
+    gemv_ln_stats(raw4 + (size_t)m * nvec, nvec, K, eps, mul, add);
+    for (int v = threadIdx.x; v < nvec; v += blockDim.x) {
+      float f[NG_VEC], g[NG_VEC], b[NG_VEC];
+      unpack_vec(raw4[(size_t)m * nvec + v], f);
+      unpack_vec(l4[v], g);
+      unpack_vec(l4[nvec + v], b);
 #pragma unroll
-    for (int e = 0; e < NG_VEC; e++) f[e] = fmaf(fmaf(f[e], s_mul[m], s_add[m]), g[e], b[e]);
-    xs4[i] = gemv_pack(f);
+      for (int e = 0; e < NG_VEC; e++) f[e] = fmaf(fmaf(f[e], mul, add), g[e], b[e]);
+      xs4[(size_t)m * nvec + v] = pack_vec(f);
+    }
   }
   __syncthreads();
 }

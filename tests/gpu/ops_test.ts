@@ -98,15 +98,15 @@ gpu_suite("ops_test", () => {
   }
 
   for (const dtype of DTYPES) {
-    Deno.test(`cuda layernorm (${dtype}): with and without bias, C not a multiple of 32`, () => {
+    Deno.test(`cuda layernorm (${dtype}): with and without bias, C not a multiple of 32, the vector kernel and not`, () => {
       using be = backend(dtype);
-      for (
-        const [rows, C, with_bias] of [[5, 768, true], [3, 100, false], [1, 1600, true], [
-          19,
-          2048,
-          false,
-        ]] as const
-      ) {
+      // 100: rows of part vectors (the scalar kernel); 4608: more vectors than layernorm_vec holds.
+      const cases = [[5, 768, true], [3, 100, false], [1, 1600, true], [19, 2048, false], [
+        2,
+        4608,
+        true,
+      ]] as const;
+      for (const [rows, C, with_bias] of cases) {
         const x = upload(be, randn(rows * C, 4, 3), "x");
         const w = upload(be, randn(C, 5), "w"), bias = upload(be, randn(C, 6), "b");
         const out = be.alloc(rows * C * (dtype === "f32" ? 4 : 2), "out");

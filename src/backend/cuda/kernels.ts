@@ -60,6 +60,8 @@ export const KERNEL_CONSTANTS = {
   GEMV_MMA_ROWS: 8,
   GEMV_MMA_KB: 64,
   GEMV_MMA_CHUNK_BYTES: 256,
+  /** 16-byte vectors a thread of layernorm_vec holds (rows of up to 256 times this many). */
+  LAYERNORM_VPT: 2,
 } as const;
 
 const K = KERNEL_CONSTANTS;
@@ -117,7 +119,20 @@ const decode_fused = (mt: number, w8: boolean, kv8: boolean) => ({
 /** Every kernel, by op name. */
 export const KERNELS = {
   embed: { file: "embed.cu", entry: "ng_embed", dtype: true, head_dim: false },
-  layernorm: { file: "layernorm.cu", entry: "ng_layernorm", dtype: true, head_dim: false },
+  layernorm: {
+    file: "layernorm.cu",
+    entry: "ng_layernorm",
+    dtype: true,
+    head_dim: false,
+    defines: [`NG_LAYERNORM_VPT=${K.LAYERNORM_VPT}`],
+  },
+  layernorm_vec: {
+    file: "layernorm.cu",
+    entry: "ng_layernorm_vec",
+    dtype: true,
+    head_dim: false,
+    defines: [`NG_LAYERNORM_VPT=${K.LAYERNORM_VPT}`],
+  },
   bias_gelu: { file: "bias_gelu.cu", entry: "ng_bias_gelu", dtype: true, head_dim: false },
   // The small-M matmul, one variant per bound on M (-DNG_GEMV_MT): each gets its own registers.
   gemv_m1: gemv(1),

@@ -240,10 +240,16 @@ export class KernelOps {
     need(op, "x", a.x, a.rows * a.C * es, `${a.rows} x ${a.C}`);
     need(op, "weight", a.weight, a.C * es, `${a.C}`);
     if (a.bias) need(op, "bias", a.bias, a.C * es, `${a.C}`);
-    const f = this.#fn("layernorm");
+    // Rows of whole 16-byte vectors: layernorm_vec, each thread holding up to LAYERNORM_VPT of them.
+    const nvec = (a.C * es) / 16;
+    const vec = Number.isInteger(nvec) && nvec <= 256 * K.LAYERNORM_VPT &&
+      [a.out, a.x, a.weight, a.bias].every((b) => !b || b.ptr % 16n === 0n);
+    const f = this.#fn(vec ? "layernorm_vec" : "layernorm");
     if (f === null) return;
-    this.#args.reset("ng_layernorm").ptr(a.out).ptr(a.x).ptr(a.weight).ptr(a.bias).i32(a.C).f32(a.eps);
-    this.#launch(f, [a.rows, 1, 1], [256, 1, 1]);
+    this.#args.reset(vec ? "ng_layernorm_vec" : "ng_layernorm").ptr(a.out).ptr(a.x).ptr(a.weight).ptr(a.bias)
+      .i32(a.C).f32(a.eps);
+    const threads = vec ? Math.min(256, round_up(Math.ceil(nvec / K.LAYERNORM_VPT), 32)) : 256;
+    this.#launch(f, [a.rows, 1, 1], [threads, 1, 1]);
   }
 
   /** out (N, K) in the storage dtype = q (int8) times each row's f32 scale. */
