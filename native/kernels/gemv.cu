@@ -16,8 +16,8 @@
 // into dynamic shared memory (M * K st_t) and, with ln, normalizes it there (mean and 1/std per
 // row as torch: two passes, biased variance), rounding x' to st_t as the unfused path does.
 // Each tile's stores overlap the next tile's first chunk of loads.
-// Needs K % NG_VEC == 0, 16-byte aligned x, w, ln_w, ln_b, (2M + 2 with ln, else M) * K *
-// sizeof(st_t) bytes of dynamic shared memory (x', then the layernorm's weight and bias, then x), and
+// Needs K % NG_VEC == 0, 16-byte aligned x, w, ln_w, ln_b, (M + 2 with ln, 4 at M = 1, else M) * K *
+// sizeof(st_t) bytes of dynamic shared memory (x', then the layernorm's weight and bias, at M = 1 then x), and
 // blockDim.x = 32 * ks * (row groups per tile) <= 256 (the host checks and sizes).
 // flags: bits 0-1 activation (0 none, 1 GELU erf, 2 GELU tanh), bit 2 accumulate, bit 3 f32 out.
 // With -DNG_GEMV_W8=1 (weight-only int8, W8A16), w holds int8 values and w_scale one f32 scale per
@@ -207,16 +207,19 @@ __device__ __forceinline__ void gemv_ln_stats(const uint4* row, int nvec, int K,
 
 // The prologue: x rows m < M into xs (M x K st_t in shared memory), layernormed when lns (staged by
 // gemv_stage_ln) is given. Every thread of the block must call it; it ends with a barrier.
-// With a layernorm, x lands after the layernorm's vectors (lns + 2K: M x K more st_t, which the host
-// sizes) and x' is written into xs, so no warp waits on another between the staging and the
-// normalize pass: each warp that normalizes vectors of a row computes that row's statistics itself.
-// (Warp 0 computing them alone, behind two more barriers, took about 0.8 of a gpt2 c_attn's 1.2 us
-// of staging: H200, step trace.)
+// With a layernorm and M = 1, x lands after the layernorm's vectors (lns + 2K: K more st_t, which
+// the host sizes) and x' is written into xs, so no warp waits on another between the staging and the
+// normalize pass: each warp that normalizes vectors of the row takes its statistics itself (warp 0
+// taking them alone, behind one more barrier, cost gpt2's c_attn 1.22 us of staging against 1.00
+// now: H200, step trace). With M > 1 warp w takes rows w, w + warps, ... and shares them through
+// shared memory (every warp taking all M rows ran gpt2-xl batch 8 at 2.90 ms a step against 2.16).
 __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRICT x, const st_t* lns, int M, int K,
                                              float eps) {
+  __shared__ float s_mul[NG_GEMV_MT], s_add[NG_GEMV_MT];
   const int nvec = K / NG_VEC, total = M * nvec;
   uint4* xs4 = reinterpret_cast<uint4*>(xs);
-  uint4* raw4 = lns ? reinterpret_cast<uint4*>(const_cast<st_t*>(lns) + 2 * (size_t)K) : xs4;
+  const bool apart = lns != nullptr && M == 1;  // x staged apart from x'
+  uint4* raw4 = apart ? reinterpret_cast<uint4*>(const_cast<st_t*>(lns) + 2 * (size_t)K) : xs4;
   const uint4* x4 = reinterpret_cast<const uint4*>(x);
 #if NG_GEMV_MT > 2
   // Asynchronous copies, all of a thread's in flight at once: a plain loop waits for each load in
@@ -233,20 +236,27 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRI
   __syncthreads();
   if (lns == nullptr) return;
   const uint4* l4 = reinterpret_cast<const uint4*>(lns);
-  const int first = threadIdx.x & ~31;  // this warp's first vector of a row
-  for (int m = 0; m < M; m++) {
-    if (first >= nvec) break;  // uniform over the warp: it has no vectors to normalize
-    float mul, add;
-    gemv_ln_stats(raw4 + (size_t)m * nvec, nvec, K, eps, mul, add);
-    for (int v = threadIdx.x; v < nvec; v += blockDim.x) {
-      float f[NG_VEC], g[NG_VEC], b[NG_VEC];
-      unpack_vec(raw4[(size_t)m * nvec + v], f);
-      unpack_vec(l4[v], g);
-      unpack_vec(l4[nvec + v], b);
-#pragma unroll
-      for (int e = 0; e < NG_VEC; e++) f[e] = fmaf(fmaf(f[e], mul, add), g[e], b[e]);
-      xs4[(size_t)m * nvec + v] = pack_vec(f);
+  float mul = 0.0f, add = 0.0f;
+  if (apart) {
+    // Per warp: one with no vectors to normalize skips the statistics (not the barrier below).
+    if ((threadIdx.x & ~31) < nvec) gemv_ln_stats(raw4, nvec, K, eps, mul, add);
+  } else {
+    for (int m = threadIdx.x >> 5; m < M; m += blockDim.x >> 5) {
+      gemv_ln_stats(xs4 + (size_t)m * nvec, nvec, K, eps, mul, add);
+      if ((threadIdx.x & 31) == 0) s_mul[m] = mul, s_add[m] = add;
     }
+    __syncthreads();
+  }
+  for (int i = threadIdx.x; i < total; i += blockDim.x) {
+    const int m = i / nvec, v = i - m * nvec;
+    float f[NG_VEC], g[NG_VEC], b[NG_VEC];
+    unpack_vec(raw4[i], f);
+    unpack_vec(l4[v], g);
+    unpack_vec(l4[nvec + v], b);
+    if (!apart) mul = s_mul[m], add = s_add[m];
+#pragma unroll
+    for (int e = 0; e < NG_VEC; e++) f[e] = fmaf(fmaf(f[e], mul, add), g[e], b[e]);
+    xs4[i] = pack_vec(f);
   }
   __syncthreads();
 }

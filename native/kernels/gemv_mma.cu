@@ -20,7 +20,7 @@
 // s + ks, ...; a block holds blockDim.x / 32 / ks groups (a tile); blocks loop over tiles with
 // stride gridDim.x. Each lane keeps MMA_U k blocks of loads in flight (256 bytes), the first chunk
 // issued before the PDL wait; the ks warps add their C through shared memory and the first one
-// stores. x' is staged as in gemv.cu (gemv_stage_x), (2M + 2 with a layernorm, else M) * K st_t of
+// stores. x' is staged as in gemv.cu (gemv_stage_x), (M + 2 with a layernorm, 4 at M = 1, else M) * K st_t of
 // dynamic shared memory; or, with K split across blocks (S > 1, see ng_gemv_mma; no layernorm), only
 // the block's K slice of x.
 #if NG_DTYPE == 0

@@ -168,7 +168,7 @@ export function gemv_preferred(a: MatmulArgs, dtype: DType, tensor_cores = true)
  * Whether the gemv kernel can run `a` (validated): M <= GEMV_MAX_M, rows of whole 16-byte
  * vectors (K * element bytes a multiple of 16; int8 weights: K a multiple of 16), x, w and the
  * layernorm vectors 16-byte aligned, and
- * x (M * K elements, and with a layernorm (M + 2) * K more) fits the shared memory a block may have (`smem_optin_bytes`).
+ * x (M * K elements, and with a layernorm 2 * K more, 3 * K at M = 1) fits the shared memory a block may have (`smem_optin_bytes`).
  */
 export function gemv_fits(a: MatmulArgs, dtype: DType, smem_optin_bytes: number): boolean {
   const aligned = (b: Buf | null | undefined) => !b || b.ptr % 16n === 0n;
@@ -180,11 +180,11 @@ export function gemv_fits(a: MatmulArgs, dtype: DType, smem_optin_bytes: number)
 
 /**
  * Rows of K elements of a gemv's dynamic shared memory: x's M, then, with a layernorm, its weight and
- * bias (staged before the programmatic-launch wait: gemv.cu's gemv_stage_ln) and x before it is
- * normalized (gemv_stage_x writes x' into the first M rows).
+ * bias (staged before the programmatic-launch wait: gemv.cu's gemv_stage_ln) and, at M = 1, x before
+ * it is normalized (gemv_stage_x writes x' into the first row).
  */
 function gemv_smem_rows(a: Pick<MatmulArgs, "M" | "ln">): number {
-  return a.ln ? 2 * a.M + 2 : a.M;
+  return a.ln ? a.M + 2 + (a.M === 1 ? 1 : 0) : a.M;
 }
 
 /** How to launch the gemv kernel for `a`. */
@@ -192,7 +192,7 @@ export interface GemvLaunch {
   kernel: KernelName;
   blocks: number;
   threads: number;
-  /** Dynamic shared memory: x, M * K elements (with a layernorm, (M + 2) * K more: gemv_smem_rows). */
+  /** Dynamic shared memory: x, M * K elements (with a layernorm 2 * K more, 3 * K at M = 1: gemv_smem_rows). */
   smem_bytes: number;
   /** Warps sharing a row group (splitting K). */
   ks: number;
