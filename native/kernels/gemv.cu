@@ -205,6 +205,17 @@ __device__ __forceinline__ void gemv_ln_stats(const uint4* row, int nvec, int K,
   add = -mean * mul;
 }
 
+// x' = (x * mul + add) * g + b for the NG_VEC values of one vector, rounded to st_t.
+__device__ __forceinline__ uint4 gemv_ln_apply(uint4 xv, uint4 gv, uint4 bv, float mul, float add) {
+  float f[NG_VEC], g[NG_VEC], b[NG_VEC];
+  unpack_vec(xv, f);
+  unpack_vec(gv, g);
+  unpack_vec(bv, b);
+#pragma unroll
+  for (int e = 0; e < NG_VEC; e++) f[e] = fmaf(fmaf(f[e], mul, add), g[e], b[e]);
+  return pack_vec(f);
+}
+
 // The prologue: x rows m < M into xs (M x K st_t in shared memory), layernormed when lns (staged by
 // gemv_stage_ln) is given. Every thread of the block must call it; it ends with a barrier.
 // With a layernorm and M = 1, x lands after the layernorm's vectors (lns + 2K: K more st_t, which
@@ -215,10 +226,11 @@ __device__ __forceinline__ void gemv_ln_stats(const uint4* row, int nvec, int K,
 // shared memory (every warp taking all M rows ran gpt2-xl batch 8 at 2.90 ms a step against 2.16).
 __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRICT x, const st_t* lns, int M, int K,
                                              float eps) {
-  __shared__ float s_mul[NG_GEMV_MT], s_add[NG_GEMV_MT];
   const int nvec = K / NG_VEC, total = M * nvec;
   uint4* xs4 = reinterpret_cast<uint4*>(xs);
-  const bool apart = lns != nullptr && M == 1;  // x staged apart from x'
+  // x staged apart from x' (M = 1; known at compile time in gemv_m1: one shared path for both
+  // cases cost gpt2 batch 1 6 us a step and gpt2-xl 80, H200).
+  const bool apart = lns != nullptr && (NG_GEMV_MT == 1 || M == 1);
   uint4* raw4 = apart ? reinterpret_cast<uint4*>(const_cast<st_t*>(lns) + 2 * (size_t)K) : xs4;
   const uint4* x4 = reinterpret_cast<const uint4*>(x);
 #if NG_GEMV_MT > 2
@@ -236,28 +248,27 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRI
   __syncthreads();
   if (lns == nullptr) return;
   const uint4* l4 = reinterpret_cast<const uint4*>(lns);
-  float mul = 0.0f, add = 0.0f;
   if (apart) {
-    // Per warp: one with no vectors to normalize skips the statistics (not the barrier below).
+    // Per warp: one with no vectors to normalize skips the statistics.
+    float mul = 0.0f, add = 0.0f;
     if ((threadIdx.x & ~31) < nvec) gemv_ln_stats(raw4, nvec, K, eps, mul, add);
-  } else {
+    for (int v = threadIdx.x; v < nvec; v += blockDim.x) xs4[v] = gemv_ln_apply(raw4[v], l4[v], l4[nvec + v], mul, add);
+  }
+#if NG_GEMV_MT > 1
+  else {
+    __shared__ float s_mul[NG_GEMV_MT], s_add[NG_GEMV_MT];
     for (int m = threadIdx.x >> 5; m < M; m += blockDim.x >> 5) {
+      float mul, add;
       gemv_ln_stats(xs4 + (size_t)m * nvec, nvec, K, eps, mul, add);
       if ((threadIdx.x & 31) == 0) s_mul[m] = mul, s_add[m] = add;
     }
     __syncthreads();
+    for (int i = threadIdx.x; i < total; i += blockDim.x) {
+      const int m = i / nvec, v = i - m * nvec;
+      xs4[i] = gemv_ln_apply(xs4[i], l4[v], l4[nvec + v], s_mul[m], s_add[m]);
+    }
   }
-  for (int i = threadIdx.x; i < total; i += blockDim.x) {
-    const int m = i / nvec, v = i - m * nvec;
-    float f[NG_VEC], g[NG_VEC], b[NG_VEC];
-    unpack_vec(raw4[i], f);
-    unpack_vec(l4[v], g);
-    unpack_vec(l4[nvec + v], b);
-    if (!apart) mul = s_mul[m], add = s_add[m];
-#pragma unroll
-    for (int e = 0; e < NG_VEC; e++) f[e] = fmaf(fmaf(f[e], mul, add), g[e], b[e]);
-    xs4[i] = pack_vec(f);
-  }
+#endif
   __syncthreads();
 }
 
