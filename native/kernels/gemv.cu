@@ -167,21 +167,22 @@ __device__ __forceinline__ void gemv_stage_ln(st_t* lns, const st_t* __restrict_
 
 // The layernorm's statistics of one row of K elements (nvec vectors) in shared memory, as torch
 // (two passes, biased variance), computed by a whole warp: every lane returns mul = 1/std and
-// add = -mean/std. A lane's vectors are loaded together (up to GEMV_LN_VPL; beyond that a loop):
-// one round trip to shared memory a pass rather than one a vector.
+// add = -mean/std. A lane's first VPL vectors are loaded together (beyond them, a loop): one round
+// trip to shared memory a pass rather than one a vector, where the row's statistics are on the
+// critical path (M = 1: GEMV_LN_VPL); with M > 1, 0 (the loop only, as before 4767e8a).
 #define GEMV_LN_VPL 4  // vectors a lane loads at once: K <= 1024 (16-bit) in one round trip
 // A lane's sum over its vectors v = lane + 32j of a row (f(e) of each element e; the vectors past
-// nvec add nothing): loaded at clamped addresses with no branch between them, so they are all in
-// flight at once (loads under `if (v < nvec)` were issued one after another, each waited for).
-template <typename F>
+// nvec add nothing): the first VPL loaded at clamped addresses with no branch between them, so they
+// are all in flight at once (loads under `if (v < nvec)` were issued one after another).
+template <int VPL, typename F>
 __device__ __forceinline__ float gemv_ln_lane_sum(const uint4* row, int nvec, F f) {
   const int lane = threadIdx.x & 31;
-  uint4 r[GEMV_LN_VPL];
+  uint4 r[VPL > 0 ? VPL : 1];
 #pragma unroll
-  for (int j = 0; j < GEMV_LN_VPL; j++) r[j] = row[min(lane + 32 * j, nvec - 1)];
+  for (int j = 0; j < VPL; j++) r[j] = row[min(lane + 32 * j, nvec - 1)];
   float s = 0.0f;
 #pragma unroll
-  for (int j = 0; j < GEMV_LN_VPL; j++) {
+  for (int j = 0; j < VPL; j++) {
     float x[NG_VEC];
     unpack_vec(r[j], x);
     float t = 0.0f;
@@ -189,7 +190,7 @@ __device__ __forceinline__ float gemv_ln_lane_sum(const uint4* row, int nvec, F 
     for (int e = 0; e < NG_VEC; e++) t += f(x[e]);
     s += lane + 32 * j < nvec ? t : 0.0f;
   }
-  for (int v = lane + 32 * GEMV_LN_VPL; v < nvec; v += 32) {
+  for (int v = lane + 32 * VPL; v < nvec; v += 32) {
     float x[NG_VEC];
     unpack_vec(row[v], x);
 #pragma unroll
@@ -198,9 +199,11 @@ __device__ __forceinline__ float gemv_ln_lane_sum(const uint4* row, int nvec, F 
   return s;
 }
 
+template <int VPL>
 __device__ __forceinline__ void gemv_ln_stats(const uint4* row, int nvec, int K, float eps, float& mul, float& add) {
-  const float mean = warp_sum(gemv_ln_lane_sum(row, nvec, [](float x) { return x; })) / (float)K;
-  const float var = warp_sum(gemv_ln_lane_sum(row, nvec, [=](float x) { return (x - mean) * (x - mean); })) / (float)K;
+  const float mean = warp_sum(gemv_ln_lane_sum<VPL>(row, nvec, [](float x) { return x; })) / (float)K;
+  const float var =
+      warp_sum(gemv_ln_lane_sum<VPL>(row, nvec, [=](float x) { return (x - mean) * (x - mean); })) / (float)K;
   mul = rsqrtf(var + eps);
   add = -mean * mul;
 }
@@ -251,7 +254,7 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRI
   if (apart) {
     // Per warp: one with no vectors to normalize skips the statistics.
     float mul = 0.0f, add = 0.0f;
-    if ((threadIdx.x & ~31) < nvec) gemv_ln_stats(raw4, nvec, K, eps, mul, add);
+    if ((threadIdx.x & ~31) < nvec) gemv_ln_stats<GEMV_LN_VPL>(raw4, nvec, K, eps, mul, add);
     for (int v = threadIdx.x; v < nvec; v += blockDim.x) xs4[v] = gemv_ln_apply(raw4[v], l4[v], l4[nvec + v], mul, add);
   }
 #if NG_GEMV_MT > 1
@@ -259,7 +262,7 @@ __device__ __forceinline__ void gemv_stage_x(st_t* xs, const st_t* NG_ACT_RESTRI
     __shared__ float s_mul[NG_GEMV_MT], s_add[NG_GEMV_MT];
     for (int m = threadIdx.x >> 5; m < M; m += blockDim.x >> 5) {
       float mul, add;
-      gemv_ln_stats(xs4 + (size_t)m * nvec, nvec, K, eps, mul, add);
+      gemv_ln_stats<0>(xs4 + (size_t)m * nvec, nvec, K, eps, mul, add);
       if ((threadIdx.x & 31) == 0) s_mul[m] = mul, s_add[m] = add;
     }
     __syncthreads();
