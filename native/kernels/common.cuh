@@ -83,6 +83,25 @@ __device__ __forceinline__ uint4 pack_vec(const float* f) {
 #endif
 }
 
+// The layernorm's per-thread partial sums (gemv.cu's statistics, layernorm.cu's layernorm_vec): over
+// the J vectors a thread holds in r, vector j being row vector first + j * stride, the sum of f(e)
+// over its NG_VEC elements e, counting only vectors < nvec (the rest were loaded at clamped
+// addresses so that all J loads are in flight at once).
+template <int J, typename F>
+__device__ __forceinline__ float ng_held_vec_sum(const uint4* r, int first, int stride, int nvec, F f) {
+  float s = 0.0f;
+#pragma unroll
+  for (int j = 0; j < J; j++) {
+    float x[NG_VEC];
+    unpack_vec(r[j], x);
+    float t = 0.0f;
+#pragma unroll
+    for (int e = 0; e < NG_VEC; e++) t += f(x[e]);
+    s += first + j * stride < nvec ? t : 0.0f;
+  }
+  return s;
+}
+
 // GELU by activation code (src/backend/backend.ts ACTIVATION_CODE): 1 exact erf (nanoGPT's
 // nn.GELU()), 2 tanh approximation (HF gelu_new); anything else is the identity.
 __device__ __forceinline__ float ng_gelu(float v, int act) {

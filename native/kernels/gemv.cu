@@ -180,16 +180,7 @@ __device__ __forceinline__ float gemv_ln_lane_sum(const uint4* row, int nvec, F 
   uint4 r[VPL > 0 ? VPL : 1];
 #pragma unroll
   for (int j = 0; j < VPL; j++) r[j] = row[min(lane + 32 * j, nvec - 1)];
-  float s = 0.0f;
-#pragma unroll
-  for (int j = 0; j < VPL; j++) {
-    float x[NG_VEC];
-    unpack_vec(r[j], x);
-    float t = 0.0f;
-#pragma unroll
-    for (int e = 0; e < NG_VEC; e++) t += f(x[e]);
-    s += lane + 32 * j < nvec ? t : 0.0f;
-  }
+  float s = ng_held_vec_sum<VPL>(r, lane, 32, nvec, f);
   for (int v = lane + 32 * VPL; v < nvec; v += 32) {
     float x[NG_VEC];
     unpack_vec(row[v], x);

@@ -57,27 +57,9 @@ ng_layernorm_vec(st_t* __restrict__ out, const st_t* __restrict__ x, const st_t*
   const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)blockIdx.x * C);
 #pragma unroll
   for (int j = 0; j < J; j++) r[j] = xr[min(threadIdx.x + j * blockDim.x, last)];
-  float s = 0.0f;
-#pragma unroll
-  for (int j = 0; j < J; j++) {
-    float f[NG_VEC];
-    unpack_vec(r[j], f);
-    float t = 0.0f;
-#pragma unroll
-    for (int e = 0; e < NG_VEC; e++) t += f[e];
-    s += threadIdx.x + j * blockDim.x < nvec ? t : 0.0f;
-  }
+  const float s = ng_held_vec_sum<J>(r, threadIdx.x, blockDim.x, nvec, [](float v) { return v; });
   const float mean = block_sum(s, scratch) / (float)C;
-  float q = 0.0f;
-#pragma unroll
-  for (int j = 0; j < J; j++) {
-    float f[NG_VEC];
-    unpack_vec(r[j], f);
-    float t = 0.0f;
-#pragma unroll
-    for (int e = 0; e < NG_VEC; e++) t += (f[e] - mean) * (f[e] - mean);
-    q += threadIdx.x + j * blockDim.x < nvec ? t : 0.0f;
-  }
+  const float q = ng_held_vec_sum<J>(r, threadIdx.x, blockDim.x, nvec, [=](float v) { return (v - mean) * (v - mean); });
   const float rstd = rsqrtf(block_sum(q, scratch) / (float)C + eps);
   uint4* orow = reinterpret_cast<uint4*>(out + (size_t)blockIdx.x * C);
 #pragma unroll
