@@ -77,6 +77,22 @@ export interface CudaBackendOptions {
 }
 
 /** An on/off environment variable ("0" off, anything else on), or `fallback` when unset or unreadable. */
+/**
+ * $NGPT_DEFINES: comma-separated NAME=VALUE defines added to every kernel's compile (experiments:
+ * a kernel's tunable constants, measured without a rebuild). Checked, so a typo is not silently
+ * a different kernel.
+ */
+function experiment_defines(): string[] {
+  const v = env("NGPT_DEFINES");
+  if (!v) return [];
+  return v.split(",").map((d) => {
+    if (!/^NG_[A-Z0-9_]+=[0-9]+$/.test(d)) {
+      throw new Error(`NGPT_DEFINES: expected NG_NAME=integer, got "${d}"`);
+    }
+    return d;
+  });
+}
+
 function env_flag(name: string, fallback: boolean): boolean {
   const v = env(name);
   return v === undefined ? fallback : v !== "0";
@@ -174,7 +190,7 @@ export class CudaBackend implements Backend {
       ctx,
       this.dtype,
       cache_root(opts.cache_dir),
-      trace ? (k) => trace_defines(trace.ptr, trace_cap, k) : undefined,
+      (k) => [...experiment_defines(), ...(trace ? trace_defines(trace.ptr, trace_cap, k) : [])],
     );
     this.#ops = new KernelOps(ctx, this.#modules, stream, this.dtype);
     this.#steps = new StepGraphs(ctx);

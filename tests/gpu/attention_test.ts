@@ -2,7 +2,8 @@
 // one chunk or split in several and combined) against the f64 reference of
 // tests/helpers/attention_ref.ts: shuffled block tables, ragged lengths and rows, padding rows,
 // head sizes 16, 24, 64, 80 and 128, long caches (1024 keys), B = 256 and 512, f32 and bf16; the
-// tensor-core prefill (f16/bf16, head sizes 64 and 128) over 512-row prompts and chunks.
+// tensor-core prefill (f16/bf16, head sizes 64 and 128) over 512-row prompts and chunks; decode over
+// an int8 KV cache (short, long and B = 256 caches) against the reference over its dequantized rows.
 import { assert, assertEquals } from "../helpers/assert.ts";
 import type { DType } from "../../src/backend/backend.ts";
 import type { CudaBackend } from "../../src/backend/cuda.ts";
@@ -11,7 +12,9 @@ import {
   attention_reference,
   make_paged_case,
   paged_attention_args,
+  type PagedBufs,
   type PagedSpec,
+  pool_row,
 } from "../helpers/attention_ref.ts";
 import { test_seed } from "../helpers/rng.ts";
 import { backend, gpu_suite, read_f32, rel_l2, rng, tol, upload, upload_i32 } from "./gpu_helpers.ts";
@@ -67,7 +70,174 @@ function check(be: CudaBackend, spec: PagedSpec, seed: number, what: string): vo
   assertEquals(be.allocated_bytes(), 0, `${name}: leaked buffers`);
 }
 
+/** A pool row quantized as common.cuh's ng_kv8_store_row does: s = max |x| / 127 (f32), round(x / s). */
+function quantize_row(x: ArrayLike<number>, q: Int8Array, at: number, D: number): number {
+  let m = 0;
+  for (let d = 0; d < D; d++) m = Math.max(m, Math.abs(x[at + d]));
+  const s = Math.fround(m / 127);
+  for (let d = 0; d < D; d++) {
+    const r = s === 0 ? 0 : Math.fround(x[at + d] / s);
+    q[at + d] = Math.max(-127, Math.min(127, Math.sign(r) * Math.round(Math.abs(r))));
+  }
+  return s;
+}
+
+/**
+ * A decode step over an int8 KV cache (attention_decode's NG_KV8 variant) against the reference
+ * over the pools the device holds after it: the rows before the step unchanged, each appended row
+ * within one step of the reference's quantization (a quotient may round the other way), and the
+ * output the f64 attention over the dequantized rows.
+ */
+function check_kv8(be: CudaBackend, spec: PagedSpec, seed: number, what: string): void {
+  const c = make_paged_case(spec, rng(SEED ^ seed));
+  const { D, C } = c, n_rows = c.num_blocks * c.H * c.block_size;
+  const kq = new Int8Array(n_rows * D), vq = new Int8Array(n_rows * D);
+  const ks = new Float32Array(n_rows), vs = new Float32Array(n_rows);
+  for (let r = 0; r < n_rows; r++) {
+    ks[r] = quantize_row(c.k, kq, r * D, D);
+    vs[r] = quantize_row(c.v, vq, r * D, D);
+  }
+  const qkv = upload(be, c.qkv, "qkv");
+  c.qkv = qkv.values;
+  const bufs = [qkv.buf];
+  const put = (a: Int8Array | Float32Array | ArrayLike<number>, label: string, i32 = false) => {
+    const data = i32 ? Int32Array.from(a as ArrayLike<number>) : a as Int8Array | Float32Array;
+    const b = be.alloc(data.byteLength, label);
+    be.write(b, data);
+    bufs.push(b);
+    return b;
+  };
+  const cache = {
+    k: put(kq, "k pool"),
+    v: put(vq, "v pool"),
+    k_scale: put(ks, "k scales"),
+    v_scale: put(vs, "v scales"),
+  };
+  const [table, lengths, n_new] = [
+    put(c.table, "table", true),
+    put(c.lengths, "lengths", true),
+    put(c.counts, "n_new", true),
+  ];
+  const out = be.alloc(c.rows * C * (be.dtype === "f32" ? 4 : 2), "out");
+  bufs.push(out);
+  be.attention(paged_attention_args(c, { out, qkv: qkv.buf, cache, table, lengths, n_new } as PagedBufs));
+  const name = `${what} (seed ${SEED})`;
+  const got = { k: new Int8Array(kq.length), v: new Int8Array(vq.length) };
+  const got_s = { k: new Float32Array(n_rows), v: new Float32Array(n_rows) };
+  be.read(cache.k, got.k);
+  be.read(cache.v, got.v);
+  be.read(cache.k_scale, got_s.k);
+  be.read(cache.v_scale, got_s.v);
+  // Rows appended this step: the reference quantizes them from the stored qkv.
+  const appended = new Map<number, [number, number]>(); // pool row -> (b, h)
+  for (let b = 0; b < c.B; b++) {
+    if (c.counts[b]) {
+      for (let h = 0; h < c.H; h++) appended.set(pool_row(c, b, h, c.lengths[b]) / D, [b, h]);
+    }
+  }
+  for (const [kind, q, sc, part] of [["k", kq, ks, 1], ["v", vq, vs, 2]] as const) {
+    const want_q = new Int8Array(D);
+    for (let r = 0; r < n_rows; r++) {
+      const at = appended.get(r);
+      const g_q = got[kind].subarray(r * D, (r + 1) * D), g_s = got_s[kind][r];
+      if (at === undefined) {
+        assert(
+          g_s === sc[r] && g_q.every((x, d) => x === q[r * D + d]),
+          `${name}: ${kind} pool row ${r} changed`,
+        );
+        continue;
+      }
+      const [b, h] = at;
+      const want_s = quantize_row(c.qkv.subarray(b * 3 * C + part * C + h * D), want_q, 0, D);
+      assert(
+        Math.abs(g_s - want_s) <= 1e-6 * want_s,
+        `${name}: ${kind} scale of (b ${b}, h ${h}): ${g_s} vs ${want_s}`,
+      );
+      assert(
+        g_q.every((x, d) => Math.abs(x - want_q[d]) <= 1),
+        `${name}: ${kind} row of (b ${b}, h ${h}) differs`,
+      );
+    }
+  }
+  // The reference over the device's pools, dequantized (the appended rows enter through qkv).
+  const deq = (q: Int8Array, sc: Float32Array) => Float32Array.from(q, (x, i) => x * sc[Math.floor(i / D)]);
+  const dk = deq(got.k, got_s.k), dv = deq(got.v, got_s.v);
+  const ref_qkv = c.qkv.slice();
+  for (const [r, [b, h]] of appended) {
+    for (let d = 0; d < D; d++) {
+      ref_qkv[b * 3 * C + C + h * D + d] = dk[r * D + d];
+      ref_qkv[b * 3 * C + 2 * C + h * D + d] = dv[r * D + d];
+    }
+  }
+  const want = attention_reference({ ...c, qkv: ref_qkv, k: dk, v: dv });
+  const res = read_f32(be, out, c.rows * C);
+  const have: number[] = [], exp: number[] = [];
+  want.out.forEach((x, i) => {
+    if (!Number.isNaN(x)) {
+      have.push(res[i]);
+      exp.push(x);
+    }
+  });
+  const err = rel_l2(have, exp);
+  assert(err < tol(be.dtype, 1e-5), `${name}: relative L2 error ${err}`);
+  for (const b of bufs) be.free(b);
+  assertEquals(be.allocated_bytes(), 0, `${name}: leaked buffers`);
+}
+
 gpu_suite("attention_test", () => {
+  // The int8 cache: short and long caches (several ring tiles a warp, keys split in chunks), B = 256.
+  for (const dtype of ["f32", "bf16"] as DType[]) {
+    Deno.test(`cuda attention (${dtype}, int8 KV cache): decode, short, long and B = 256`, () => {
+      using be = backend(dtype, false);
+      for (const D of [16, 24, 64, 128]) {
+        check_kv8(
+          be,
+          {
+            H: 3,
+            D,
+            block_size: 16,
+            max_len: 320,
+            lengths: [40, 57, 173, 290],
+            counts: [1, 1, 0, 1],
+            decode: true,
+          },
+          20 + D,
+          `${dtype} D=${D} int8 decode`,
+        );
+      }
+      check_kv8(
+        be,
+        {
+          H: 2,
+          D: 64,
+          block_size: 16,
+          max_len: 1024,
+          lengths: [1023, 1020, 5, 900],
+          counts: [1, 1, 1, 0],
+          decode: true,
+        },
+        30,
+        `${dtype} int8 long decode`,
+      );
+      const u = rng(31);
+      const lengths = Array.from({ length: 256 }, (_, b) => b === 0 ? 447 : Math.floor(u() * 447));
+      check_kv8(
+        be,
+        {
+          H: 4,
+          D: 64,
+          block_size: 16,
+          max_len: 448,
+          lengths,
+          counts: lengths.map((_, b) => b % 13 === 5 ? 0 : 1),
+          decode: true,
+        },
+        32,
+        `${dtype} int8 B=256 decode`,
+      );
+    });
+  }
+
   for (const dtype of ["f32", "bf16"] as DType[]) {
     for (const D of [16, 24, 64, 80, 128]) {
       Deno.test(`cuda attention (${dtype}, head ${D}): packed ragged prefill with padding, then decode`, () => {

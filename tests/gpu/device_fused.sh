@@ -6,7 +6,7 @@
 # tests/gpu/step_trace.ts), with int8 weights, with the tensor-core gemv off (MODES:
 # fused, unfused, int8, unfused-int8, ...-kv8, ...-nomma, ...-mma, ...-nosplit, ...-loop1; STEP_ENV:
 # variables for the step traces, e.g. NGPT_LOOP=1), gpt2 at batch 256 with the
-# 16-bit and int8 KV cache (`big`), and torch_baseline.py's peers in the same call. TREES="base ."
+# 16-bit and int8 KV cache (`big`), the decode attention alone (`attn`), cuBLASLt's matmuls at M = 256 (`mm`), and torch_baseline.py's peers in the same call. TREES="base ."
 # benches prepare_device.sh's BASE commit too, alternating with this tree mode by mode. Prepare with
 # tests/gpu/prepare_device.sh; results in $OUT/results.tgz.
 set -uo pipefail
@@ -79,6 +79,36 @@ if part big; then
     cd "$root"
   done
   grep -E "^tree|^gpt2 " "$OUT/bench_b256.txt"
+fi
+if part attn; then
+  # The decode attention alone at gpt2 batch 256 (tests/gpu/attention_bench.ts), each env of ATTN_ENVS
+  # (VAR=VALUE, several joined by +).
+  for e in ${ATTN_ENVS:-NGPT_NONE=0}; do
+    stamp "attention bench $e"
+    env ${e//+/ } timeout 120 "${run[@]}" tests/gpu/attention_bench.ts --T "${ATTN_T:-192,448}" --json "$OUT/attn_$e.json" 2>&1 |
+      grep -v "^    at" | sed "s/^/$e: /" | tee -a "$OUT/attn.txt"
+  done
+fi
+if part attnprof; then
+  # Nsight Compute on one decode-attention launch of attention_bench.ts (gpt2 b256, ATTN_PROF_T keys),
+  # each env of ATTN_PROF_ENVS (as ATTN_ENVS) and KV dtype of ATTN_PROF_KV.
+  ncu=$(command -v ncu || ls "$CUDA"/bin/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+  for e in ${ATTN_PROF_ENVS:-NGPT_NONE=0}; do
+    for kv in ${ATTN_PROF_KV:-int8}; do
+      stamp "ncu attention $e $kv"
+      env ${e//+/ } timeout 200 "$ncu" --target-processes all -k regex:ng_attention_decode -s 14 -c 1 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+        --section MemoryWorkloadAnalysis "${run[@]}" tests/gpu/attention_bench.ts --T "${ATTN_PROF_T:-192}" --kv $kv --layers 2 \
+        >"$OUT/ncu_attn_${e//[^A-Za-z0-9]/_}_$kv.txt" 2>&1
+      grep -E "Duration|DRAM Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Issued Warp|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|Dynamic Shared|Stall|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth" \
+        "$OUT/ncu_attn_${e//[^A-Za-z0-9]/_}_$kv.txt" | sed "s/^/$e $kv: /" | head -40
+    done
+  done
+fi
+if part mm; then
+  # cuBLASLt at gpt2's and gpt2-xl's matmul shapes for M = MM_MS (tests/gpu/gemv_bench.ts; the layernorm included).
+  stamp "matmul bench"
+  timeout 150 "${run[@]}" tests/gpu/gemv_bench.ts --ms "${MM_MS:-256}" --json "$OUT/mm.json" 2>&1 | grep -v "^    at" | tee "$OUT/mm.txt"
 fi
 if part peers; then
   stamp "peers"

@@ -100,7 +100,7 @@ const w_scale = values.w8 ? be.alloc(50257 * 4, "row scales") : null;
 if (w_scale) be.write(w_scale, new Float32Array(50257).fill(1 / 64));
 for (const s of shapes) {
   if (only && !only.includes(s.name)) continue;
-  const M_max = 16, w_bytes = s.N * s.K * (values.w8 ? 1 : 2);
+  const M_max = Math.max(16, ...values.ms.split(",").map(Number)), w_bytes = s.N * s.K * (values.w8 ? 1 : 2);
   const reps = Math.min(128, Math.max(8, Math.ceil(STREAM_BYTES / w_bytes)));
   const ws = Array.from({ length: reps }, (_, i) => {
     const off = Math.floor((i * w_bytes) % (POOL_BYTES - w_bytes) / 256) * 256;

@@ -2,7 +2,8 @@
  * Runs a few decode steps of one (model, batch) case inside the profiler range, for
  *   ncu --profile-from-start off --metrics gpu__time_duration.sum,dram__bytes_read.sum ... deno run -A
  *     tests/gpu/profile_decode.ts --model gpt2 --batch 1 --prompt 64 --steps 4 [--weights int8] [--kv-dtype int8]
- * The engine runs B slots, as the bench does, so the kernels and their plans are the bench's.
+ * The engine runs B slots, as the bench does, so the kernels and their plans are the bench's; every
+ * prompt is prefilled in one launch, so every profiled step decodes all B sequences.
  * Steps run one per launch, so every step's kernels are profiled the same way.
  * Summarize with tests/gpu/ncu_summary.py.
  */
@@ -32,6 +33,11 @@ using engine = new Engine(gpt, await create_tokenizer(source.tokenizer), {
   steps_per_launch: 1,
   max_running: B,
   kv_dtype: values["kv-dtype"] as "dtype" | "int8",
+  // Every prompt in one prefill launch, so each profiled step decodes all B sequences (with the
+  // default budget, gpt2 at batch 256 admitted its prompts over many steps and the profiled steps
+  // decoded about 103 sequences).
+  prefill_tokens: Math.min(65536, Math.max(2048, B * P)),
+  prefill_seqs: Math.min(1024, Math.max(64, B)),
 });
 engine.reserve();
 const V = gpt.config.vocab_size;

@@ -15,6 +15,7 @@ import { type DType, DTYPE_CODE } from "../backend.ts";
 import { cached_compile } from "./kernel_cache.ts";
 import type { Nvrtc } from "./nvrtc.ts";
 import { native_source_dir } from "../../native/lib.ts";
+import { env } from "../../util/env.ts";
 
 /** One kernel file and what it is specialised on. */
 export interface KernelInfo {
@@ -62,7 +63,22 @@ export const KERNEL_CONSTANTS = {
   GEMV_MMA_CHUNK_BYTES: 256,
   /** 16-byte vectors a thread of layernorm_vec holds (rows of up to 256 times this many). */
   LAYERNORM_VPT: 2,
+  /**
+   * Shared memory of a warp's K/V ring in attention_decode (its stages: this over a slot's bytes);
+   * $NGPT_DECODE_WARP_SMEM overrides it for experiments, 0 keeps K and V in registers.
+   */
+  DECODE_WARP_SMEM: decode_warp_smem(),
 } as const;
+
+function decode_warp_smem(): number {
+  const v = env("NGPT_DECODE_WARP_SMEM");
+  if (v === undefined) return 12288;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n % 16 !== 0) {
+    throw new Error(`NGPT_DECODE_WARP_SMEM must be a multiple of 16 bytes, got "${v}"`);
+  }
+  return n;
+}
 
 const K = KERNEL_CONSTANTS;
 const gemv = (mt: number, w8 = false) => ({
@@ -178,7 +194,7 @@ export const KERNELS = {
     entry: "ng_attention_decode",
     dtype: true,
     head_dim: true,
-    defines: ["NG_KV8=1"],
+    defines: ["NG_KV8=1", `NG_DECODE_WARP_SMEM=${K.DECODE_WARP_SMEM}`],
   },
   attention_prefill: {
     file: "attention_prefill.cu",
@@ -202,6 +218,7 @@ export const KERNELS = {
     entry: "ng_attention_decode",
     dtype: true,
     head_dim: true,
+    defines: [`NG_DECODE_WARP_SMEM=${K.DECODE_WARP_SMEM}`],
   },
   attention_combine: {
     file: "attention_combine.cu",

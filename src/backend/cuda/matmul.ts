@@ -77,8 +77,6 @@ const GEMV_GROUPED_BLOCKS_PER_SM = 8;
  * in gemv_mma.cu, and the row statistics).
  */
 const GEMV_STATIC_SMEM = 4096;
-/** Dynamic shared memory a gemv launch may use without raising the function's limit (48 KiB in all). */
-export const GEMV_DEFAULT_SMEM = (48 << 10) - GEMV_STATIC_SMEM;
 /** The gemv variants: the bound on M, and the 16-byte vectors per row a lane loads at once (U in gemv.cu). */
 const GEMV_VARIANTS: readonly [number, KernelName, number, KernelName][] = [
   [1, "gemv_m1", 4, "gemv_w8_m1"],

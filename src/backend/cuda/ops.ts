@@ -30,7 +30,7 @@ import type { CudaContext, Dim3 } from "./driver.ts";
 import { ArgPack } from "./launch_args.ts";
 import { KERNEL_CONSTANTS, type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
 import type { KernelModules } from "./modules.ts";
-import { GEMV_DEFAULT_SMEM, gemv_launch, GEMV_SPLIT_MAX_TILES, type GemvShape } from "./matmul.ts";
+import { gemv_launch, GEMV_SPLIT_MAX_TILES, type GemvShape } from "./matmul.ts";
 import { env } from "../../util/env.ts";
 
 /** How ops behave: launch (direct), only get ready (prepare), or launch into a capture. */
@@ -125,7 +125,8 @@ export function decode_plan(
 ): DecodePlan {
   const pairs = B * H;
   let cap = max_warps_per_head;
-  if (pairs >= sm_count) { while (cap > 1 && cap * DECODE_MIN_KEYS_PER_WARP > max_T) cap /= 2; }
+  const min_keys = Number(env("NGPT_DECODE_MIN_KEYS") ?? DECODE_MIN_KEYS_PER_WARP);
+  if (pairs >= sm_count) { while (cap > 1 && cap * min_keys > max_T) cap /= 2; }
   let warps_per_head = 1;
   while (warps_per_head < cap && pairs * warps_per_head < DECODE_WARPS_PER_SM * sm_count) {
     warps_per_head *= 2;
@@ -159,6 +160,15 @@ function decode_vector_bytes(row_bytes: number): number {
   return 2;
 }
 
+/**
+ * Shared memory a warp of attention_decode uses for its K/V ring (the kernel's PIPE): DECODE_WARP_SMEM
+ * where the pools' vectors are 4, 8 or 16 bytes, else 0 (the kernel then keeps K and V in registers).
+ */
+function decode_ring_bytes(row_bytes: number, es: number, kv8: boolean): number {
+  const vb = decode_vector_bytes(row_bytes), pool_vb = kv8 ? vb / es : vb;
+  return [4, 8, 16].includes(pool_vb) ? K.DECODE_WARP_SMEM : 0;
+}
+
 /** Kernel launches of one backend. */
 export class KernelOps {
   /** Set by the backend around run_step. */
@@ -169,8 +179,8 @@ export class KernelOps {
   #es: number;
   #dtype: DType;
   #args = new ArgPack();
-  /** Dynamic shared memory each gemv function may use, where raised above GEMV_DEFAULT_SMEM. */
-  #gemv_smem = new Map<bigint, number>();
+  /** Dynamic shared memory each function may use, once raised (cuFuncSetAttribute). */
+  #func_smem = new Map<bigint, number>();
   /** The decode attention's partials when keys are split (attention_combine merges them). */
   #scratch: GrowingScratch;
   /** Decode steps that took the fused path, launched or recorded into a graph (for tests). */
@@ -207,6 +217,16 @@ export class KernelOps {
   #fn(kernel: KernelName, head_dim?: number): bigint | null {
     const f = this.#modules.get(kernel, head_dim, this.mode !== "capture");
     return this.mode === "prepare" ? null : f;
+  }
+
+  /** Lets `func` launch with `bytes` of dynamic shared memory (raised once, before any capture). */
+  #allow_smem(func: bigint, bytes: number): void {
+    if (bytes <= (this.#func_smem.get(func) ?? 0)) return;
+    if (this.mode === "capture") {
+      throw new Error("internal: a kernel's shared memory grew during graph capture (dry run skipped?)");
+    }
+    this.#ctx.func_set_smem(func, bytes);
+    this.#func_smem.set(func, bytes);
   }
 
   #launch(func: bigint, grid: Dim3, block: Dim3): void {
@@ -285,13 +305,7 @@ export class KernelOps {
       shape,
     );
     const f = this.#modules.get(l.kernel, undefined, this.mode !== "capture");
-    if (l.smem_bytes > (this.#gemv_smem.get(f) ?? GEMV_DEFAULT_SMEM)) {
-      if (this.mode === "capture") {
-        throw new Error("internal: gemv shared memory grew during graph capture (dry run skipped?)");
-      }
-      this.#ctx.func_set_smem(f, l.smem_bytes);
-      this.#gemv_smem.set(f, l.smem_bytes);
-    }
+    this.#allow_smem(f, l.smem_bytes);
     // A split launch's partial sums (kslices x 16 rows x N f32) and arrival counters.
     const split = l.kslices > 1;
     const part = split ? this.#gemv_part.get(l.kslices * 16 * a.N * 4, this.mode !== "capture").ptr : 0n;
@@ -335,11 +349,8 @@ export class KernelOps {
     const variant = (a.int8_weights ? "_w8" : "") + (a.int8_kv ? "_kv8" : "");
     const kernel = `decode_fused${variant}_m${mt}` as KernelName;
     const f = this.#modules.get(kernel, D, this.mode !== "capture");
+    this.#allow_smem(f, smem);
     if (this.mode !== "capture") {
-      if (smem > (this.#gemv_smem.get(f) ?? GEMV_DEFAULT_SMEM)) {
-        this.#ctx.func_set_smem(f, smem);
-        this.#gemv_smem.set(f, smem);
-      }
       if (this.#fused_bar === 0n) this.#fused_bar = this.#zeroed(4 * (this.#ctx.sm_count + 1));
     }
     // Clocks at the start, after each of the 5 * n_layer + 1 barriers and at the end; two timer reads.
@@ -455,15 +466,28 @@ export class KernelOps {
       : 0n;
     const part_acc = scratch, part_ml = scratch === 0n ? 0n : scratch + BigInt(parts * D * 4);
     const kv8 = a.cache.k_scale !== undefined;
-    const decode = this.#fn(kv8 ? "attention_decode_kv8" : "attention_decode", D);
+    const warps = plan.warps_per_head * plan.heads_per_block;
+    const smem = warps * decode_ring_bytes(D * this.#es, this.#es, kv8);
+    const decode = this.#modules.get(
+      kv8 ? "attention_decode_kv8" : "attention_decode",
+      D,
+      this.mode !== "capture",
+    );
+    this.#allow_smem(decode, smem);
     const combine = plan.n_chunks > 1 ? this.#fn("attention_combine", D) : null;
-    if (decode === null) return;
+    if (this.mode === "prepare") return;
     this.#args.reset("ng_attention_decode").ptr(a.out).ptr(part_acc).ptr(part_ml).ptr(a.qkv).ptr(a.cache.k)
       .ptr(a.cache.v).ptr(a.block_table).ptr(a.lengths).ptr(a.n_new!).i32(H).i32(max_T).i32(plan.chunk)
       .i32(plan.warps_per_head).f32(Math.LOG2E / Math.sqrt(D)).i32(bs_log2).i32(L.max_blocks);
     if (kv8) this.#args.ptr(a.cache.k_scale!).ptr(a.cache.v_scale!);
-    const warps = plan.warps_per_head * plan.heads_per_block;
-    this.#launch(decode, [plan.n_chunks, H / plan.heads_per_block, a.B], [32 * warps, 1, 1]);
+    this.#ctx.launch(
+      decode,
+      [plan.n_chunks, H / plan.heads_per_block, a.B],
+      [32 * warps, 1, 1],
+      smem,
+      this.#stream,
+      this.#args,
+    );
     if (combine === null) return;
     this.#args.reset("ng_attention_combine").ptr(a.out).ptr(part_acc).ptr(part_ml).ptr(a.lengths)
       .ptr(a.n_new!).i32(H).i32(max_T).i32(plan.chunk).i32(plan.n_chunks);
