@@ -4,7 +4,11 @@
  * policy; the padded vocabulary of the LM head).
  */
 import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
-import { DECODE_MIN_KEYS_PER_WARP, decode_plan } from "../src/backend/cuda/ops.ts";
+import {
+  DECODE_KV8_MIN_KEYS_PER_WARP,
+  DECODE_MIN_KEYS_PER_WARP,
+  decode_plan,
+} from "../src/backend/cuda/ops.ts";
 import type { Buf, DType, MatmulArgs } from "../src/backend/backend.ts";
 import {
   default_gemv_split,
@@ -47,17 +51,24 @@ Deno.test("decode_plan: few heads get up to 8 warps each and, on long caches, ch
 });
 
 Deno.test("decode_plan: once the heads fill the SMs, short caches cap the warps per head", () => {
-  // gpt2-xl b64, max_T 320: 1600 pairs >= 132 SMs; 8 warps would leave 40 keys each.
-  const p = decode_plan(64, 25, 320, SMS);
-  assert(p.warps_per_head * DECODE_MIN_KEYS_PER_WARP <= 320, JSON.stringify(p));
-  assertEquals(p.warps_per_head, 4);
-  // A long cache keeps 8; an explicit cap of 2 wins.
+  // gpt2-xl b64, max_T 384 (the engine's bucket at 320): 1600 pairs >= 132 SMs; 8 warps would leave
+  // 48 keys each.
+  const p = decode_plan(64, 25, 384, SMS);
+  assert(p.warps_per_head * DECODE_MIN_KEYS_PER_WARP <= 384, JSON.stringify(p));
+  assertEquals(p.warps_per_head, 2);
+  // A long cache keeps 8; an explicit cap of 1 wins.
   assertEquals(decode_plan(64, 25, 1024, SMS).warps_per_head, 8);
-  assertEquals(decode_plan(64, 25, 320, SMS, 2).warps_per_head, 2);
+  assertEquals(decode_plan(64, 25, 384, SMS, 1).warps_per_head, 1);
   // Many pairs: one warp per head and several heads per block (dividing H).
   const big = decode_plan(512, 12, 40, SMS);
   assertEquals(big.warps_per_head, 1);
   assert(big.heads_per_block > 1 && 12 % big.heads_per_block === 0, JSON.stringify(big));
+  // The int8 cache's larger minimum: gpt2 b256 at the bench's longest bucket (384) gets one warp per
+  // head (the 16-bit cache 2), four heads a block; 1024 keys get 4.
+  const kv8 = decode_plan(256, 12, 384, SMS, 8, DECODE_KV8_MIN_KEYS_PER_WARP);
+  assertEquals([kv8.warps_per_head, kv8.heads_per_block], [1, 4]);
+  assertEquals(decode_plan(256, 12, 384, SMS).warps_per_head, 2);
+  assertEquals(decode_plan(256, 12, 1024, SMS, 8, DECODE_KV8_MIN_KEYS_PER_WARP).warps_per_head, 4);
 });
 
 Deno.test("padded_vocab: rows of the LM head and logits are a multiple of VOCAB_ALIGN, never fewer", () => {

@@ -72,26 +72,10 @@ typedef unsigned short vec_t;
 #endif
 #define VPL ((NV + LPK - 1) / LPK)
 #define KPI (32 / LPK)
-// The K/V ring (-DNG_DECODE_WARP_SMEM=bytes a warp, > 0; pool vectors of 4, 8 or 16 bytes): each
-// warp copies its key tiles (U * KPI keys, the keys of one pass of the loop) into a ring of STAGES
-// slots in shared memory with cp.async, STAGES - 1 tiles ahead of the one it computes on, so its
-// loads are in flight while it computes and its registers hold one tile only while it reads it.
-// Without the ring a warp's K and V wait in registers: 128 of them a thread held gpt2's batch-256
-// step to 16 warps an SM, and each warp's next loads went out only after its last tile's arithmetic.
-#ifndef NG_DECODE_WARP_SMEM
-#define NG_DECODE_WARP_SMEM 0
-#endif
-#if NG_KV8
-#define KVB W  // bytes of a pool vector
-#else
-#define KVB VB
-#endif
-#define PIPE (NG_DECODE_WARP_SMEM > 0 && (KVB == 4 || KVB == 8 || KVB == 16))
-
-// Key groups a pass per warp: up to NG_DECODE_KG vectors of K and as many of V per lane (in flight
-// at once without the ring; a ring slot's share with it).
+// Key groups in flight per warp: up to NG_DECODE_KG vectors of K and as many of V per lane (8 by
+// default; the int8 cache's variant takes 4, kernels.ts).
 #ifndef NG_DECODE_KG
-#define NG_DECODE_KG (PIPE ? 4 : 8)
+#define NG_DECODE_KG 8
 #endif
 #define U (VPL >= NG_DECODE_KG ? 1 : NG_DECODE_KG / VPL)
 
@@ -162,122 +146,6 @@ struct KvHead {
   int h, H, bs_log2;
   __device__ __forceinline__ size_t row(int j) const { return kv_row(table, j, h, H, bs_log2, HD); }
 };
-
-// The ring's slots (see PIPE above).
-#if PIPE
-#define TILE (U * KPI)             // keys of a tile
-#define SLOT_VECS (U * VPL * 32)   // K (or V) vectors of a slot, phantom lanes past the row included
-#define SLOT_BYTES ((2 * SLOT_VECS * KVB + (NG_KV8 ? 8 * TILE : 0) + 15) / 16 * 16)
-#define STAGES (NG_DECODE_WARP_SMEM / SLOT_BYTES)
-static_assert(STAGES >= 2, "attention_decode: NG_DECODE_WARP_SMEM holds fewer than two slots");
-
-// One slot: the tile's K vectors, its V vectors, (int8 caches) the keys' two scales.
-struct Slot {
-  kvec_t* k;
-  kvec_t* v;
-  float* ks;
-  float* vs;
-  __device__ __forceinline__ Slot(unsigned char* ring, int s) {
-    k = reinterpret_cast<kvec_t*>(ring + s * SLOT_BYTES);
-    v = k + SLOT_VECS;
-    ks = reinterpret_cast<float*>(v + SLOT_VECS);
-    vs = ks + TILE;
-  }
-};
-
-// Where vector vi of a tile's key t sits in a slot: the 32 lanes of the warp read one (u, v) at a
-// time (lane g * LPK + i), from 32 consecutive vectors, without bank conflicts.
-__device__ __forceinline__ int slot_index(int t, int vi) {
-  const int u = t / KPI, g = t - u * KPI, v = vi / LPK, i = vi - v * LPK;
-  return (u * VPL + v) * 32 + g * LPK + i;
-}
-
-// Copies keys jb .. jb+TILE-1 into slot `sl` (zeros past j1). Key pos (when live) is left alone: its
-// row may not be in the pools yet, and fill_key writes it. Every address is computed (its block-table
-// entry loaded) before the first copy: a cp.async's "memory" clobber keeps a load after it from
-// moving above it, so loads between the copies would wait one after another.
-__device__ __forceinline__ void issue_tile(const Slot& sl, const KvHead& kv, int jb, int j1, int pos, int lane) {
-  constexpr int PER_LANE = (TILE * NV + 31) / 32;
-  size_t off[PER_LANE];
-  int dst[PER_LANE];
-  bool ok[PER_LANE], skip[PER_LANE];
-#pragma unroll
-  for (int k = 0; k < PER_LANE; k++) {
-    const int e = lane + 32 * k, t = e / NV, vi = e - t * NV, j = jb + t;
-    ok[k] = e < TILE * NV && j < j1;
-    skip[k] = e >= TILE * NV || (ok[k] && j == pos);
-    off[k] = (ok[k] ? kv.row(j) : 0) + (size_t)vi * W;
-    dst[k] = slot_index(t, vi);
-  }
-#if NG_KV8
-  constexpr int PER_LANE_S = (TILE + 31) / 32;
-  size_t off_s[PER_LANE_S];
-  bool ok_s[PER_LANE_S], skip_s[PER_LANE_S];
-#pragma unroll
-  for (int k = 0; k < PER_LANE_S; k++) {
-    const int t = lane + 32 * k, j = jb + t;
-    ok_s[k] = t < TILE && j < j1;
-    skip_s[k] = t >= TILE || (ok_s[k] && j == pos);
-    off_s[k] = ok_s[k] ? kv.row(j) / HD : 0;
-  }
-#endif
-#pragma unroll
-  for (int k = 0; k < PER_LANE; k++) {
-    if (skip[k]) continue;
-    cp_async_n<KVB>(smem_addr(sl.k + dst[k]), kv.k + off[k], ok[k]);
-    cp_async_n<KVB>(smem_addr(sl.v + dst[k]), kv.v + off[k], ok[k]);
-  }
-#if NG_KV8
-#pragma unroll
-  for (int k = 0; k < PER_LANE_S; k++) {
-    if (skip_s[k]) continue;
-    const int t = lane + 32 * k;
-    cp_async_n<4>(smem_addr(sl.ks + t), kv.k_scale + off_s[k], ok_s[k]);
-    cp_async_n<4>(smem_addr(sl.vs + t), kv.v_scale + off_s[k], ok_s[k]);
-  }
-#endif
-}
-
-// Writes key t of slot `sl` from k_src / v_src (the new token's row: in qkv, or for int8 caches the
-// pools' row once appended) and its scales.
-__device__ __forceinline__ void fill_key(const Slot& sl, int t, const kvec_t* k_src, const kvec_t* v_src, float ks,
-                                         float vs, int lane) {
-  for (int vi = lane; vi < NV; vi += 32) {
-    const int d = slot_index(t, vi);
-    sl.k[d] = k_src[vi];
-    sl.v[d] = v_src[vi];
-  }
-#if NG_KV8
-  if (lane == 0) {
-    sl.ks[t] = ks;
-    sl.vs[t] = vs;
-  }
-#endif
-  (void)ks;
-  (void)vs;
-}
-
-// This lane's share of a slot's tile, into the registers the loop computes on.
-__device__ __forceinline__ void read_tile(const Slot& sl, kvec_t (&kr)[U][VPL], kvec_t (&vr)[U][VPL], float (&ks)[U],
-                                          float (&vs)[U], int g, int i, int lane) {
-#pragma unroll
-  for (int u = 0; u < U; u++) {
-#pragma unroll
-    for (int v = 0; v < VPL; v++) {
-      const bool in_row = i + v * LPK < NV;
-      kr[u][v] = in_row ? sl.k[(u * VPL + v) * 32 + lane] : kvec_t{};
-      vr[u][v] = in_row ? sl.v[(u * VPL + v) * 32 + lane] : kvec_t{};
-    }
-#if NG_KV8
-    ks[u] = sl.ks[u * KPI + g];
-    vs[u] = sl.vs[u * KPI + g];
-#endif
-  }
-  (void)ks;
-  (void)vs;
-  (void)g;
-}
-#endif
 
 // Loads the key group of this lane for keys jb + u * KPI + g (u < U) of [.., j1): K and V rows from
 // the pools, except key pos, which comes from k_new / v_new (the new token, in qkv) or, when those
@@ -357,18 +225,7 @@ __device__ __forceinline__ void attention_decode_block(
   const int jb0 = j0 + ws * (KPI * U);
   kvec_t kr[U][VPL], vr[U][VPL];
   float ks[U], vs[U];  // int8 caches: the keys' scales
-#if PIPE
-  extern __shared__ __align__(16) unsigned char ng_decode_ring[];
-  unsigned char* ring = ng_decode_ring + warp * NG_DECODE_WARP_SMEM;
-  const int step = wph * TILE;  // from one of this warp's tiles to its next
-#pragma unroll
-  for (int st = 0; st < STAGES; st++) {
-    if (jb0 + st * step < j_end) issue_tile(Slot(ring, st), kv, jb0 + st * step, j1, pos, lane);
-    cp_async_commit();
-  }
-#else
   if (jb0 < j_end) load_keys(kr, vr, ks, vs, kv, nullptr, nullptr, jb0, j1, pos, g, i, true);
-#endif
   wait();
   if (nn <= 0) {
     if (c == 0) {
@@ -422,37 +279,6 @@ __device__ __forceinline__ void attention_decode_block(
     }
   }
   float m = NG_NEG_INF, l = 0.0f;
-#if PIPE
-  // The new key's row (in qkv, or appended to the pools above) into its tile's slot: now if a tile
-  // of the prologue holds it, else when its tile is issued below.
-  const bool own_pos = pos >= jb0 && pos < j_end && (pos - jb0) % step < TILE;  // warp-uniform
-  const int pos_tile = own_pos ? (pos - jb0) / step : -1;
-#if NG_KV8
-  const size_t pos_off = own_pos ? kv.row(pos) : 0;
-  const kvec_t* pos_k = reinterpret_cast<const kvec_t*>(kv.k + pos_off);
-  const kvec_t* pos_v = reinterpret_cast<const kvec_t*>(kv.v + pos_off);
-  const float pos_ks = own_pos ? kv.k_scale[pos_off / HD] : 0.0f, pos_vs = own_pos ? kv.v_scale[pos_off / HD] : 0.0f;
-#else
-  const kvec_t* pos_k = k_new;
-  const kvec_t* pos_v = v_new;
-  const float pos_ks = 0.0f, pos_vs = 0.0f;
-#endif
-  if (own_pos && pos_tile < STAGES) {
-    fill_key(Slot(ring, pos_tile), pos - jb0 - pos_tile * step, pos_k, pos_v, pos_ks, pos_vs, lane);
-  }
-  for (int jb = jb0, k = 0; jb < j_end; jb += step, k++) {  // warp-uniform
-    cp_async_wait<STAGES - 1>();
-    __syncwarp();
-    const Slot sl(ring, k % STAGES);
-    read_tile(sl, kr, vr, ks, vs, g, i, lane);
-    __syncwarp();  // every lane has read the slot: it takes tile k + STAGES
-    const int jn = jb + STAGES * step;
-    if (jn < j_end) {
-      issue_tile(sl, kv, jn, j1, pos, lane);
-      if (pos_tile == k + STAGES) fill_key(sl, pos - jn, pos_k, pos_v, pos_ks, pos_vs, lane);
-    }
-    cp_async_commit();
-#else
   for (int jb = jb0; jb < j_end; jb += wph * (KPI * U)) {  // warp-uniform
     if (jb != jb0) {
       load_keys(kr, vr, ks, vs, kv, k_new, v_new, jb, j1, pos, g, i, false);
@@ -480,7 +306,6 @@ __device__ __forceinline__ void attention_decode_block(
         }
       }
     }
-#endif
     float s[U];
     float m_new = m;
 #pragma unroll
@@ -587,6 +412,8 @@ __device__ __forceinline__ void attention_decode_block(
 }
 
 #ifndef NG_FUSED
+// -DNG_DECODE_MIN_BLOCKS=n: registers capped for n blocks of 8 warps an SM (the int8 cache's variant,
+// kernels.ts); without it the compiler's choice (128 a thread at head size 64).
 #ifdef NG_DECODE_MIN_BLOCKS
 #define NG_DECODE_BOUNDS __launch_bounds__(32 * MAXW, NG_DECODE_MIN_BLOCKS)
 #else

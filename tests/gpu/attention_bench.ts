@@ -1,7 +1,8 @@
 /**
  * Micro-benchmark of the decode attention alone (attention_decode, and attention_combine when keys
  * are split) as a decode step runs it: B sequences of H heads, every one at T cached positions
- * (the new token at position T), one launch per layer over that layer's own pools, the layers'
+ * (the new token at position T), one launch per layer over that layer's own pools (planned for the
+ * bound the engine gives a launch of 8 steps from T), the layers'
  * launches in one CUDA graph, so the pools (far past the 50 MB L2) come from memory. Prints one
  * line per (T, KV dtype) with the time a launch and the rate over the bytes a launch must read
  * (K and V rows, and the int8 cache's row scales).
@@ -13,6 +14,7 @@
 import { parseArgs } from "node:util";
 import { create_cuda_backend } from "../../src/backend/cuda.ts";
 import type { AttentionArgs, Buf } from "../../src/backend/backend.ts";
+import { length_bucket } from "../../src/engine/buckets.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -52,7 +54,11 @@ for (const T of values.T.split(",").map(Number)) {
   for (const kv of values.kv.split(",")) {
     if (kv !== "dtype" && kv !== "int8") throw new Error(`--kv takes dtype and int8, got "${kv}"`);
     const kv8 = kv === "int8", es = kv8 ? 1 : 2;
-    const max_blocks = Math.ceil((T + 1) / BLOCK_SIZE), num_blocks = B * max_blocks;
+    // The engine's bound for a launch of 8 steps from T (engine.ts: length_bucket of its end), which
+    // picks the plan (warps per head) as in a real step; each table row covers it, its entries past
+    // the T + 1 positions a sequence holds left at block 0.
+    const max_len = length_bucket(T + 8, 1024), max_blocks = Math.ceil(max_len / BLOCK_SIZE);
+    const used = Math.ceil((T + 1) / BLOCK_SIZE), num_blocks = B * used;
     const pool_bytes = num_blocks * H * BLOCK_SIZE * D * es, scale_bytes = num_blocks * H * BLOCK_SIZE * 4;
     // Each sequence's blocks, shuffled across the pool (as a long-running cache holds them).
     const ids = Array.from({ length: num_blocks }, (_, i) => i);
@@ -68,8 +74,10 @@ for (const T of values.T.split(",").map(Number)) {
       owned.push(b);
       return b;
     };
-    const table = alloc(num_blocks * 4, "block table");
-    be.write(table, Int32Array.from(ids));
+    const table_rows = new Int32Array(B * max_blocks);
+    for (let b = 0; b < B; b++) table_rows.set(ids.slice(b * used, (b + 1) * used), b * max_blocks);
+    const table = alloc(table_rows.byteLength, "block table");
+    be.write(table, table_rows);
     const lengths = alloc(B * 4, "lengths"), n_new = alloc(B * 4, "n_new");
     be.write(lengths, new Int32Array(B).fill(T));
     be.write(n_new, new Int32Array(B).fill(1));
@@ -95,7 +103,7 @@ for (const T of values.T.split(",").map(Number)) {
       lengths,
       B,
       n_new,
-      max_len: T + 1,
+      max_len,
     });
     const key = `attention ${T} ${kv}`;
     const record = () => {

@@ -285,8 +285,8 @@ gpu_suite("attention_test", () => {
         );
       });
     }
-    // B = 256 (a few warps per head on an H100), and B = 512 with a short cache, where a block
-    // holds several heads of one sequence (asserted for an H100's 132 SMs).
+    // B = 256 (one warp per head on an H100 or H200: several heads a block), and B = 512 with a short
+    // cache, where a block holds several heads of one sequence (asserted for 132 SMs).
     for (const [B, max_len, multi_head] of [[256, 128, false], [512, 48, true]] as const) {
       Deno.test(`cuda attention (${dtype}, head 64): decode at B = ${B}`, () => {
         const H = 12, D = 64;

@@ -67,14 +67,16 @@ if part bench; then
   done
 fi
 if part big; then
-  # Issue 11's 8-bit KV target: gpt2 at batch 256, 16-bit and int8 KV cache (each tree of TREES).
-  for tree in ${TREES:-.}; do
+  # Issue 11's 8-bit KV target: gpt2 at batch 256, 16-bit and int8 KV cache (each tree of TREES; a tree
+  # may carry environment settings joined by +, e.g. ".+NGPT_DECODE_MIN_KEYS=128").
+  for t in ${TREES:-.}; do
+    tree=${t%%+*} tenv=NGPT_NONE=0 && [[ $t == *+* ]] && tenv=${t#*+}
     [[ $tree == base ]] && cd /tmp/base
     for q in "" "--kv-dtype int8"; do
-      stamp "bench b256 $tree $q"
-      echo "tree $tree $q" >>"$OUT/bench_b256.txt"
-      timeout 60 "${run[@]}" examples/bench.ts --device cuda --models gpt2 --batches 256 --graphs on --prompt 64 --new 256 \
-        $q >>"$OUT/bench_b256.txt" 2>&1
+      stamp "bench b256 $t $q"
+      echo "tree $t $q" >>"$OUT/bench_b256.txt"
+      env ${tenv//+/ } timeout 60 "${run[@]}" examples/bench.ts --device cuda --models gpt2 --batches 256 --graphs on \
+        --prompt 64 --new 256 $q >>"$OUT/bench_b256.txt" 2>&1
     done
     cd "$root"
   done

@@ -15,7 +15,6 @@ import { type DType, DTYPE_CODE } from "../backend.ts";
 import { cached_compile } from "./kernel_cache.ts";
 import type { Nvrtc } from "./nvrtc.ts";
 import { native_source_dir } from "../../native/lib.ts";
-import { env } from "../../util/env.ts";
 
 /** One kernel file and what it is specialised on. */
 export interface KernelInfo {
@@ -64,21 +63,15 @@ export const KERNEL_CONSTANTS = {
   /** 16-byte vectors a thread of layernorm_vec holds (rows of up to 256 times this many). */
   LAYERNORM_VPT: 2,
   /**
-   * Shared memory of a warp's K/V ring in attention_decode (its stages: this over a slot's bytes);
-   * $NGPT_DECODE_WARP_SMEM overrides it for experiments, 0 keeps K and V in registers.
+   * The int8 cache's decode attention: vectors of K (and of V) a lane loads a pass (the 16-bit
+   * cache's: 8), and blocks of 8 warps an SM its registers are capped for (85 a thread, so 6 blocks of
+   * 4 warps an SM where 126 allowed 4). Measured alone (tests/gpu/attention_bench.ts, gpt2 b256, H200):
+   * 35.2 -> 32.9 us a launch at 192 keys, 71.6 -> 68.0 at 448; the 16-bit cache's kernel got slower
+   * so (42.2 -> 45.7), and keeps its own.
    */
-  DECODE_WARP_SMEM: decode_warp_smem(),
+  DECODE_KV8_KG: 4,
+  DECODE_KV8_MIN_BLOCKS: 3,
 } as const;
-
-function decode_warp_smem(): number {
-  const v = env("NGPT_DECODE_WARP_SMEM");
-  if (v === undefined) return 12288;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0 || n % 16 !== 0) {
-    throw new Error(`NGPT_DECODE_WARP_SMEM must be a multiple of 16 bytes, got "${v}"`);
-  }
-  return n;
-}
 
 const K = KERNEL_CONSTANTS;
 const gemv = (mt: number, w8 = false) => ({
@@ -194,7 +187,11 @@ export const KERNELS = {
     entry: "ng_attention_decode",
     dtype: true,
     head_dim: true,
-    defines: ["NG_KV8=1", `NG_DECODE_WARP_SMEM=${K.DECODE_WARP_SMEM}`],
+    defines: [
+      "NG_KV8=1",
+      `NG_DECODE_KG=${K.DECODE_KV8_KG}`,
+      `NG_DECODE_MIN_BLOCKS=${K.DECODE_KV8_MIN_BLOCKS}`,
+    ],
   },
   attention_prefill: {
     file: "attention_prefill.cu",
@@ -218,7 +215,6 @@ export const KERNELS = {
     entry: "ng_attention_decode",
     dtype: true,
     head_dim: true,
-    defines: [`NG_DECODE_WARP_SMEM=${K.DECODE_WARP_SMEM}`],
   },
   attention_combine: {
     file: "attention_combine.cu",

@@ -99,10 +99,20 @@ export const DECODE_WARPS_PER_SM = 64;
 /**
  * Once the (b, head) pairs alone fill the SMs, a head gets no more warps than leave each at least
  * this many of max_T's keys: below it a warp's fixed costs (loading q, merging) outweigh its
- * share. Measured on an H100 (docs/perf-notes.md): at max_T 320, capping 8 warps per head to 4
- * took gpt2-xl b64 from 4.18 to 4.03 ms a step and gpt2 b64 from 636 to 619 us.
+ * share. Measured on an H100 (docs/perf-notes.md): at max_T 320, capping 8 warps per head to 4 (64
+ * here) took gpt2-xl b64 from 4.18 to 4.03 ms a step and gpt2 b64 from 636 to 619 us. On an H200
+ * (perf-notes.md, eighth round) 128 against 64, alternating twice: gpt2 b64 537 -> 523 us, b256 956
+ * -> 938, gpt2-xl b64 3151 -> 3119, b256 6452 -> 6470 (noise: 6495 / 6445).
  */
-export const DECODE_MIN_KEYS_PER_WARP = 64;
+export const DECODE_MIN_KEYS_PER_WARP = 128;
+/**
+ * DECODE_MIN_KEYS_PER_WARP for the int8 cache, whose warps cost more to start and merge than their
+ * keys take (its kernel's registers capped, KERNEL_CONSTANTS.DECODE_KV8_*). Measured alone
+ * (tests/gpu/attention_bench.ts, gpt2 b256, H200, the engine's bound of a launch): at 192 keys (bound
+ * 256) one warp per head instead of 4 took a launch from 38.3 to 31.2 us, at 448 (bound 512) 2
+ * instead of 4 from 68.3 to 63.9.
+ */
+export const DECODE_KV8_MIN_KEYS_PER_WARP = 256;
 /** Below this max_T a decode step never splits the keys in chunks (one launch does everything). */
 export const DECODE_SPLIT_MIN_T = 512;
 /** The fewest keys of a chunk when the keys are split. */
@@ -110,7 +120,8 @@ export const DECODE_MIN_CHUNK = 256;
 
 /**
  * The decode split for B sequences of H heads over caches of max_T positions on `sm_count` SMs.
- * Each (b, head) gets the fewest warps (up to 8, fewer for short caches: DECODE_MIN_KEYS_PER_WARP)
+ * Each (b, head) gets the fewest warps (up to 8, fewer for short caches: at least `min_keys_per_warp`
+ * of max_T's keys each, DECODE_MIN_KEYS_PER_WARP or for the int8 cache DECODE_KV8_MIN_KEYS_PER_WARP)
  * that make DECODE_WARPS_PER_SM warps per SM in all;
  * when that is under 4, a block holds several heads of one sequence (a divisor of H, about 4 warps
  * in all). When even 8 warps per head leave SMs idle and the cache is long, the keys are cut in
@@ -122,11 +133,11 @@ export function decode_plan(
   max_T: number,
   sm_count: number,
   max_warps_per_head = 8,
+  min_keys_per_warp = DECODE_MIN_KEYS_PER_WARP,
 ): DecodePlan {
   const pairs = B * H;
   let cap = max_warps_per_head;
-  const min_keys = Number(env("NGPT_DECODE_MIN_KEYS") ?? DECODE_MIN_KEYS_PER_WARP);
-  if (pairs >= sm_count) { while (cap > 1 && cap * min_keys > max_T) cap /= 2; }
+  if (pairs >= sm_count) { while (cap > 1 && cap * min_keys_per_warp > max_T) cap /= 2; }
   let warps_per_head = 1;
   while (warps_per_head < cap && pairs * warps_per_head < DECODE_WARPS_PER_SM * sm_count) {
     warps_per_head *= 2;
@@ -144,6 +155,17 @@ export function decode_plan(
   return { warps_per_head, heads_per_block, chunk, n_chunks: Math.ceil(max_T / chunk) };
 }
 
+/** $NGPT_DECODE_MIN_KEYS (a positive integer): an experiment's DECODE_MIN_KEYS_PER_WARP, for either cache. */
+function decode_min_keys(): number | undefined {
+  const v = env("NGPT_DECODE_MIN_KEYS");
+  if (!v) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new Error(`NGPT_DECODE_MIN_KEYS must be a positive integer, got "${v}"`);
+  }
+  return n;
+}
+
 /** $NGPT_DECODE_MAX_WPH (1, 2, 4 or 8): an experiment's cap on decode warps per head (default 8). */
 function decode_max_wph(): number {
   const v = env("NGPT_DECODE_MAX_WPH");
@@ -158,15 +180,6 @@ function decode_max_wph(): number {
 function decode_vector_bytes(row_bytes: number): number {
   for (const v of [16, 8, 4]) if (row_bytes % v === 0) return v;
   return 2;
-}
-
-/**
- * Shared memory a warp of attention_decode uses for its K/V ring (the kernel's PIPE): DECODE_WARP_SMEM
- * where the pools' vectors are 4, 8 or 16 bytes, else 0 (the kernel then keeps K and V in registers).
- */
-function decode_ring_bytes(row_bytes: number, es: number, kv8: boolean): number {
-  const vb = decode_vector_bytes(row_bytes), pool_vb = kv8 ? vb / es : vb;
-  return [4, 8, 16].includes(pool_vb) ? K.DECODE_WARP_SMEM : 0;
 }
 
 /** Kernel launches of one backend. */
@@ -459,35 +472,23 @@ export class KernelOps {
   /** The decode step: attention_decode, then attention_combine when keys are split. */
   #decode(a: AttentionArgs, bs_log2: number): void {
     const L = a.layout, D = L.head_dim, H = L.n_head, max_T = a.max_len!;
-    const plan = decode_plan(a.B, H, max_T, this.#ctx.sm_count, decode_max_wph());
+    const kv8 = a.cache.k_scale !== undefined;
+    const min_keys = decode_min_keys() ?? (kv8 ? DECODE_KV8_MIN_KEYS_PER_WARP : DECODE_MIN_KEYS_PER_WARP);
+    const plan = decode_plan(a.B, H, max_T, this.#ctx.sm_count, decode_max_wph(), min_keys);
     const parts = a.B * H * plan.n_chunks;
     const scratch = plan.n_chunks > 1
       ? this.#scratch.get(parts * (D + 2) * 4, this.mode !== "capture").ptr
       : 0n;
     const part_acc = scratch, part_ml = scratch === 0n ? 0n : scratch + BigInt(parts * D * 4);
-    const kv8 = a.cache.k_scale !== undefined;
-    const warps = plan.warps_per_head * plan.heads_per_block;
-    const smem = warps * decode_ring_bytes(D * this.#es, this.#es, kv8);
-    const decode = this.#modules.get(
-      kv8 ? "attention_decode_kv8" : "attention_decode",
-      D,
-      this.mode !== "capture",
-    );
-    this.#allow_smem(decode, smem);
+    const decode = this.#fn(kv8 ? "attention_decode_kv8" : "attention_decode", D);
     const combine = plan.n_chunks > 1 ? this.#fn("attention_combine", D) : null;
-    if (this.mode === "prepare") return;
+    if (decode === null) return;
     this.#args.reset("ng_attention_decode").ptr(a.out).ptr(part_acc).ptr(part_ml).ptr(a.qkv).ptr(a.cache.k)
       .ptr(a.cache.v).ptr(a.block_table).ptr(a.lengths).ptr(a.n_new!).i32(H).i32(max_T).i32(plan.chunk)
       .i32(plan.warps_per_head).f32(Math.LOG2E / Math.sqrt(D)).i32(bs_log2).i32(L.max_blocks);
     if (kv8) this.#args.ptr(a.cache.k_scale!).ptr(a.cache.v_scale!);
-    this.#ctx.launch(
-      decode,
-      [plan.n_chunks, H / plan.heads_per_block, a.B],
-      [32 * warps, 1, 1],
-      smem,
-      this.#stream,
-      this.#args,
-    );
+    const warps = plan.warps_per_head * plan.heads_per_block;
+    this.#launch(decode, [plan.n_chunks, H / plan.heads_per_block, a.B], [32 * warps, 1, 1]);
     if (combine === null) return;
     this.#args.reset("ng_attention_combine").ptr(a.out).ptr(part_acc).ptr(part_ml).ptr(a.lengths)
       .ptr(a.n_new!).i32(H).i32(max_T).i32(plan.chunk).i32(plan.n_chunks);
