@@ -5,7 +5,7 @@
 // tensor-core prefill (f16/bf16, head sizes 64 and 128) over 512-row prompts and chunks; decode over
 // an int8 KV cache (short, long and B = 256 caches) against the reference over its dequantized rows.
 import { assert, assertEquals } from "../helpers/assert.ts";
-import type { DType } from "../../src/backend/backend.ts";
+import type { Buf, DType } from "../../src/backend/backend.ts";
 import type { CudaBackend } from "../../src/backend/cuda.ts";
 import { decode_plan } from "../../src/backend/cuda/ops.ts";
 import {
@@ -20,6 +20,20 @@ import { test_seed } from "../helpers/rng.ts";
 import { backend, gpu_suite, read_f32, rel_l2, rng, tol, upload, upload_i32 } from "./gpu_helpers.ts";
 
 const SEED = test_seed();
+
+/** The rows of `out` the reference owns (not NaN in `want`) within the dtype's relative L2 bound. */
+function check_out(be: CudaBackend, out: Buf, want: Float64Array, name: string): void {
+  const got = read_f32(be, out, want.length);
+  const have: number[] = [], exp: number[] = [];
+  want.forEach((x, i) => {
+    if (!Number.isNaN(x)) {
+      have.push(got[i]);
+      exp.push(x);
+    }
+  });
+  const err = rel_l2(have, exp);
+  assert(err < tol(be.dtype, 1e-5), `${name}: relative L2 error ${err}`);
+}
 
 /** Runs one attention call on `be` and checks the pools and the owned rows against the reference. */
 function check(be: CudaBackend, spec: PagedSpec, seed: number, what: string): void {
@@ -56,16 +70,7 @@ function check(be: CudaBackend, spec: PagedSpec, seed: number, what: string): vo
   const kd = read_f32(be, k.buf, c.k.length), vd = read_f32(be, v.buf, c.v.length);
   assert(kd.every((x, i) => x === want.k[i]), `${name}: the k pool differs from the expected append`);
   assert(vd.every((x, i) => x === want.v[i]), `${name}: the v pool differs from the expected append`);
-  const got = read_f32(be, out, c.rows * c.C);
-  const have: number[] = [], exp: number[] = [];
-  want.out.forEach((x, i) => {
-    if (!Number.isNaN(x)) {
-      have.push(got[i]);
-      exp.push(x);
-    }
-  });
-  const err = rel_l2(have, exp);
-  assert(err < tol(be.dtype, 1e-5), `${name}: relative L2 error ${err}`);
+  check_out(be, out, want.out, name);
   for (const b of [qkv.buf, k.buf, v.buf, out, ...ints]) be.free(b);
   assertEquals(be.allocated_bytes(), 0, `${name}: leaked buffers`);
 }
@@ -170,71 +175,38 @@ function check_kv8(be: CudaBackend, spec: PagedSpec, seed: number, what: string)
     }
   }
   const want = attention_reference({ ...c, qkv: ref_qkv, k: dk, v: dv });
-  const res = read_f32(be, out, c.rows * C);
-  const have: number[] = [], exp: number[] = [];
-  want.out.forEach((x, i) => {
-    if (!Number.isNaN(x)) {
-      have.push(res[i]);
-      exp.push(x);
-    }
-  });
-  const err = rel_l2(have, exp);
-  assert(err < tol(be.dtype, 1e-5), `${name}: relative L2 error ${err}`);
+  check_out(be, out, want.out, name);
   for (const b of bufs) be.free(b);
   assertEquals(be.allocated_bytes(), 0, `${name}: leaked buffers`);
 }
 
 gpu_suite("attention_test", () => {
-  // The int8 cache: short and long caches (several ring tiles a warp, keys split in chunks), B = 256.
+  // The int8 cache: short and long caches (several passes a warp, keys split in chunks), B = 256.
   for (const dtype of ["f32", "bf16"] as DType[]) {
     Deno.test(`cuda attention (${dtype}, int8 KV cache): decode, short, long and B = 256`, () => {
       using be = backend(dtype, false);
-      for (const D of [16, 24, 64, 128]) {
-        check_kv8(
-          be,
-          {
-            H: 3,
-            D,
-            block_size: 16,
-            max_len: 320,
-            lengths: [40, 57, 173, 290],
-            counts: [1, 1, 0, 1],
-            decode: true,
-          },
-          20 + D,
-          `${dtype} D=${D} int8 decode`,
-        );
-      }
-      check_kv8(
-        be,
-        {
-          H: 2,
-          D: 64,
-          block_size: 16,
-          max_len: 1024,
-          lengths: [1023, 1020, 5, 900],
-          counts: [1, 1, 1, 0],
-          decode: true,
-        },
-        30,
-        `${dtype} int8 long decode`,
-      );
+      const decode = { block_size: 16, decode: true };
       const u = rng(31);
       const lengths = Array.from({ length: 256 }, (_, b) => b === 0 ? 447 : Math.floor(u() * 447));
-      check_kv8(
-        be,
-        {
+      const cases: [PagedSpec, string][] = [
+        ...[16, 24, 64, 128].map((D): [PagedSpec, string] => [
+          { ...decode, H: 3, D, max_len: 320, lengths: [40, 57, 173, 290], counts: [1, 1, 0, 1] },
+          `D=${D}`,
+        ]),
+        [
+          { ...decode, H: 2, D: 64, max_len: 1024, lengths: [1023, 1020, 5, 900], counts: [1, 1, 1, 0] },
+          "long",
+        ],
+        [{
+          ...decode,
           H: 4,
           D: 64,
-          block_size: 16,
           max_len: 448,
           lengths,
           counts: lengths.map((_, b) => b % 13 === 5 ? 0 : 1),
-          decode: true,
-        },
-        32,
-        `${dtype} int8 B=256 decode`,
-      );
+        }, "B=256"],
+      ];
+      cases.forEach(([spec, label], i) => check_kv8(be, spec, 20 + i, `${dtype} int8 ${label} decode`));
     });
   }
 
