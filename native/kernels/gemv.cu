@@ -446,8 +446,8 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* NG_ACT_
   }
 }
 
-// (decode_fused.cu and gemv_mma.cu include this file for its device functions.)
-#if !defined(NG_FUSED) && !defined(NG_GEMV_MMA)
+// (decode_fused.cu, gemv_mma.cu and gemm_mma.cu include this file for its device functions.)
+#if !defined(NG_FUSED) && !defined(NG_GEMV_MMA) && !defined(NG_GEMM)
 extern "C" __global__ void NG_GEMV_BOUNDS
 ng_gemv(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __restrict__ w,
         const float* __restrict__ w_scale, const st_t* __restrict__ bias, const st_t* __restrict__ ln_w,

@@ -47,6 +47,7 @@ import {
   default_gemv_policy,
   default_gemv_split,
   default_gemv_tensor_cores,
+  gemm_fits,
   gemv_fits,
   GEMV_MAX_M,
   gemv_preferred,
@@ -131,6 +132,13 @@ export class CudaBackend implements Backend {
    * Change it only between steps with distinct keys, as `gemv`.
    */
   gemv_shape: GemvShape | null = null;
+  /**
+   * Whether matmuls the gemv does not take run in gemm_mma.cu (our tensor-core GEMM with the layernorm
+   * in its prologue) where it fits (gemm_fits in cuda/matmul.ts) instead of cuBLASLt. Default
+   * $NGPT_GEMM == "1": off until it is measured (docs/perf-notes.md eighth round). Change it only
+   * between steps with distinct keys, as `gemv`.
+   */
+  gemm: boolean = env("NGPT_GEMM") === "1";
   /**
    * Whether run_loop records device-side loops (a graph WHILE node) when $NGPT_LOOP is "1";
    * by default its steps are recorded one after another in one graph. The WHILE node's iteration
@@ -360,6 +368,10 @@ export class CudaBackend implements Backend {
       : a.M <= this.gemv;
     if (wanted && gemv_fits(a, this.dtype, this.#ctx.smem_optin_bytes)) {
       this.#ops.gemv(a, tensor_cores, this.gemv_split, this.gemv_shape);
+      return;
+    }
+    if (this.gemm && gemm_fits(a, this.dtype)) {
+      this.#ops.gemm(a);
       return;
     }
     if (a.w_scale) a = { ...a, w: this.#dequantized_weight(a), w_scale: null };

@@ -108,9 +108,11 @@ if part attnprof; then
   done
 fi
 if part mm; then
-  # cuBLASLt at gpt2's and gpt2-xl's matmul shapes for M = MM_MS (tests/gpu/gemv_bench.ts; the layernorm included).
+  # cuBLASLt (the layernorm kernel included) and gemm_mma.cu at gpt2's and gpt2-xl's matmul shapes for
+  # M = MM_MS (tests/gpu/gemv_bench.ts; MM_ARGS replaces --gemm).
   stamp "matmul bench"
-  timeout 150 "${run[@]}" tests/gpu/gemv_bench.ts --ms "${MM_MS:-256}" --json "$OUT/mm.json" 2>&1 | grep -v "^    at" | tee "$OUT/mm.txt"
+  timeout 150 "${run[@]}" tests/gpu/gemv_bench.ts --ms "${MM_MS:-256}" ${MM_ARGS:---gemm} --json "$OUT/mm.json" 2>&1 |
+    grep -v "^    at" | tee "$OUT/mm.txt"
 fi
 if part peers; then
   stamp "peers"

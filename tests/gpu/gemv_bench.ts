@@ -2,7 +2,8 @@
  * Micro-benchmark of the small-M matmuls of GPT-2 decode: the gemv kernel against the layernorm
  * kernel + cuBLASLt, per shape and M, each op timed inside a CUDA graph of 8..128 copies reading
  * distinct weights (so launch gaps count as in a real step, and the weights come from memory, not
- * L2). Prints one line per (shape, M) and, with --json, writes the rows.
+ * L2). Prints one line per (shape, M) and, with --json, writes the rows; --gemm adds gemm_mma.cu's
+ * time (where it fits: 16-bit weights, N a multiple of 64).
  *
  *   deno run -A tests/gpu/gemv_bench.ts [--ms 1,2,4,8,12,16] [--json out.json]
  *
@@ -17,6 +18,7 @@ import type { Activation, MatmulArgs } from "../../src/backend/backend.ts";
 import { sub_buf } from "../../src/backend/buf.ts";
 import { gemv_mma_suits, type GemvShape } from "../../src/backend/cuda/matmul.ts";
 import { KERNEL_CONSTANTS } from "../../src/backend/cuda/kernels.ts";
+import { padded_vocab } from "../../src/model/gpt.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -25,6 +27,7 @@ const { values } = parseArgs({
     json: { type: "string" },
     sweep: { type: "boolean", default: false },
     w8: { type: "boolean", default: false },
+    gemm: { type: "boolean", default: false },
     only: { type: "string" },
   },
 });
@@ -51,7 +54,17 @@ for (const [m, C] of [["gpt2", 768], ["xl", 1600]] as const) {
     { name: `${m} proj`, N: C, K: C, ln: false, act: "none", accumulate: true, out_f32: false },
     { name: `${m} fc`, N: 4 * C, K: C, ln: true, act: "gelu_erf", accumulate: false, out_f32: false },
     { name: `${m} fc2`, N: C, K: 4 * C, ln: false, act: "none", accumulate: true, out_f32: false },
-    { name: `${m} lm`, N: 50257, K: C, ln: true, act: "none", accumulate: false, out_f32: true },
+    // The LM head padded as the engine stores it (gpt.ts padded_vocab; unpadded, cuBLASLt took 215 us
+    // at M = 256 against about 37).
+    {
+      name: `${m} lm`,
+      N: padded_vocab(50257),
+      K: C,
+      ln: true,
+      act: "none",
+      accumulate: false,
+      out_f32: true,
+    },
   );
 }
 
@@ -83,7 +96,7 @@ console.log(`${be.device_name}, bf16${values.w8 ? ", int8 weights" : ""}, weight
 console.log(
   values.sweep
     ? "shape        M   rule us  best us  best shape"
-    : "shape        M   gemv us  GB/s   cublas us  GB/s",
+    : "shape        M   gemv us  GB/s   cublas us  GB/s" + (values.gemm ? "   gemm us  GB/s" : ""),
 );
 const rows: Record<string, unknown>[] = [];
 const pool = be.alloc(POOL_BYTES, "weight pool");
@@ -126,9 +139,10 @@ for (const s of shapes) {
       ln: s.ln ? { weight: g, bias: b, eps: 1e-5 } : undefined,
     });
     /** Microseconds a matmul: through `max_m` (16: the gemv, 0: cuBLASLt), the gemv on `shape` (null: the rule's grid). */
-    const time = (max_m: number, shape: GemvShape | null, tag: string, iters = ITERS) => {
+    const time = (max_m: number, shape: GemvShape | null, tag: string, iters = ITERS, gemm = false) => {
       be.gemv = max_m;
       be.gemv_shape = shape;
+      be.gemm = gemm;
       const key = `${s.name} ${M} ${max_m} ${tag}`;
       const record = () => {
         for (const w of ws) be.matmul(args(w));
@@ -139,6 +153,7 @@ for (const s of shapes) {
       for (let i = 0; i < iters; i++) be.run_step(key, record);
       be.synchronize();
       be.gemv_shape = null;
+      be.gemm = false;
       return (performance.now() - t0) * 1e3 / (iters * reps);
     };
     if (values.sweep) {
@@ -168,14 +183,16 @@ for (const s of shapes) {
       continue;
     }
     const us = [16, 0].map((max_m) => time(max_m, null, "rule"));
+    const gemm_us = values.gemm ? time(0, null, "gemm", ITERS, true) : null;
     const gbs = (t: number) => (w_bytes / (t * 1e3)).toFixed(0);
     console.log(
       `${s.name.padEnd(10)} ${String(M).padStart(3)} ${us[0].toFixed(2).padStart(8)} ${
         gbs(us[0]).padStart(5)
       } ` +
-        `${us[1].toFixed(2).padStart(10)} ${gbs(us[1]).padStart(5)}`,
+        `${us[1].toFixed(2).padStart(10)} ${gbs(us[1]).padStart(5)}` +
+        (gemm_us === null ? "" : `${gemm_us.toFixed(2).padStart(10)} ${gbs(gemm_us).padStart(5)}`),
     );
-    rows.push({ shape: s.name, M, gemv_us: us[0], cublas_us: us[1], weight_bytes: w_bytes, reps });
+    rows.push({ shape: s.name, M, gemv_us: us[0], cublas_us: us[1], gemm_us, weight_bytes: w_bytes, reps });
   }
   be.reset_steps();
   be.free(out);

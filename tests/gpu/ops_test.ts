@@ -2,7 +2,7 @@
 // f16 and bf16 (2e-2): transfers, weight conversion, embed, layernorm, every matmul form (with the
 // fused layernorm, through the gemv kernel and cuBLASLt), gather, advance.
 import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
-import type { DType } from "../../src/backend/backend.ts";
+import type { DType, MatmulArgs } from "../../src/backend/backend.ts";
 import { sub_buf } from "../../src/backend/buf.ts";
 import { quantize_rows } from "../../src/model/quantize.ts";
 import {
@@ -376,6 +376,62 @@ gpu_suite("ops_test", () => {
         }
         for (const b of [x.buf, w, ws, bias.buf, g.buf, acc_buf, out]) be.free(b);
       }
+    });
+  }
+
+  for (const dtype of ["bf16", "f16"] as DType[]) {
+    Deno.test(`cuda matmul in gemm_mma (${dtype}): M past the gemv's, ragged last row tile, every epilogue`, () => {
+      using be = backend(dtype, false);
+      be.gemv = 0;
+      be.gemm = true;
+      // [M, N, K]: tiles of 64 x 64 with M not a multiple of 64; K of gpt2, gpt2-xl and their c_proj.
+      const cases: [number, number, number][] = [[17, 64, 768], [100, 128, 1600], [256, 192, 768], [
+        130,
+        64,
+        3072,
+      ]];
+      let seed = 500;
+      for (const [M, N, K] of cases) {
+        const x = upload(be, randn(M * K, seed++, 2).map((v) => v + 0.5), "x");
+        const w = upload(be, randn(N * K, seed++, 0.1), "w"), bias = upload(be, randn(N, seed++), "bias");
+        const g = upload(be, randn(K, seed++, 0.5).map((v) => v + 1), "ln.w");
+        const gb = upload(be, randn(K, seed++, 0.3), "ln.b");
+        const init = upload(be, randn(M * N, seed++), "init");
+        const out = be.alloc(M * N * 4, "out");
+        const forms: [string, boolean | null, boolean, MatmulArgs["act"], boolean, boolean][] = [
+          // name, ln (true: with its bias, false: without, null: none), bias, act, accumulate, out_f32
+          ["qkv", true, true, "none", false, false],
+          ["fc erf", false, true, "gelu_erf", false, false],
+          ["plain tanh", null, true, "gelu_tanh", false, false],
+          ["residual", null, true, "none", true, false],
+          ["lm head", true, false, "none", false, true],
+        ];
+        for (const [name, ln, with_bias, act, accumulate, out_f32] of forms) {
+          const src = ln === null ? x.values : ref_layernorm(x.values, M, K, g.values, ln ? gb.values : null);
+          const want = ref_matmul(src, w.values, with_bias ? bias.values : null, M, N, K);
+          if (act !== "none") { for (let i = 0; i < want.length; i++) want[i] = gelu(want[i], act); }
+          if (accumulate) { for (let i = 0; i < want.length; i++) want[i] += init.values[i]; }
+          const dst = accumulate ? init.buf : out;
+          be.matmul({
+            out: dst,
+            x: x.buf,
+            w: w.buf,
+            bias: with_bias ? bias.buf : null,
+            M,
+            N,
+            K,
+            act,
+            accumulate,
+            out_f32,
+            ln: ln === null ? undefined : { weight: g.buf, bias: ln ? gb.buf : null, eps: 1e-5 },
+          });
+          const got = read_f32(be, dst, M * N, out_f32 ? "f32" : dtype);
+          const err = rel_l2(got, want);
+          assert(err < tol(dtype, 1e-4), `${name} ${dtype} M=${M} N=${N} K=${K}: ${err}`);
+        }
+        for (const b of [x.buf, w.buf, bias.buf, g.buf, gb.buf, init.buf, out]) be.free(b);
+      }
+      assertEquals(be.allocated_bytes(), 0, "gemm_mma: leaked buffers");
     });
   }
 

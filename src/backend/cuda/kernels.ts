@@ -60,6 +60,10 @@ export const KERNEL_CONSTANTS = {
   GEMV_MMA_ROWS: 8,
   GEMV_MMA_KB: 64,
   GEMV_MMA_CHUNK_BYTES: 256,
+  /** gemm_mma: the block's tile of out (BM = BN), its k-tile, cp.async stages (gemm_mma.cu's). */
+  GEMM_TILE: 64,
+  GEMM_KB: 64,
+  GEMM_STAGES: 3,
   /** 16-byte vectors a thread of layernorm_vec holds (rows of up to 256 times this many). */
   LAYERNORM_VPT: 2,
   /**
@@ -160,6 +164,25 @@ export const KERNELS = {
   gemv_mma_m16: gemv_mma(16, false),
   gemv_mma_w8_m8: gemv_mma(8, true),
   gemv_mma_w8_m16: gemv_mma(16, true),
+  // The tensor-core GEMM of large batches with the layernorm in its prologue (gemm_mma.cu; gemv.cu's
+  // epilogue, hence its defines). Not yet used by the engine: measured first (gemv_bench.ts --gemm).
+  gemm_mma: {
+    file: "gemm_mma.cu",
+    includes: ["gemv.cu"],
+    entry: "ng_gemm_mma",
+    dtype: true,
+    head_dim: false,
+    dtypes: ["f16", "bf16"] as const,
+    defines: [
+      "NG_GEMM=1",
+      `NG_GEMM_TILE=${K.GEMM_TILE}`,
+      `NG_GEMM_KB=${K.GEMM_KB}`,
+      `NG_GEMM_STAGES=${K.GEMM_STAGES}`,
+      "NG_GEMV_MT=1",
+      `NG_GEMV_ROWS=${K.GEMV_ROWS}`,
+      `NG_GEMV_MAX_WARPS=${K.GEMV_MAX_WARPS}`,
+    ],
+  },
   gemv_mma_split_m8: gemv_mma(8, false, true),
   gemv_mma_split_m16: gemv_mma(16, false, true),
   gemv_mma_split_w8_m8: gemv_mma(8, true, true),

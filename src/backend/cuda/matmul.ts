@@ -177,6 +177,26 @@ export function gemv_fits(a: MatmulArgs, dtype: DType, smem_optin_bytes: number)
 }
 
 /**
+ * Whether gemm_mma.cu runs the matmul `a`: 16-bit storage and weights (no row scales), N a multiple of
+ * its tile and K of its k-tile, 16-byte aligned operands.
+ */
+export function gemm_fits(a: MatmulArgs, dtype: DType): boolean {
+  const aligned = (b: Buf | null | undefined) => !b || b.ptr % 16n === 0n;
+  return dtype !== "f32" && !a.w_scale && a.N % KERNEL_CONSTANTS.GEMM_TILE === 0 &&
+    a.K % KERNEL_CONSTANTS.GEMM_KB === 0 &&
+    aligned(a.x) && aligned(a.w) && aligned(a.ln?.weight) && aligned(a.ln?.bias);
+}
+
+/**
+ * gemm_mma's dynamic shared memory: STAGES A and B tiles of GEMM_TILE rows of GEMM_KB elements plus 16
+ * bytes of padding (gemm_mma.cu's PITCH).
+ */
+export function gemm_smem_bytes(dtype: DType): number {
+  const { GEMM_TILE, GEMM_STAGES, GEMM_KB } = KERNEL_CONSTANTS;
+  return GEMM_STAGES * 2 * GEMM_TILE * (GEMM_KB * dtype_bytes(dtype) + 16);
+}
+
+/**
  * Rows of K elements of a gemv's dynamic shared memory: x's M, then, with a layernorm, its weight and
  * bias (staged before the programmatic-launch wait: gemv.cu's gemv_stage_ln) and, at M = 1, x before
  * it is normalized (gemv_stage_x writes x' into the first row).
@@ -341,8 +361,8 @@ function gemv_blocks_per_sm(cap: number, threads: number, smem_bytes: number, sm
   );
 }
 
-/** ng_gemv's and ng_gemv_mma's flags (GemvLaunch.flags). */
-function gemv_flags(a: MatmulArgs): number {
+/** ng_gemv's, ng_gemv_mma's and ng_gemm_mma's flags (GemvLaunch.flags). */
+export function gemv_flags(a: MatmulArgs): number {
   return ACTIVATION_CODE[a.act] | (a.accumulate ? 4 : 0) | (a.out_f32 ? 8 : 0);
 }
 

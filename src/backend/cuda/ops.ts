@@ -30,7 +30,7 @@ import type { CudaContext, Dim3 } from "./driver.ts";
 import { ArgPack } from "./launch_args.ts";
 import { KERNEL_CONSTANTS, type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
 import type { KernelModules } from "./modules.ts";
-import { gemv_launch, GEMV_SPLIT_MAX_TILES, type GemvShape } from "./matmul.ts";
+import { gemm_smem_bytes, gemv_flags, gemv_launch, GEMV_SPLIT_MAX_TILES, type GemvShape } from "./matmul.ts";
 import { env } from "../../util/env.ts";
 
 /** How ops behave: launch (direct), only get ready (prepare), or launch into a capture. */
@@ -331,6 +331,18 @@ export class KernelOps {
       this.#args.ptr(part).ptr(split ? this.#gemv_count : 0n).i32(l.kslices);
     }
     this.#ctx.launch(f, [l.blocks, 1, 1], [l.threads, 1, 1], l.smem_bytes, this.#stream, this.#args);
+  }
+
+  /** The whole matmul `a` (validated; gemm_fits) in gemm_mma.cu: a block per 64 x 64 tile of out. */
+  gemm(a: MatmulArgs): void {
+    const f = this.#modules.get("gemm_mma", undefined, this.mode !== "capture");
+    const smem = gemm_smem_bytes(this.#dtype);
+    this.#allow_smem(f, smem);
+    if (this.mode === "prepare") return;
+    this.#args.reset("ng_gemm_mma").ptr(a.out).ptr(a.x).ptr(a.w).ptr(a.bias).ptr(a.ln?.weight ?? null)
+      .ptr(a.ln?.bias ?? null).i32(a.M).i32(a.N).i32(a.K).f32(a.ln?.eps ?? 0).i32(gemv_flags(a));
+    const tile = K.GEMM_TILE;
+    this.#ctx.launch(f, [a.N / tile, Math.ceil(a.M / tile), 1], [128, 1, 1], smem, this.#stream, this.#args);
   }
 
   /**

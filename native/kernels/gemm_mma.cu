@@ -1,0 +1,163 @@
+// gemm_mma: the matmul of large batches on tensor cores, gemv.cu's contract and epilogue at any M
+// (kernels.ts includes gemv.cu first):
+//   out[m, n] = act(x'[m, :] . w[n, :] + bias[n])      or, with accumulate,
+//   out[m, n] += x'[m, :] . w[n, :] + bias[n]           or, f32 out, the sum plus bias as f32,
+// x' = layernorm(x) over K (ln_w given; ln_b may be null) rounded to st_t as the unfused path does,
+// else x.
+// w is (N, K) row-major, 16-bit. The layernorm runs in the prologue (each block's rows' statistics,
+// two passes over x as torch, biased variance) and on each A tile as it lands, so no separate
+// layernorm kernel and no x' in memory. What it replaces at M = 256 on an H200 (tests/gpu/gemv_bench.ts
+// --ms 256, docs/perf-notes.md eighth round): cuBLASLt 4-10 us a matmul plus a 3.8 us layernorm.
+//
+// Block (nb, mb): rows mb*BM .. +BM-1 of out, columns nb*BN .. +BN-1; 4 warps in 2 x 2, each a 32 x 32
+// tile: 2 m16 x 4 n8 mma.sync m16n8k16 tiles, f32 accumulators. K runs in BK-wide tiles through a
+// STAGES-deep cp.async ring of A (x) and B (w) tiles in dynamic shared memory (rows padded by 16 bytes:
+// ldmatrix conflict-free); the weight tiles of the first stages are requested before the
+// programmatic-launch wait (no kernel writes weights), x's after it. Rows past M load zeros and are
+// not stored.
+// Needs 16-bit storage, N % BN == 0, K % BK == 0, 16-byte aligned x, w, ln_w, ln_b (the host checks)
+// and GEMM_SMEM_BYTES of dynamic shared memory. NOT YET RUN ON A GPU (eighth round: written after the
+// round's device time was spent; tests/gpu/ops_test.ts's gemm cases are its first check).
+#if NG_DTYPE == 0
+#error "gemm_mma needs a 16-bit storage type"
+#endif
+#if !defined(NG_GEMM_TILE) || !defined(NG_GEMM_KB) || !defined(NG_GEMM_STAGES)
+#error "gemm_mma needs -DNG_GEMM_TILE=64, -DNG_GEMM_KB and -DNG_GEMM_STAGES (kernels.ts)"
+#endif
+#define BM NG_GEMM_TILE
+#define BN NG_GEMM_TILE
+#define BK NG_GEMM_KB
+#define STAGES NG_GEMM_STAGES
+static_assert(BM == 64, "gemm_mma's warps cover a 64 x 64 tile (2 x 2 warps of 32 x 32)");
+#define PITCH (BK + 8)                          // a tile row's elements, 16 bytes of padding (gemm_smem_bytes)
+#define TILE_ELEMS (BM * PITCH)                 // one A or B tile (BM == BN)
+#define GEMM_SMEM_BYTES (STAGES * 2 * TILE_ELEMS * 2)
+#define CHUNKS (BK / 8)                         // 16-byte chunks of a tile row
+
+__device__ __forceinline__ void gemm_ldmatrix_x4(unsigned* r, unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// Requests rows r0 .. r0+BM-1 (clipped to `rows`; zeros past it) of a row-major (rows, K) matrix,
+// columns k0 .. k0+BK-1, into `tile`: 128 threads, BM * CHUNKS / 128 16-byte copies each.
+__device__ __forceinline__ void gemm_load_tile(st_t* tile, const st_t* __restrict__ src, int r0, int rows, int K,
+                                               int k0) {
+#pragma unroll
+  for (int i = 0; i < BM * CHUNKS / 128; i++) {
+    const int c = threadIdx.x + 128 * i, r = c / CHUNKS, ch = c - r * CHUNKS;
+    const bool ok = r0 + r < rows;
+    const st_t* s = src + (size_t)(ok ? r0 + r : 0) * K + k0 + ch * 8;
+    cp_async16(smem_addr(tile + r * PITCH + ch * 8), s, ok ? 16 : 0);
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+ng_gemm_mma(void* __restrict__ out, const st_t* __restrict__ x, const st_t* __restrict__ w,
+            const st_t* __restrict__ bias, const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b, int M,
+            int N, int K, float eps, int flags) {
+  NG_TRACE_KERNEL;
+  extern __shared__ __align__(16) st_t gemm_smem[];
+  __shared__ float s_mean[BM], s_rstd[BM];
+  st_t* a_s = gemm_smem;                       // STAGES A tiles
+  st_t* b_s = gemm_smem + STAGES * TILE_ELEMS;  // STAGES B tiles
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM, KT = K / BK;
+  const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;  // this warp's tile in the block's
+  const bool ln = ln_w != nullptr;
+  // The weight tiles of the first STAGES - 1 k-tiles: one group, before the wait.
+  for (int s = 0; s < STAGES - 1 && s < KT; s++) gemm_load_tile(b_s + s * TILE_ELEMS, w, n0, N, K, s * BK);
+  cp_async_commit();
+  ng_grid_dep_wait();
+  ng_grid_dep_launch();
+  // x's tiles of the first stages, one group each.
+  for (int s = 0; s < STAGES - 1; s++) {
+    if (s < KT) gemm_load_tile(a_s + s * TILE_ELEMS, x, m0, M, K, s * BK);
+    cp_async_commit();
+  }
+  // The layernorm's statistics of the block's rows (a warp 16 rows; lanes over K), while they land.
+  if (ln) {
+    for (int r = warp * 16; r < warp * 16 + 16; r++) {
+      float mean = 0.0f, rstd = 0.0f;
+      if (m0 + r < M) {
+        const st_t* row = x + (size_t)(m0 + r) * K;
+        float s = 0.0f;
+        for (int k = lane; k < K; k += 32) s += to_f32(row[k]);
+        mean = warp_sum(s) / K;
+        float v = 0.0f;
+        for (int k = lane; k < K; k += 32) {
+          const float d = to_f32(row[k]) - mean;
+          v += d * d;
+        }
+        rstd = rsqrtf(warp_sum(v) / K + eps);
+      }
+      if (lane == 0) {
+        s_mean[r] = mean;
+        s_rstd[r] = rstd;
+      }
+    }
+  }
+  float acc[2][4][4] = {};
+  for (int kt = 0; kt < KT; kt++) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // k-tile kt landed for every thread; stage (kt - 1) % STAGES is free
+    const int nk = kt + STAGES - 1;
+    if (nk < KT) {
+      gemm_load_tile(a_s + (nk % STAGES) * TILE_ELEMS, x, m0, M, K, nk * BK);
+      gemm_load_tile(b_s + (nk % STAGES) * TILE_ELEMS, w, n0, N, K, nk * BK);
+    }
+    cp_async_commit();
+    st_t* at = a_s + (kt % STAGES) * TILE_ELEMS;
+    const st_t* bt = b_s + (kt % STAGES) * TILE_ELEMS;
+    if (ln) {  // x' = (x - mean) * rstd * ln_w + ln_b, rounded to st_t, in place
+      for (int e = tid; e < BM * BK; e += 128) {
+        const int r = e / BK, k = e - r * BK;
+        st_t* p = at + r * PITCH + k;
+        const float v = (to_f32(*p) - s_mean[r]) * s_rstd[r];
+        *p = from_f32(v * to_f32(ln_w[kt * BK + k]) + (ln_b ? to_f32(ln_b[kt * BK + k]) : 0.0f));
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      unsigned af[2][4], bf[4][2];
+#pragma unroll
+      for (int mt = 0; mt < 2; mt++) {
+        gemm_ldmatrix_x4(af[mt], smem_addr(at + (wm + mt * 16 + (lane & 15)) * PITCH + kk + (lane >> 4) * 8));
+      }
+#pragma unroll
+      for (int np = 0; np < 2; np++) {  // two n8 tiles a load
+        unsigned r[4];
+        gemm_ldmatrix_x4(r, smem_addr(bt + (wn + np * 16 + (lane & 7) + ((lane >> 4) << 3)) * PITCH + kk +
+                                       ((lane >> 3) & 1) * 8));
+        bf[2 * np][0] = r[0];
+        bf[2 * np][1] = r[1];
+        bf[2 * np + 1][0] = r[2];
+        bf[2 * np + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; mt++) {
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) mma16816(acc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
+      }
+    }
+  }
+  // The epilogue: each accumulator through gemv.cu's store (bias, activation or residual, f32 out).
+#pragma unroll
+  for (int mt = 0; mt < 2; mt++) {
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+      for (int h = 0; h < 4; h++) {
+        const int m = m0 + wm + mt * 16 + (lane >> 2) + (h >> 1) * 8;
+        const int n = n0 + wn + nt * 8 + 2 * (lane & 3) + (h & 1);
+        if (m >= M) continue;
+        GemvOperands o;
+        gemv_load_consts<false>(o, nullptr, bias, n);
+        gemv_load_residual(o, out, m, n, N, flags);
+        gemv_store_with<false>(out, acc[mt][nt][h], o, m, n, N, flags);
+      }
+    }
+  }
+}
