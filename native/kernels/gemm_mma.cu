@@ -5,7 +5,7 @@
 // x' = layernorm(x) over K (ln_w given; ln_b may be null) rounded to st_t as the unfused path does,
 // else x.
 // w is (N, K) row-major, 16-bit. The layernorm runs in the prologue (each block's rows' statistics,
-// two passes over x as torch, biased variance) and on each A tile as it lands, so no separate
+// one pass over x: biased variance as torch, from the sum of squares) and on each A tile as it lands, so no separate
 // layernorm kernel and no x' in memory. What it replaces at M = 256 on an H200 (tests/gpu/gemv_bench.ts
 // --ms 256, docs/perf-notes.md eighth round): cuBLASLt 4-10 us a matmul plus a 3.8 us layernorm.
 //
@@ -76,26 +76,32 @@ ng_gemm_mma(void* __restrict__ out, const st_t* __restrict__ x, const st_t* __re
     if (s < KT) gemm_load_tile(a_s + s * TILE_ELEMS, x, m0, M, K, s * BK);
     cp_async_commit();
   }
-  // The layernorm's statistics of the block's rows (a warp 16 rows; lanes over K), while they land.
+  // The layernorm's statistics of the block's rows while the first tiles land: two threads a row, each
+  // every other 16-byte vector of it, all of a thread's loads independent (one pass: the sum and the sum
+  // of squares in f32; a warp per row in two passes would put 2 K / 32 dependent loads a row ahead of
+  // the first mma).
   if (ln) {
-    for (int r = warp * 16; r < warp * 16 + 16; r++) {
-      float mean = 0.0f, rstd = 0.0f;
-      if (m0 + r < M) {
-        const st_t* row = x + (size_t)(m0 + r) * K;
-        float s = 0.0f;
-        for (int k = lane; k < K; k += 32) s += to_f32(row[k]);
-        mean = warp_sum(s) / K;
-        float v = 0.0f;
-        for (int k = lane; k < K; k += 32) {
-          const float d = to_f32(row[k]) - mean;
-          v += d * d;
+    const int r = tid >> 1, h = tid & 1;
+    float s = 0.0f, q = 0.0f;
+    if (m0 + r < M) {
+      const uint4* row = reinterpret_cast<const uint4*>(x + (size_t)(m0 + r) * K);
+#pragma unroll 4
+      for (int v = h; v < K / 8; v += 2) {
+        float f[8];
+        unpack_vec(row[v], f);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+          s += f[e];
+          q += f[e] * f[e];
         }
-        rstd = rsqrtf(warp_sum(v) / K + eps);
       }
-      if (lane == 0) {
-        s_mean[r] = mean;
-        s_rstd[r] = rstd;
-      }
+    }
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    q += __shfl_xor_sync(0xffffffffu, q, 1);
+    if (h == 0) {
+      const float mean = s / K;
+      s_mean[r] = mean;
+      s_rstd[r] = m0 + r < M ? rsqrtf(fmaxf(q / K - mean * mean, 0.0f) + eps) : 0.0f;
     }
   }
   float acc[2][4][4] = {};
