@@ -116,12 +116,18 @@ ng_gemm_mma(void* __restrict__ out, const st_t* __restrict__ x, const st_t* __re
     cp_async_commit();
     st_t* at = a_s + (kt % STAGES) * TILE_ELEMS;
     const st_t* bt = b_s + (kt % STAGES) * TILE_ELEMS;
-    if (ln) {  // x' = (x - mean) * rstd * ln_w + ln_b, rounded to st_t, in place
-      for (int e = tid; e < BM * BK; e += 128) {
-        const int r = e / BK, k = e - r * BK;
-        st_t* p = at + r * PITCH + k;
-        const float v = (to_f32(*p) - s_mean[r]) * s_rstd[r];
-        *p = from_f32(v * to_f32(ln_w[kt * BK + k]) + (ln_b ? to_f32(ln_b[kt * BK + k]) : 0.0f));
+    if (ln) {  // x' = (x - mean) * rstd * ln_w + ln_b, rounded to st_t, in place, 8 elements at a time
+#pragma unroll
+      for (int i = 0; i < BM * CHUNKS / 128; i++) {
+        const int c = tid + 128 * i, r = c / CHUNKS, k = (c - r * CHUNKS) * 8;
+        uint4* p = reinterpret_cast<uint4*>(at + r * PITCH + k);
+        float v[8], g[8], b[8] = {};
+        unpack_vec(*p, v);
+        load_vec(ln_w + kt * BK + k, g);
+        if (ln_b) load_vec(ln_b + kt * BK + k, b);
+#pragma unroll
+        for (int e = 0; e < 8; e++) v[e] = (v[e] - s_mean[r]) * s_rstd[r] * g[e] + b[e];
+        *p = pack_vec(v);
       }
       __syncthreads();
     }
