@@ -21,9 +21,11 @@
 #if NG_DTYPE == 0
 #error "gemm_mma needs a 16-bit storage type"
 #endif
-#if !defined(NG_GEMM_TILE) || !defined(NG_GEMM_KB) || !defined(NG_GEMM_STAGES)
-#error "gemm_mma needs -DNG_GEMM_TILE=64, -DNG_GEMM_KB and -DNG_GEMM_STAGES (kernels.ts)"
+#if !defined(NG_GEMM_TILE) || !defined(NG_GEMM_KB) || !defined(NG_GEMM_STAGES) || !defined(NG_GEMM_THREADS)
+#error "gemm_mma needs -DNG_GEMM_TILE=64, -DNG_GEMM_KB, -DNG_GEMM_STAGES and -DNG_GEMM_THREADS=128 (kernels.ts)"
 #endif
+#define NT NG_GEMM_THREADS
+static_assert(NT == 128, "gemm_mma's 4 warps cover the tile 2 x 2");
 #define BM NG_GEMM_TILE
 #define BN NG_GEMM_TILE
 #define BK NG_GEMM_KB
@@ -41,19 +43,19 @@ __device__ __forceinline__ void gemm_ldmatrix_x4(unsigned* r, unsigned addr) {
 }
 
 // Requests rows r0 .. r0+BM-1 (clipped to `rows`; zeros past it) of a row-major (rows, K) matrix,
-// columns k0 .. k0+BK-1, into `tile`: 128 threads, BM * CHUNKS / 128 16-byte copies each.
+// columns k0 .. k0+BK-1, into `tile`: NT threads, BM * CHUNKS / NT 16-byte copies each.
 __device__ __forceinline__ void gemm_load_tile(st_t* tile, const st_t* __restrict__ src, int r0, int rows, int K,
                                                int k0) {
 #pragma unroll
-  for (int i = 0; i < BM * CHUNKS / 128; i++) {
-    const int c = threadIdx.x + 128 * i, r = c / CHUNKS, ch = c - r * CHUNKS;
+  for (int i = 0; i < BM * CHUNKS / NT; i++) {
+    const int c = threadIdx.x + NT * i, r = c / CHUNKS, ch = c - r * CHUNKS;
     const bool ok = r0 + r < rows;
     const st_t* s = src + (size_t)(ok ? r0 + r : 0) * K + k0 + ch * 8;
     cp_async16(smem_addr(tile + r * PITCH + ch * 8), s, ok ? 16 : 0);
   }
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(NT)
 ng_gemm_mma(void* __restrict__ out, const st_t* __restrict__ x, const st_t* __restrict__ w,
             const st_t* __restrict__ bias, const st_t* __restrict__ ln_w, const st_t* __restrict__ ln_b, int M,
             int N, int K, float eps, int flags) {
@@ -118,8 +120,8 @@ ng_gemm_mma(void* __restrict__ out, const st_t* __restrict__ x, const st_t* __re
     const st_t* bt = b_s + (kt % STAGES) * TILE_ELEMS;
     if (ln) {  // x' = (x - mean) * rstd * ln_w + ln_b, rounded to st_t, in place, 8 elements at a time
 #pragma unroll
-      for (int i = 0; i < BM * CHUNKS / 128; i++) {
-        const int c = tid + 128 * i, r = c / CHUNKS, k = (c - r * CHUNKS) * 8;
+      for (int i = 0; i < BM * CHUNKS / NT; i++) {
+        const int c = tid + NT * i, r = c / CHUNKS, k = (c - r * CHUNKS) * 8;
         uint4* p = reinterpret_cast<uint4*>(at + r * PITCH + k);
         float v[8], g[8], b[8] = {};
         unpack_vec(*p, v);

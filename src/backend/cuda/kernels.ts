@@ -60,8 +60,9 @@ export const KERNEL_CONSTANTS = {
   GEMV_MMA_ROWS: 8,
   GEMV_MMA_KB: 64,
   GEMV_MMA_CHUNK_BYTES: 256,
-  /** gemm_mma: the block's tile of out (BM = BN), its k-tile, cp.async stages (gemm_mma.cu's). */
+  /** gemm_mma: the block's tile of out (BM = BN), its k-tile, cp.async stages, threads (gemm_mma.cu's). */
   GEMM_TILE: 64,
+  GEMM_THREADS: 128,
   GEMM_KB: 64,
   GEMM_STAGES: 3,
   /** 16-byte vectors a thread of layernorm_vec holds (rows of up to 256 times this many). */
@@ -176,6 +177,7 @@ export const KERNELS = {
     defines: [
       "NG_GEMM=1",
       `NG_GEMM_TILE=${K.GEMM_TILE}`,
+      `NG_GEMM_THREADS=${K.GEMM_THREADS}`,
       `NG_GEMM_KB=${K.GEMM_KB}`,
       `NG_GEMM_STAGES=${K.GEMM_STAGES}`,
       "NG_GEMV_MT=1",

@@ -342,7 +342,14 @@ export class KernelOps {
     this.#args.reset("ng_gemm_mma").ptr(a.out).ptr(a.x).ptr(a.w).ptr(a.bias).ptr(a.ln?.weight ?? null)
       .ptr(a.ln?.bias ?? null).i32(a.M).i32(a.N).i32(a.K).f32(a.ln?.eps ?? 0).i32(gemv_flags(a));
     const tile = K.GEMM_TILE;
-    this.#ctx.launch(f, [a.N / tile, Math.ceil(a.M / tile), 1], [128, 1, 1], smem, this.#stream, this.#args);
+    this.#ctx.launch(
+      f,
+      [a.N / tile, Math.ceil(a.M / tile), 1],
+      [K.GEMM_THREADS, 1, 1],
+      smem,
+      this.#stream,
+      this.#args,
+    );
   }
 
   /**
