@@ -37,17 +37,6 @@
 #define NT_O (HD / 8)     // 8-dim column tiles of O
 #define CHUNKS (HD / 8)   // 16-byte chunks per K/V row
 
-__device__ __forceinline__ void ldmatrix_x4(unsigned* r, unsigned addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // 2^x (ex2.approx: relative error ~2^-22; -inf gives 0).
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;

@@ -232,7 +232,7 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 #if NG_DTYPE != 0
-// Tensor cores (16-bit storage types): attention_prefill_mma.cu, gemv_mma.cu.
+// Tensor cores (16-bit storage types): attention_prefill_mma.cu, gemv_mma.cu, gemm_mma.cu.
 // d += a (16x16, row) * b (16x8, col), f32 accumulate.
 #if NG_DTYPE == 2
 #define NG_MMA_AB "bf16"  // the mma's A and B type in PTX
@@ -244,6 +244,19 @@ __device__ __forceinline__ void mma16816(float* d, const unsigned* a, unsigned b
                ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8x8 matrices of 16-bit elements from shared memory (lanes 8i..8i+7 address matrix i's rows),
+// as mma fragments; _trans transposes each (attention_prefill_mma.cu, gemm_mma.cu).
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
 // Two f32 as a pair of the storage type: `lo` in the low half (the lower column).

@@ -36,12 +36,6 @@ static_assert(BM == 64, "gemm_mma's warps cover a 64 x 64 tile (2 x 2 warps of 3
 #define GEMM_SMEM_BYTES (STAGES * 2 * TILE_ELEMS * 2)
 #define CHUNKS (BK / 8)                         // 16-byte chunks of a tile row
 
-__device__ __forceinline__ void gemm_ldmatrix_x4(unsigned* r, unsigned addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // Requests rows r0 .. r0+BM-1 (clipped to `rows`; zeros past it) of a row-major (rows, K) matrix,
 // columns k0 .. k0+BK-1, into `tile`: NT threads, BM * CHUNKS / NT 16-byte copies each.
 __device__ __forceinline__ void gemm_load_tile(st_t* tile, const st_t* __restrict__ src, int r0, int rows, int K,
@@ -138,12 +132,12 @@ ng_gemm_mma(void* __restrict__ out, const st_t* __restrict__ x, const st_t* __re
       unsigned af[2][4], bf[4][2];
 #pragma unroll
       for (int mt = 0; mt < 2; mt++) {
-        gemm_ldmatrix_x4(af[mt], smem_addr(at + (wm + mt * 16 + (lane & 15)) * PITCH + kk + (lane >> 4) * 8));
+        ldmatrix_x4(af[mt], smem_addr(at + (wm + mt * 16 + (lane & 15)) * PITCH + kk + (lane >> 4) * 8));
       }
 #pragma unroll
       for (int np = 0; np < 2; np++) {  // two n8 tiles a load
         unsigned r[4];
-        gemm_ldmatrix_x4(r, smem_addr(bt + (wn + np * 16 + (lane & 7) + ((lane >> 4) << 3)) * PITCH + kk +
+        ldmatrix_x4(r, smem_addr(bt + (wn + np * 16 + (lane & 7) + ((lane >> 4) << 3)) * PITCH + kk +
                                        ((lane >> 3) & 1) * 8));
         bf[2 * np][0] = r[0];
         bf[2 * np][1] = r[1];
