@@ -77,7 +77,6 @@ export interface CudaBackendOptions {
   cache_dir?: string;
 }
 
-/** An on/off environment variable ("0" off, anything else on), or `fallback` when unset or unreadable. */
 /**
  * $NGPT_DEFINES: comma-separated NAME=VALUE defines added to every kernel's compile (experiments:
  * a kernel's tunable constants, measured without a rebuild). Checked, so a typo is not silently
@@ -94,6 +93,7 @@ function experiment_defines(): string[] {
   });
 }
 
+/** An on/off environment variable ("0" off, anything else on), or `fallback` when unset or unreadable. */
 function env_flag(name: string, fallback: boolean): boolean {
   const v = env(name);
   return v === undefined ? fallback : v !== "0";

@@ -76,7 +76,7 @@ const GEMV_GROUPED_BLOCKS_PER_SM = 8;
  * Shared memory gemv.cu and gemv_mma.cu declare statically, at most (the reduction buffer, 3.5 KB
  * in gemv_mma.cu, and the row statistics).
  */
-const GEMV_STATIC_SMEM = 4096;
+export const GEMV_STATIC_SMEM = 4096;
 /** The gemv variants: the bound on M, and the 16-byte vectors per row a lane loads at once (U in gemv.cu). */
 const GEMV_VARIANTS: readonly [number, KernelName, number, KernelName][] = [
   [1, "gemv_m1", 4, "gemv_w8_m1"],

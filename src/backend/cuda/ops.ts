@@ -30,7 +30,14 @@ import type { CudaContext, Dim3 } from "./driver.ts";
 import { ArgPack } from "./launch_args.ts";
 import { KERNEL_CONSTANTS, type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
 import type { KernelModules } from "./modules.ts";
-import { gemm_smem_bytes, gemv_flags, gemv_launch, GEMV_SPLIT_MAX_TILES, type GemvShape } from "./matmul.ts";
+import {
+  gemm_smem_bytes,
+  gemv_flags,
+  gemv_launch,
+  GEMV_SPLIT_MAX_TILES,
+  GEMV_STATIC_SMEM,
+  type GemvShape,
+} from "./matmul.ts";
 import { env } from "../../util/env.ts";
 
 /** How ops behave: launch (direct), only get ready (prepare), or launch into a capture. */
@@ -182,6 +189,12 @@ function decode_vector_bytes(row_bytes: number): number {
   return 2;
 }
 
+/**
+ * Dynamic shared memory any of these kernels may use without raising its function's limit: 48 KiB in
+ * all, less the most static shared memory one declares (gemv.cu's 4 KiB).
+ */
+const SMEM_WITHOUT_OPT_IN = (48 << 10) - GEMV_STATIC_SMEM;
+
 /** Kernel launches of one backend. */
 export class KernelOps {
   /** Set by the backend around run_step. */
@@ -192,7 +205,7 @@ export class KernelOps {
   #es: number;
   #dtype: DType;
   #args = new ArgPack();
-  /** Dynamic shared memory each function may use, once raised (cuFuncSetAttribute). */
+  /** Dynamic shared memory each function may use, where raised above SMEM_WITHOUT_OPT_IN. */
   #func_smem = new Map<bigint, number>();
   /** The decode attention's partials when keys are split (attention_combine merges them). */
   #scratch: GrowingScratch;
@@ -234,7 +247,7 @@ export class KernelOps {
 
   /** Lets `func` launch with `bytes` of dynamic shared memory (raised once, before any capture). */
   #allow_smem(func: bigint, bytes: number): void {
-    if (bytes <= (this.#func_smem.get(func) ?? 0)) return;
+    if (bytes <= (this.#func_smem.get(func) ?? SMEM_WITHOUT_OPT_IN)) return;
     if (this.mode === "capture") {
       throw new Error("internal: a kernel's shared memory grew during graph capture (dry run skipped?)");
     }
