@@ -16,7 +16,7 @@
 // programmatic-launch wait (no kernel writes weights), x's after it. Rows past M load zeros and are
 // not stored.
 // Needs 16-bit storage, N % BN == 0, K % BK == 0, 16-byte aligned x, w, ln_w, ln_b (the host checks)
-// and GEMM_SMEM_BYTES of dynamic shared memory. NOT YET RUN ON A GPU (eighth round: written after the
+// and matmul.ts gemm_smem_bytes of dynamic shared memory (STAGES A and B tiles). NOT YET RUN ON A GPU (eighth round: written after the
 // round's device time was spent; tests/gpu/ops_test.ts's gemm cases are its first check).
 #if NG_DTYPE == 0
 #error "gemm_mma needs a 16-bit storage type"
@@ -33,7 +33,6 @@ static_assert(NT == 128, "gemm_mma's 4 warps cover the tile 2 x 2");
 static_assert(BM == 64, "gemm_mma's warps cover a 64 x 64 tile (2 x 2 warps of 32 x 32)");
 #define PITCH (BK + 8)                          // a tile row's elements, 16 bytes of padding (gemm_smem_bytes)
 #define TILE_ELEMS (BM * PITCH)                 // one A or B tile (BM == BN)
-#define GEMM_SMEM_BYTES (STAGES * 2 * TILE_ELEMS * 2)
 #define CHUNKS (BK / 8)                         // 16-byte chunks of a tile row
 
 // Requests rows r0 .. r0+BM-1 (clipped to `rows`; zeros past it) of a row-major (rows, K) matrix,
@@ -55,7 +54,7 @@ ng_gemm_mma(void* __restrict__ out, const st_t* __restrict__ x, const st_t* __re
             int N, int K, float eps, int flags) {
   NG_TRACE_KERNEL;
   extern __shared__ __align__(16) st_t gemm_smem[];
-  __shared__ float s_mean[BM], s_rstd[BM];
+  __shared__ float s_mul[BM], s_add[BM];  // x' = x * mul + add, before the layernorm's weight and bias
   st_t* a_s = gemm_smem;                       // STAGES A tiles
   st_t* b_s = gemm_smem + STAGES * TILE_ELEMS;  // STAGES B tiles
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -95,9 +94,9 @@ ng_gemm_mma(void* __restrict__ out, const st_t* __restrict__ x, const st_t* __re
     s += __shfl_xor_sync(0xffffffffu, s, 1);
     q += __shfl_xor_sync(0xffffffffu, q, 1);
     if (h == 0) {
-      const float mean = s / K;
-      s_mean[r] = mean;
-      s_rstd[r] = m0 + r < M ? rsqrtf(fmaxf(q / K - mean * mean, 0.0f) + eps) : 0.0f;
+      const float mean = s / K, rstd = m0 + r < M ? rsqrtf(fmaxf(q / K - mean * mean, 0.0f) + eps) : 0.0f;
+      s_mul[r] = rstd;
+      s_add[r] = -mean * rstd;
     }
   }
   float acc[2][4][4] = {};
@@ -112,18 +111,14 @@ ng_gemm_mma(void* __restrict__ out, const st_t* __restrict__ x, const st_t* __re
     cp_async_commit();
     st_t* at = a_s + (kt % STAGES) * TILE_ELEMS;
     const st_t* bt = b_s + (kt % STAGES) * TILE_ELEMS;
-    if (ln) {  // x' = (x - mean) * rstd * ln_w + ln_b, rounded to st_t, in place, 8 elements at a time
+    if (ln) {  // x' in place, a 16-byte vector at a time, through gemv.cu's gemv_ln_apply
 #pragma unroll
       for (int i = 0; i < BM * CHUNKS / NT; i++) {
-        const int c = tid + NT * i, r = c / CHUNKS, k = (c - r * CHUNKS) * 8;
-        uint4* p = reinterpret_cast<uint4*>(at + r * PITCH + k);
-        float v[8], g[8], b[8] = {};
-        unpack_vec(*p, v);
-        load_vec(ln_w + kt * BK + k, g);
-        if (ln_b) load_vec(ln_b + kt * BK + k, b);
-#pragma unroll
-        for (int e = 0; e < 8; e++) v[e] = (v[e] - s_mean[r]) * s_rstd[r] * g[e] + b[e];
-        *p = pack_vec(v);
+        const int c = tid + NT * i, r = c / CHUNKS, k = kt * BK + (c - r * CHUNKS) * 8;
+        uint4* p = reinterpret_cast<uint4*>(at + r * PITCH + (c - r * CHUNKS) * 8);
+        const uint4 g = *reinterpret_cast<const uint4*>(ln_w + k);
+        const uint4 b = ln_b ? *reinterpret_cast<const uint4*>(ln_b + k) : make_uint4(0, 0, 0, 0);
+        *p = gemv_ln_apply(*p, g, b, s_mul[r], s_add[r]);
       }
       __syncthreads();
     }

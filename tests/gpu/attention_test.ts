@@ -17,7 +17,17 @@ import {
   pool_row,
 } from "../helpers/attention_ref.ts";
 import { test_seed } from "../helpers/rng.ts";
-import { backend, gpu_suite, read_f32, rel_l2, rng, tol, upload, upload_i32 } from "./gpu_helpers.ts";
+import {
+  backend,
+  gpu_suite,
+  read_f32,
+  rel_l2,
+  rng,
+  tol,
+  upload,
+  upload_i32,
+  upload_raw_f32,
+} from "./gpu_helpers.ts";
 
 const SEED = test_seed();
 
@@ -105,24 +115,20 @@ function check_kv8(be: CudaBackend, spec: PagedSpec, seed: number, what: string)
   const qkv = upload(be, c.qkv, "qkv");
   c.qkv = qkv.values;
   const bufs = [qkv.buf];
-  const put = (a: Int8Array | Float32Array | ArrayLike<number>, label: string, i32 = false) => {
-    const data = i32 ? Int32Array.from(a as ArrayLike<number>) : a as Int8Array | Float32Array;
-    const b = be.alloc(data.byteLength, label);
-    be.write(b, data);
-    bufs.push(b);
+  const own = (b: Buf) => (bufs.push(b), b);
+  const pool = (q: Int8Array, label: string) => {
+    const b = own(be.alloc(q.byteLength, label));
+    be.write(b, q);
     return b;
   };
   const cache = {
-    k: put(kq, "k pool"),
-    v: put(vq, "v pool"),
-    k_scale: put(ks, "k scales"),
-    v_scale: put(vs, "v scales"),
+    k: pool(kq, "k pool"),
+    v: pool(vq, "v pool"),
+    k_scale: own(upload_raw_f32(be, ks, "k scales")),
+    v_scale: own(upload_raw_f32(be, vs, "v scales")),
   };
-  const [table, lengths, n_new] = [
-    put(c.table, "table", true),
-    put(c.lengths, "lengths", true),
-    put(c.counts, "n_new", true),
-  ];
+  const table = own(upload_i32(be, c.table, "table")), lengths = own(upload_i32(be, c.lengths, "lengths"));
+  const n_new = own(upload_i32(be, c.counts, "n_new"));
   const out = be.alloc(c.rows * C * (be.dtype === "f32" ? 4 : 2), "out");
   bufs.push(out);
   be.attention(paged_attention_args(c, { out, qkv: qkv.buf, cache, table, lengths, n_new } as PagedBufs));
