@@ -1,7 +1,7 @@
 /**
  * The CUDA backend's launch plans are pure functions of shapes: checked here without a GPU
  * (decode attention's split over warps and chunks; the gemv kernel's launch shapes and the auto
- * policy; the padded vocabulary of the LM head).
+ * policy; gemm_mma's K split; the padded vocabulary of the LM head).
  */
 import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
 import {
@@ -13,6 +13,10 @@ import type { Buf, DType, MatmulArgs } from "../src/backend/backend.ts";
 import {
   default_gemv_split,
   default_gemv_tensor_cores,
+  forced_gemm_split,
+  gemm_fits,
+  gemm_split,
+  GEMM_SPLIT_MAX,
   gemv_fits,
   gemv_launch,
   gemv_preferred,
@@ -266,6 +270,55 @@ Deno.test("gemv split policy: NGPT_GEMV_SPLIT caps the K slices, bad values name
   } finally {
     if (prev === undefined) Deno.env.delete("NGPT_GEMV_SPLIT");
     else Deno.env.set("NGPT_GEMV_SPLIT", prev);
+  }
+});
+
+Deno.test("gemm_split: K split only where the tiles leave SMs idle, within its bounds; NGPT_GEMM_SPLIT", () => {
+  const mm = (M: number, N: number, K: number): MatmulArgs => ({
+    out: buf,
+    x: buf,
+    w: buf,
+    bias: null,
+    M,
+    N,
+    K,
+    act: "none",
+    accumulate: false,
+    out_f32: false,
+  });
+  // gpt2 at M = 256: c_attn 144 tiles and c_fc 192 fill 132 SMs; both c_proj shapes make 48 tiles.
+  assertEquals(gemm_split(mm(256, 2304, 768), SMS), 1);
+  assertEquals(gemm_split(mm(256, 3072, 768), SMS), 1);
+  assertEquals(gemm_split(mm(256, 768, 768), SMS), 3); // ceil(132 / 48); 12 k-tiles allow 3 of >= 4
+  assertEquals(gemm_split(mm(256, 768, 3072), SMS), 3);
+  assertEquals(gemm_split(mm(17, 64, 3072), SMS), GEMM_SPLIT_MAX); // one tile: as many as allowed
+  assertEquals(gemm_split(mm(17, 64, 512), SMS), 2); // 8 k-tiles: slices of at least 4
+  assertEquals(gemm_split(mm(17, 64, 256), SMS), 1);
+  assertEquals(gemm_split(mm(256, 768, 3072), SMS, 2), 2); // forced
+  assertEquals(gemm_split(mm(256, 768, 768), SMS, 8), 3); // forced, still within the k-tile bound
+  for (const M of [1, 17, 64, 100, 256, 2048]) {
+    for (const [N, K] of [[768, 768], [2304, 768], [64, 3072], [50304, 1600]]) {
+      const S = gemm_split(mm(M, N, K), SMS);
+      assert(S >= 1 && S <= GEMM_SPLIT_MAX && (S === 1 || K / 64 / S >= 4), `M=${M} N=${N} K=${K}: ${S}`);
+    }
+  }
+  assert(gemm_fits(mm(256, 768, 768), "bf16"));
+  assert(!gemm_fits(mm(256, 768, 768), "f32"), "16-bit storage only");
+  assert(!gemm_fits(mm(256, 760, 768), "bf16"), "N a multiple of 64");
+  assert(!gemm_fits({ ...mm(256, 768, 768), out: { ...buf, ptr: 8n } }, "bf16"), "16-byte aligned out");
+  const prev = Deno.env.get("NGPT_GEMM_SPLIT");
+  try {
+    Deno.env.delete("NGPT_GEMM_SPLIT");
+    assertEquals(forced_gemm_split(), undefined);
+    Deno.env.set("NGPT_GEMM_SPLIT", "2");
+    assertEquals(forced_gemm_split(), 2);
+    for (const bad of ["0", String(GEMM_SPLIT_MAX + 1), "1.5", "two"]) {
+      Deno.env.set("NGPT_GEMM_SPLIT", bad);
+      assertThrows(() => forced_gemm_split(), Error, "NGPT_GEMM_SPLIT");
+    }
+  } finally {
+    if (prev === undefined) Deno.env.delete("NGPT_GEMM_SPLIT");
+    else Deno.env.set("NGPT_GEMM_SPLIT", prev);
   }
 });
 

@@ -47,6 +47,7 @@ import {
   default_gemv_policy,
   default_gemv_split,
   default_gemv_tensor_cores,
+  forced_gemm_split,
   gemm_fits,
   gemv_fits,
   GEMV_MAX_M,
@@ -135,10 +136,16 @@ export class CudaBackend implements Backend {
   /**
    * Whether matmuls the gemv does not take run in gemm_mma.cu (our tensor-core GEMM with the layernorm
    * in its prologue) where it fits (gemm_fits in cuda/matmul.ts) instead of cuBLASLt. Default
-   * $NGPT_GEMM == "1": off until it is measured (docs/perf-notes.md eighth round). Change it only
-   * between steps with distinct keys, as `gemv`.
+   * $NGPT_GEMM == "1": off, 2-4x slower than cuBLASLt at M = 256 on an H200 (docs/perf-notes.md,
+   * ninth round). Change it only between steps with distinct keys, as `gemv`.
    */
   gemm: boolean = env("NGPT_GEMM") === "1";
+  /**
+   * K slices for every gemm_mma launch instead of the rule's (gemm_split in cuda/matmul.ts; within its
+   * bounds), for tests and experiments; default $NGPT_GEMM_SPLIT, else undefined (the rule). Change it
+   * only between steps with distinct keys, as `gemv`.
+   */
+  gemm_split: number | undefined = forced_gemm_split();
   /**
    * Whether run_loop records device-side loops (a graph WHILE node) when $NGPT_LOOP is "1";
    * by default its steps are recorded one after another in one graph. The WHILE node's iteration
@@ -371,7 +378,7 @@ export class CudaBackend implements Backend {
       return;
     }
     if (this.gemm && gemm_fits(a, this.dtype)) {
-      this.#ops.gemm(a);
+      this.#ops.gemm(a, this.gemm_split);
       return;
     }
     if (a.w_scale) a = { ...a, w: this.#dequantized_weight(a), w_scale: null };

@@ -14,6 +14,21 @@ export function env(name: string): string | undefined {
 }
 
 /**
+ * $name as an integer in min..max, or undefined when unset or empty; anything else throws an error
+ * naming the variable and what it held.
+ */
+export function env_int(name: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
+  const v = env(name);
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `an integer in ${min}..${max}`;
+    throw new Error(`${name} must be ${range}, got "${v}"`);
+  }
+  return n;
+}
+
+/**
  * The cache root for downloads, compiled kernels and native builds: `explicit`, else $NGPT_CACHE,
  * else $XDG_CACHE_HOME/ngpt, else ~/.cache/ngpt; null when none can be determined.
  */

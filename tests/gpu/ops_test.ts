@@ -407,27 +407,36 @@ gpu_suite("ops_test", () => {
           ["lm head", true, false, "none", false, true],
         ];
         for (const [name, ln, with_bias, act, accumulate, out_f32] of forms) {
-          const src = ln === null ? x.values : ref_layernorm(x.values, M, K, g.values, ln ? gb.values : null);
-          const want = ref_matmul(src, w.values, with_bias ? bias.values : null, M, N, K);
-          if (act !== "none") { for (let i = 0; i < want.length; i++) want[i] = gelu(want[i], act); }
-          if (accumulate) { for (let i = 0; i < want.length; i++) want[i] += init.values[i]; }
-          const dst = accumulate ? init.buf : out;
-          be.matmul({
-            out: dst,
-            x: x.buf,
-            w: w.buf,
-            bias: with_bias ? bias.buf : null,
-            M,
-            N,
-            K,
-            act,
-            accumulate,
-            out_f32,
-            ln: ln === null ? undefined : { weight: g.buf, bias: ln ? gb.buf : null, eps: 1e-5 },
-          });
-          const got = read_f32(be, dst, M * N, out_f32 ? "f32" : dtype);
-          const err = rel_l2(got, want);
-          assert(err < tol(dtype, 1e-4), `${name} ${dtype} M=${M} N=${N} K=${K}: ${err}`);
+          for (const split of [undefined, 1]) { // the rule's K slices (these shapes split), and none
+            be.gemm_split = split;
+            const src = ln === null
+              ? x.values
+              : ref_layernorm(x.values, M, K, g.values, ln ? gb.values : null);
+            const want = ref_matmul(src, w.values, with_bias ? bias.values : null, M, N, K);
+            if (act !== "none") { for (let i = 0; i < want.length; i++) want[i] = gelu(want[i], act); }
+            if (accumulate) { for (let i = 0; i < want.length; i++) want[i] += init.values[i]; }
+            const dst = accumulate ? upload(be, init.values, "residual").buf : out;
+            be.matmul({
+              out: dst,
+              x: x.buf,
+              w: w.buf,
+              bias: with_bias ? bias.buf : null,
+              M,
+              N,
+              K,
+              act,
+              accumulate,
+              out_f32,
+              ln: ln === null ? undefined : { weight: g.buf, bias: ln ? gb.buf : null, eps: 1e-5 },
+            });
+            const got = read_f32(be, dst, M * N, out_f32 ? "f32" : dtype);
+            if (accumulate) be.free(dst);
+            const err = rel_l2(got, want);
+            assert(
+              err < tol(dtype, 1e-4),
+              `${name} ${dtype} M=${M} N=${N} K=${K} split ${split ?? "rule"}: ${err}`,
+            );
+          }
         }
         for (const b of [x.buf, w.buf, bias.buf, g.buf, gb.buf, init.buf, out]) be.free(b);
       }

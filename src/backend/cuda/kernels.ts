@@ -15,6 +15,7 @@ import { type DType, DTYPE_CODE } from "../backend.ts";
 import { cached_compile } from "./kernel_cache.ts";
 import type { Nvrtc } from "./nvrtc.ts";
 import { native_source_dir } from "../../native/lib.ts";
+import { env_int } from "../../util/env.ts";
 
 /** One kernel file and what it is specialised on. */
 export interface KernelInfo {
@@ -60,11 +61,15 @@ export const KERNEL_CONSTANTS = {
   GEMV_MMA_ROWS: 8,
   GEMV_MMA_KB: 64,
   GEMV_MMA_CHUNK_BYTES: 256,
-  /** gemm_mma: the block's tile of out (BM = BN), its k-tile, cp.async stages, threads (gemm_mma.cu's). */
+  /**
+   * gemm_mma: the block's tile of out (BM = BN), threads, k-tile and cp.async stages (gemm_mma.cu's).
+   * The last two may be set for an experiment ($NGPT_GEMM_KB, a multiple of 64; $NGPT_GEMM_STAGES): 3
+   * to 6 stages and 64- or 128-wide k-tiles timed alike at M = 256 (H200, docs/perf-notes.md ninth round).
+   */
   GEMM_TILE: 64,
-  GEMM_THREADS: 128,
-  GEMM_KB: 64,
-  GEMM_STAGES: 3,
+  GEMM_THREADS: 256,
+  GEMM_KB: env_int("NGPT_GEMM_KB", 64, 512) ?? 64,
+  GEMM_STAGES: env_int("NGPT_GEMM_STAGES", 2, 8) ?? 3,
   /** 16-byte vectors a thread of layernorm_vec holds (rows of up to 256 times this many). */
   LAYERNORM_VPT: 2,
   /**
@@ -166,7 +171,7 @@ export const KERNELS = {
   gemv_mma_w8_m8: gemv_mma(8, true),
   gemv_mma_w8_m16: gemv_mma(16, true),
   // The tensor-core GEMM of large batches with the layernorm in its prologue (gemm_mma.cu; gemv.cu's
-  // epilogue, hence its defines). Not yet used by the engine: measured first (gemv_bench.ts --gemm).
+  // epilogue, hence its defines). Off by default: slower than cuBLASLt (gemv_bench.ts --gemm).
   gemm_mma: {
     file: "gemm_mma.cu",
     includes: ["gemv.cu"],

@@ -26,7 +26,7 @@ import {
 } from "../backend.ts";
 import type { CudaContext } from "./driver.ts";
 import { KERNEL_CONSTANTS, type KernelName } from "./kernels.ts";
-import { env } from "../../util/env.ts";
+import { env, env_int } from "../../util/env.ts";
 import { cublaslt_candidates, nul_list, python_site_dirs } from "./paths.ts";
 import { NativeError } from "../../native/lib.ts";
 
@@ -178,13 +178,39 @@ export function gemv_fits(a: MatmulArgs, dtype: DType, smem_optin_bytes: number)
 
 /**
  * Whether gemm_mma.cu runs the matmul `a`: 16-bit storage and weights (no row scales), N a multiple of
- * its tile and K of its k-tile, 16-byte aligned operands.
+ * its tile (at most 65,535 of them: the grid's y) and K of its k-tile, 16-byte aligned operands (its
+ * loads and its epilogue's stores are whole 16-byte vectors).
  */
 export function gemm_fits(a: MatmulArgs, dtype: DType): boolean {
   const aligned = (b: Buf | null | undefined) => !b || b.ptr % 16n === 0n;
   return dtype !== "f32" && !a.w_scale && a.N % KERNEL_CONSTANTS.GEMM_TILE === 0 &&
     a.K % KERNEL_CONSTANTS.GEMM_KB === 0 &&
-    aligned(a.x) && aligned(a.w) && aligned(a.ln?.weight) && aligned(a.ln?.bias);
+    a.N / KERNEL_CONSTANTS.GEMM_TILE <= 65535 &&
+    [a.out, a.x, a.w, a.bias, a.ln?.weight, a.ln?.bias].every(aligned);
+}
+
+/** Most K slices of a gemm_mma launch. */
+export const GEMM_SPLIT_MAX = 8;
+/** Fewest k-tiles a slice of a split gemm_mma launch takes (its cp.async ring's depth and then some). */
+const GEMM_SPLIT_MIN_KT = 4;
+
+/**
+ * gemm_mma's K slices for `a` (gemm_mma.cu, split K): 1 where its tiles fill the SMs, else enough slices
+ * for about one block an SM, at most GEMM_SPLIT_MAX, each of at least GEMM_SPLIT_MIN_KT k-tiles, over
+ * at most GEMV_SPLIT_MAX_TILES tiles (the arrival counters). `forced` (an experiment's count,
+ * $NGPT_GEMM_SPLIT) replaces the rule, within the same bounds.
+ */
+export function gemm_split(a: MatmulArgs, sm_count: number, forced?: number): number {
+  const { GEMM_TILE, GEMM_KB } = KERNEL_CONSTANTS;
+  const tiles = Math.ceil(a.M / GEMM_TILE) * (a.N / GEMM_TILE);
+  if (tiles > GEMV_SPLIT_MAX_TILES) return 1;
+  const wanted = forced ?? (tiles >= sm_count ? 1 : Math.ceil(sm_count / tiles));
+  return Math.max(1, Math.min(wanted, GEMM_SPLIT_MAX, Math.floor(a.K / GEMM_KB / GEMM_SPLIT_MIN_KT)));
+}
+
+/** $NGPT_GEMM_SPLIT (1..GEMM_SPLIT_MAX): an experiment's K slices for every gemm_mma launch. */
+export function forced_gemm_split(): number | undefined {
+  return env_int("NGPT_GEMM_SPLIT", 1, GEMM_SPLIT_MAX);
 }
 
 /**
@@ -380,13 +406,7 @@ const GEMV_SPLIT_X_BYTES = 32 << 10;
  * splits) when set, else GEMV_SPLIT_MAX.
  */
 export function default_gemv_split(): number {
-  const v = env("NGPT_GEMV_SPLIT");
-  if (v === undefined || v === "") return GEMV_SPLIT_MAX;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1 || n > GEMV_SPLIT_MAX) {
-    throw new Error(`NGPT_GEMV_SPLIT must be an integer in 1..${GEMV_SPLIT_MAX}, got "${v}"`);
-  }
-  return n;
+  return env_int("NGPT_GEMV_SPLIT", 1, GEMV_SPLIT_MAX) ?? GEMV_SPLIT_MAX;
 }
 
 /**

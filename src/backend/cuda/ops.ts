@@ -32,13 +32,14 @@ import { KERNEL_CONSTANTS, type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
 import type { KernelModules } from "./modules.ts";
 import {
   gemm_smem_bytes,
+  gemm_split,
   gemv_flags,
   gemv_launch,
   GEMV_SPLIT_MAX_TILES,
   GEMV_STATIC_SMEM,
   type GemvShape,
 } from "./matmul.ts";
-import { env } from "../../util/env.ts";
+import { env, env_int } from "../../util/env.ts";
 
 /** How ops behave: launch (direct), only get ready (prepare), or launch into a capture. */
 export type OpMode = "direct" | "prepare" | "capture";
@@ -164,13 +165,7 @@ export function decode_plan(
 
 /** $NGPT_DECODE_MIN_KEYS (a positive integer): an experiment's DECODE_MIN_KEYS_PER_WARP, for either cache. */
 function decode_min_keys(): number | undefined {
-  const v = env("NGPT_DECODE_MIN_KEYS");
-  if (!v) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new Error(`NGPT_DECODE_MIN_KEYS must be a positive integer, got "${v}"`);
-  }
-  return n;
+  return env_int("NGPT_DECODE_MIN_KEYS", 1);
 }
 
 /** $NGPT_DECODE_MAX_WPH (1, 2, 4 or 8): an experiment's cap on decode warps per head (default 8). */
@@ -346,18 +341,28 @@ export class KernelOps {
     this.#ctx.launch(f, [l.blocks, 1, 1], [l.threads, 1, 1], l.smem_bytes, this.#stream, this.#args);
   }
 
-  /** The whole matmul `a` (validated; gemm_fits) in gemm_mma.cu: a block per 64 x 64 tile of out. */
-  gemm(a: MatmulArgs): void {
+  /**
+   * The whole matmul `a` (validated; gemm_fits) in gemm_mma.cu: a block per 64 x 64 tile of out and K
+   * slice (gemm_split's, or `forced_split`), the M tiles as the grid's x (the blocks that share a
+   * weight tile run together).
+   */
+  gemm(a: MatmulArgs, forced_split?: number): void {
     const f = this.#modules.get("gemm_mma", undefined, this.mode !== "capture");
     const smem = gemm_smem_bytes(this.#dtype);
     this.#allow_smem(f, smem);
+    const tile = K.GEMM_TILE, m_tiles = Math.ceil(a.M / tile);
+    const S = gemm_split(a, this.#ctx.sm_count, forced_split);
+    // Split K: the slices' partial sums (S x the padded M x N f32) and the arrival counters the split
+    // gemv uses (one launch at a time on this stream, each leaving them at 0).
+    const part = S > 1 ? this.#gemv_part.get(S * m_tiles * tile * a.N * 4, this.mode !== "capture").ptr : 0n;
+    if (S > 1 && this.#gemv_count === 0n) this.#gemv_count = this.#zeroed(GEMV_SPLIT_MAX_TILES * 4);
     if (this.mode === "prepare") return;
     this.#args.reset("ng_gemm_mma").ptr(a.out).ptr(a.x).ptr(a.w).ptr(a.bias).ptr(a.ln?.weight ?? null)
-      .ptr(a.ln?.bias ?? null).i32(a.M).i32(a.N).i32(a.K).f32(a.ln?.eps ?? 0).i32(gemv_flags(a));
-    const tile = K.GEMM_TILE;
+      .ptr(a.ln?.bias ?? null).i32(a.M).i32(a.N).i32(a.K).f32(a.ln?.eps ?? 0).i32(gemv_flags(a))
+      .ptr(part).ptr(S > 1 ? this.#gemv_count : 0n).i32(S);
     this.#ctx.launch(
       f,
-      [a.N / tile, Math.ceil(a.M / tile), 1],
+      [m_tiles, a.N / tile, S],
       [K.GEMM_THREADS, 1, 1],
       smem,
       this.#stream,
