@@ -274,18 +274,6 @@ Deno.test("gemv split policy: NGPT_GEMV_SPLIT caps the K slices, bad values name
 });
 
 Deno.test("gemm_split: K split only where the tiles leave SMs idle, within its bounds; NGPT_GEMM_SPLIT", () => {
-  const mm = (M: number, N: number, K: number): MatmulArgs => ({
-    out: buf,
-    x: buf,
-    w: buf,
-    bias: null,
-    M,
-    N,
-    K,
-    act: "none",
-    accumulate: false,
-    out_f32: false,
-  });
   // gpt2 at M = 256: c_attn 144 tiles and c_fc 192 fill 132 SMs; both c_proj shapes make 48 tiles.
   assertEquals(gemm_split(mm(256, 2304, 768), SMS), 1);
   assertEquals(gemm_split(mm(256, 3072, 768), SMS), 1);
