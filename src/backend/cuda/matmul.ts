@@ -162,6 +162,9 @@ export function gemv_preferred(a: MatmulArgs, dtype: DType, tensor_cores = true)
   return a.M <= 2;
 }
 
+/** Whether `b` is absent or 16-byte aligned (the gemv's and gemm_mma's vector loads and stores). */
+const aligned16 = (b: Buf | null | undefined) => !b || b.ptr % 16n === 0n;
+
 /**
  * Whether the gemv kernel can run `a` (validated): M <= GEMV_MAX_M, rows of whole 16-byte
  * vectors (K * element bytes a multiple of 16; int8 weights: K a multiple of 16), x, w and the
@@ -169,11 +172,10 @@ export function gemv_preferred(a: MatmulArgs, dtype: DType, tensor_cores = true)
  * x (M * K elements, and with a layernorm 2 * K more, 3 * K at M = 1) fits the shared memory a block may have (`smem_optin_bytes`).
  */
 export function gemv_fits(a: MatmulArgs, dtype: DType, smem_optin_bytes: number): boolean {
-  const aligned = (b: Buf | null | undefined) => !b || b.ptr % 16n === 0n;
   const row_bytes = a.K * dtype_bytes(dtype);
   return a.M <= GEMV_MAX_M && row_bytes % 16 === 0 && (!a.w_scale || a.K % 16 === 0) &&
     gemv_smem_rows(a) * row_bytes <= smem_optin_bytes - GEMV_STATIC_SMEM &&
-    aligned(a.x) && aligned(a.w) && aligned(a.ln?.weight) && aligned(a.ln?.bias);
+    [a.x, a.w, a.ln?.weight, a.ln?.bias].every(aligned16);
 }
 
 /**
@@ -182,11 +184,10 @@ export function gemv_fits(a: MatmulArgs, dtype: DType, smem_optin_bytes: number)
  * loads and its epilogue's stores are whole 16-byte vectors).
  */
 export function gemm_fits(a: MatmulArgs, dtype: DType): boolean {
-  const aligned = (b: Buf | null | undefined) => !b || b.ptr % 16n === 0n;
   return dtype !== "f32" && !a.w_scale && a.N % KERNEL_CONSTANTS.GEMM_TILE === 0 &&
     a.K % KERNEL_CONSTANTS.GEMM_KB === 0 &&
     a.N / KERNEL_CONSTANTS.GEMM_TILE <= 65535 &&
-    [a.out, a.x, a.w, a.bias, a.ln?.weight, a.ln?.bias].every(aligned);
+    [a.out, a.x, a.w, a.bias, a.ln?.weight, a.ln?.bias].every(aligned16);
 }
 
 /** Most K slices of a gemm_mma launch. */

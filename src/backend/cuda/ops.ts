@@ -200,6 +200,9 @@ export class KernelOps {
   #es: number;
   #dtype: DType;
   #args = new ArgPack();
+  /** The decode plan's experiment knobs, read once ($NGPT_DECODE_MAX_WPH, $NGPT_DECODE_MIN_KEYS). */
+  #decode_max_wph = decode_max_wph();
+  #decode_min_keys = decode_min_keys();
   /** Dynamic shared memory each function may use, where raised above SMEM_WITHOUT_OPT_IN. */
   #func_smem = new Map<bigint, number>();
   /** The decode attention's partials when keys are split (attention_combine merges them). */
@@ -510,8 +513,8 @@ export class KernelOps {
   #decode(a: AttentionArgs, bs_log2: number): void {
     const L = a.layout, D = L.head_dim, H = L.n_head, max_T = a.max_len!;
     const kv8 = a.cache.k_scale !== undefined;
-    const min_keys = decode_min_keys() ?? (kv8 ? DECODE_KV8_MIN_KEYS_PER_WARP : DECODE_MIN_KEYS_PER_WARP);
-    const plan = decode_plan(a.B, H, max_T, this.#ctx.sm_count, decode_max_wph(), min_keys);
+    const min_keys = this.#decode_min_keys ?? (kv8 ? DECODE_KV8_MIN_KEYS_PER_WARP : DECODE_MIN_KEYS_PER_WARP);
+    const plan = decode_plan(a.B, H, max_T, this.#ctx.sm_count, this.#decode_max_wph, min_keys);
     const parts = a.B * H * plan.n_chunks;
     const scratch = plan.n_chunks > 1
       ? this.#scratch.get(parts * (D + 2) * 4, this.mode !== "capture").ptr
