@@ -3,7 +3,7 @@
  * (decode attention's split over warps and chunks; the gemv kernel's launch shapes and the auto
  * policy; gemm_mma's K split; the padded vocabulary of the LM head).
  */
-import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
+import { assert, assertEquals, assertThrows, with_env } from "./helpers/assert.ts";
 import {
   DECODE_KV8_MIN_KEYS_PER_WARP,
   DECODE_MIN_KEYS_PER_WARP,
@@ -13,6 +13,7 @@ import type { Buf, DType, MatmulArgs } from "../src/backend/backend.ts";
 import {
   default_gemv_split,
   default_gemv_tensor_cores,
+  default_prefetch_policy,
   forced_gemm_split,
   gemm_fits,
   gemm_split,
@@ -23,6 +24,7 @@ import {
   GEMV_SPLIT_MAX,
   gemv_tensor_cores_for,
   type GemvShape,
+  prefetch_window,
 } from "../src/backend/cuda/matmul.ts";
 
 const DTYPES: DType[] = ["f32", "bf16", "f16"];
@@ -242,35 +244,27 @@ Deno.test("gemv tensor cores policy: all by default, int8 weights only, or off",
     (["int8", "all", "off"] as const).map((p) => [gemv_tensor_cores_for(p, a), gemv_tensor_cores_for(p, w8)]),
     [[false, true], [true, true], [false, false]],
   );
-  const prev = Deno.env.get("NGPT_GEMV_MMA");
-  try {
-    Deno.env.delete("NGPT_GEMV_MMA");
+  with_env("NGPT_GEMV_MMA", (set) => {
+    set(undefined);
     assertEquals(default_gemv_tensor_cores(), "all");
-    Deno.env.set("NGPT_GEMV_MMA", "int8");
+    set("int8");
     assertEquals(default_gemv_tensor_cores(), "int8");
-    Deno.env.set("NGPT_GEMV_MMA", "1");
+    set("1");
     assertThrows(() => default_gemv_tensor_cores(), Error, "NGPT_GEMV_MMA");
-  } finally {
-    if (prev === undefined) Deno.env.delete("NGPT_GEMV_MMA");
-    else Deno.env.set("NGPT_GEMV_MMA", prev);
-  }
+  });
 });
 
 Deno.test("gemv split policy: NGPT_GEMV_SPLIT caps the K slices, bad values name the variable", () => {
-  const prev = Deno.env.get("NGPT_GEMV_SPLIT");
-  try {
-    Deno.env.delete("NGPT_GEMV_SPLIT");
+  with_env("NGPT_GEMV_SPLIT", (set) => {
+    set(undefined);
     assertEquals(default_gemv_split(), GEMV_SPLIT_MAX);
-    Deno.env.set("NGPT_GEMV_SPLIT", "1");
+    set("1");
     assertEquals(default_gemv_split(), 1);
     for (const bad of ["0", "5", "2.5", "two"]) {
-      Deno.env.set("NGPT_GEMV_SPLIT", bad);
+      set(bad);
       assertThrows(() => default_gemv_split(), Error, "NGPT_GEMV_SPLIT");
     }
-  } finally {
-    if (prev === undefined) Deno.env.delete("NGPT_GEMV_SPLIT");
-    else Deno.env.set("NGPT_GEMV_SPLIT", prev);
-  }
+  });
 });
 
 Deno.test("gemm_split: K split only where the tiles leave SMs idle, within its bounds; NGPT_GEMM_SPLIT", () => {
@@ -294,20 +288,16 @@ Deno.test("gemm_split: K split only where the tiles leave SMs idle, within its b
   assert(!gemm_fits(mm(256, 768, 768), "f32"), "16-bit storage only");
   assert(!gemm_fits(mm(256, 760, 768), "bf16"), "N a multiple of 64");
   assert(!gemm_fits({ ...mm(256, 768, 768), out: { ...buf, ptr: 8n } }, "bf16"), "16-byte aligned out");
-  const prev = Deno.env.get("NGPT_GEMM_SPLIT");
-  try {
-    Deno.env.delete("NGPT_GEMM_SPLIT");
+  with_env("NGPT_GEMM_SPLIT", (set) => {
+    set(undefined);
     assertEquals(forced_gemm_split(), undefined);
-    Deno.env.set("NGPT_GEMM_SPLIT", "2");
+    set("2");
     assertEquals(forced_gemm_split(), 2);
     for (const bad of ["0", String(GEMM_SPLIT_MAX + 1), "1.5", "two"]) {
-      Deno.env.set("NGPT_GEMM_SPLIT", bad);
+      set(bad);
       assertThrows(() => forced_gemm_split(), Error, "NGPT_GEMM_SPLIT");
     }
-  } finally {
-    if (prev === undefined) Deno.env.delete("NGPT_GEMM_SPLIT");
-    else Deno.env.set("NGPT_GEMM_SPLIT", prev);
-  }
+  });
 });
 
 Deno.test("gemv_shape: a hand-picked grid replaces the rule's; grids a kernel cannot run are refused", () => {
@@ -338,4 +328,32 @@ Deno.test("gemv_shape: a hand-picked grid replaces the rule's; grids a kernel ca
   for (const [a, shape] of bad) {
     assertThrows(() => launch(a, shape), Error, `gemv shape ${JSON.stringify(shape)}`);
   }
+});
+
+Deno.test("prefetch_window: the next weights' last max_bytes from a 128-byte line; NGPT_PREFETCH picks the mode", () => {
+  const next: Buf = { ptr: 0x10000n, bytes: 40 << 20, label: "next" };
+  const on = { mode: 1, max_bytes: 24 << 20 };
+  assertEquals(prefetch_window(next, { ...on, mode: 0 }), { ptr: 0n, lines: 0 });
+  assertEquals(prefetch_window(null, on), { ptr: 0n, lines: 0 });
+  // Capped: the window ends where the weights end.
+  assertEquals(prefetch_window(next, on), { ptr: 0x10000n + BigInt(16 << 20), lines: (24 << 20) / 128 });
+  // Whole (under the cap), and an end that is not on a line: the last line counts.
+  const small: Buf = { ptr: 0x10000n, bytes: 1000, label: "small" };
+  assertEquals(prefetch_window(small, on), { ptr: 0x10000n, lines: 8 });
+  // A start inside a line is taken from the line's start.
+  const odd: Buf = { ptr: 0x10040n, bytes: 300, label: "odd" };
+  assertEquals(prefetch_window(odd, { mode: 2, max_bytes: 200 }), { ptr: 0x10080n, lines: 2 });
+  for (const [p, n] of [[prefetch_window(next, on), next], [prefetch_window(odd, on), odd]] as const) {
+    assert(p.ptr <= n.ptr + BigInt(n.bytes) && p.ptr + BigInt(p.lines * 128) >= n.ptr + BigInt(n.bytes));
+  }
+  with_env("NGPT_PREFETCH", (set) => {
+    set(undefined);
+    assertEquals(default_prefetch_policy().mode, 0);
+    set("2");
+    assertEquals(default_prefetch_policy(), { mode: 2, max_bytes: 24 << 20 });
+    for (const bad of ["4", "-1", "on"]) {
+      set(bad);
+      assertThrows(() => default_prefetch_policy(), Error, "NGPT_PREFETCH");
+    }
+  });
 });
