@@ -13,7 +13,6 @@ import type { Buf, DType, MatmulArgs } from "../src/backend/backend.ts";
 import {
   default_gemv_split,
   default_gemv_tensor_cores,
-  default_prefetch_policy,
   forced_gemm_split,
   gemm_fits,
   gemm_split,
@@ -24,7 +23,6 @@ import {
   GEMV_SPLIT_MAX,
   gemv_tensor_cores_for,
   type GemvShape,
-  prefetch_window,
 } from "../src/backend/cuda/matmul.ts";
 
 const DTYPES: DType[] = ["f32", "bf16", "f16"];
@@ -328,32 +326,4 @@ Deno.test("gemv_shape: a hand-picked grid replaces the rule's; grids a kernel ca
   for (const [a, shape] of bad) {
     assertThrows(() => launch(a, shape), Error, `gemv shape ${JSON.stringify(shape)}`);
   }
-});
-
-Deno.test("prefetch_window: the next weights' last max_bytes from a 128-byte line; NGPT_PREFETCH picks the mode", () => {
-  const next: Buf = { ptr: 0x10000n, bytes: 40 << 20, label: "next" };
-  const on = { mode: 1, max_bytes: 24 << 20 };
-  assertEquals(prefetch_window(next, { ...on, mode: 0 }), { ptr: 0n, lines: 0 });
-  assertEquals(prefetch_window(null, on), { ptr: 0n, lines: 0 });
-  // Capped: the window ends where the weights end.
-  assertEquals(prefetch_window(next, on), { ptr: 0x10000n + BigInt(16 << 20), lines: (24 << 20) / 128 });
-  // Whole (under the cap), and an end that is not on a line: the last line counts.
-  const small: Buf = { ptr: 0x10000n, bytes: 1000, label: "small" };
-  assertEquals(prefetch_window(small, on), { ptr: 0x10000n, lines: 8 });
-  // A start inside a line is taken from the line's start.
-  const odd: Buf = { ptr: 0x10040n, bytes: 300, label: "odd" };
-  assertEquals(prefetch_window(odd, { mode: 2, max_bytes: 200 }), { ptr: 0x10080n, lines: 2 });
-  for (const [p, n] of [[prefetch_window(next, on), next], [prefetch_window(odd, on), odd]] as const) {
-    assert(p.ptr <= n.ptr + BigInt(n.bytes) && p.ptr + BigInt(p.lines * 128) >= n.ptr + BigInt(n.bytes));
-  }
-  with_env("NGPT_PREFETCH", (set) => {
-    set(undefined);
-    assertEquals(default_prefetch_policy().mode, 0);
-    set("2");
-    assertEquals(default_prefetch_policy(), { mode: 2, max_bytes: 24 << 20 });
-    for (const bad of ["4", "-1", "on"]) {
-      set(bad);
-      assertThrows(() => default_prefetch_policy(), Error, "NGPT_PREFETCH");
-    }
-  });
 });

@@ -346,20 +346,3 @@ __device__ __forceinline__ void ng_grid_dep_launch() {
   asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
 }
-
-// Asks the L2 for `lines` 128-byte lines from p (the next matmul's weights: ops.ts's prefetch hint),
-// spread over every thread of the grid. Fire and forget: a prefetch writes no register, so nothing
-// waits for it. mode 0: nothing; 1 or 3: plain; 2: with L2::evict_last priority (lines the current
-// kernel streams past do not push them out first).
-__device__ __forceinline__ void ng_prefetch_l2(const char* p, int lines, int mode) {
-  if (p == nullptr || mode == 0) return;
-  const int stride = gridDim.x * gridDim.y * gridDim.z * blockDim.x;
-  const int first = ((blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
-  for (int i = first; i < lines; i += stride) {
-    if (mode == 2) {
-      asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p + (size_t)i * 128));
-    } else {
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(p + (size_t)i * 128));
-    }
-  }
-}

@@ -451,14 +451,11 @@ __device__ __forceinline__ void gemv(void* __restrict__ out, const st_t* NG_ACT_
 extern "C" __global__ void NG_GEMV_BOUNDS
 ng_gemv(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __restrict__ w,
         const float* __restrict__ w_scale, const st_t* __restrict__ bias, const st_t* __restrict__ ln_w,
-        const st_t* __restrict__ ln_b, int M, int N, int K, float eps, int flags, int ks, const char* pf,
-        int pf_lines, int pf_mode) {
+        const st_t* __restrict__ ln_b, int M, int N, int K, float eps, int flags, int ks) {
   NG_TRACE_KERNEL;
-  gemv<NG_GEMV_MT, NG_GEMV_W8 != 0>(out, x, w, w_scale, bias, ln_w, ln_b, M, N, K, eps, flags, ks, [=] {
+  gemv<NG_GEMV_MT, NG_GEMV_W8 != 0>(out, x, w, w_scale, bias, ln_w, ln_b, M, N, K, eps, flags, ks, [] {
     ng_grid_dep_wait();
     ng_grid_dep_launch();
-    if (pf_mode == 3) ng_prefetch_l2(pf, pf_lines, pf_mode);
   });
-  if (pf_mode != 3) ng_prefetch_l2(pf, pf_lines, pf_mode);
 }
 #endif

@@ -123,8 +123,7 @@ extern "C" __global__ void __launch_bounds__(32 * NG_GEMV_MAX_WARPS, 2)
 ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __restrict__ w,
             const float* __restrict__ w_scale, const st_t* __restrict__ bias, const st_t* __restrict__ ln_w,
             const st_t* __restrict__ ln_b, int M, int N, int K, float eps, int flags, int ks,
-            float* __restrict__ part, unsigned int* __restrict__ count, int S, const char* pf, int pf_lines,
-            int pf_mode) {
+            float* __restrict__ part, unsigned int* __restrict__ count, int S) {
   NG_TRACE_KERNEL;
   constexpr bool SPLIT = NG_GEMV_SPLIT != 0;
   constexpr bool HI = NG_GEMV_MT > 8;  // x' rows 8..15 exist
@@ -164,7 +163,6 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
   if (lns) gemv_stage_ln(lns, ln_w, ln_b, K);
   ng_grid_dep_wait();
   ng_grid_dep_launch();
-  if (pf_mode == 3) ng_prefetch_l2(pf, pf_lines, pf_mode);
   if (tile < tiles) load_ops(grp, false, true);
   if (SPLIT) {
     mma_stage_slice(xs, x, M, K, kb_lo, kb_hi);
@@ -253,5 +251,4 @@ ng_gemv_mma(void* __restrict__ out, const st_t* __restrict__ x, const wt_t* __re
       if (threadIdx.x == 0) count[t] = 0;  // ready for the next launch
     }
   }
-  if (pf_mode != 3) ng_prefetch_l2(pf, pf_lines, pf_mode);
 }

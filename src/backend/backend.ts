@@ -133,12 +133,6 @@ export interface MatmulArgs {
   out_f32?: boolean;
   /** Layernorm x's rows first (fused into the matmul where the backend can). */
   ln?: RowNorm;
-  /**
-   * A hint: the weights of the matmul that follows this one in the step, which the backend may start
-   * loading into its cache while this one ends (CUDA's gemv: matmul.ts prefetch_window). Results do not
-   * depend on it.
-   */
-  next_w?: Buf | null;
 }
 
 /** One layer's paged KV cache: K and V pools of (num_blocks, n_head, block_size, head_dim) each. */

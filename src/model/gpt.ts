@@ -137,8 +137,6 @@ export interface LinearOptions {
   residual?: boolean;
   /** Write f32 whatever the backend's dtype (the logits). */
   out_f32?: boolean;
-  /** The layer whose matmul comes next in the step (MatmulArgs.next_w, a hint). */
-  next?: Linear;
 }
 
 /** A GPT model whose weights live on a backend. */
@@ -373,7 +371,6 @@ export class GPT implements Disposable {
       accumulate: o.residual ?? false,
       out_f32: o.out_f32,
       ln: o.ln,
-      next_w: o.next?.w ?? null,
     });
   }
 
@@ -394,18 +391,17 @@ export class GPT implements Disposable {
       max_pos: c.block_size,
     });
     this.#blocks.forEach((b, l) => {
-      const next = this.#blocks[l + 1]?.attn ?? this.#lm_head;
-      this.linear(ws.qkv, x, b.attn, rows, { ln: b.ln_1, next: b.proj }); // qkv = c_attn(ln_1(x))
+      this.linear(ws.qkv, x, b.attn, rows, { ln: b.ln_1 }); // qkv = c_attn(ln_1(x))
       s.attend(l, ws.att, ws.qkv);
-      this.linear(x, ws.att, b.proj, rows, { residual: true, next: b.fc }); // x = x + c_proj(attn)
-      this.linear(ws.fc, x, b.fc, rows, { ln: b.ln_2, act: c.activation, next: b.fc2 }); // gelu(c_fc(ln_2(x)))
-      this.linear(x, ws.fc, b.fc2, rows, { residual: true, next }); // x = x + c_proj(...)
+      this.linear(x, ws.att, b.proj, rows, { residual: true }); // x = x + c_proj(attn)
+      this.linear(ws.fc, x, b.fc, rows, { ln: b.ln_2, act: c.activation }); // gelu(c_fc(ln_2(x)))
+      this.linear(x, ws.fc, b.fc2, rows, { residual: true }); // x = x + c_proj(...)
     });
   }
 
   /** Enqueues logits (f32, rows of vocab_padded) = lm_head(ln_f(x)) for `rows` rows of `x`. */
   logits(out: Buf, x: Buf, rows: number): void {
-    this.linear(out, x, this.#lm_head, rows, { ln: this.#ln_f, out_f32: true, next: this.#blocks[0]?.attn });
+    this.linear(out, x, this.#lm_head, rows, { ln: this.#ln_f, out_f32: true });
   }
 
   /**

@@ -145,8 +145,7 @@ for (const s of shapes) {
       be.gemm = gemm;
       const key = `${s.name} ${M} ${max_m} ${tag}`;
       const record = () => {
-        // Each op's next is the next copy, as a step's matmul names the next layer's ($NGPT_PREFETCH).
-        ws.forEach((w, i) => be.matmul({ ...args(w), next_w: ws[(i + 1) % ws.length] }));
+        for (const w of ws) be.matmul(args(w));
       };
       be.run_step(key, record);
       be.synchronize();

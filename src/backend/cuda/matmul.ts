@@ -224,41 +224,6 @@ export function gemm_smem_bytes(dtype: DType): number {
 }
 
 /**
- * The next matmul's weights that a gemv asks the L2 for (common.cuh's ng_prefetch_l2): mode 0 none;
- * 1 at each block's exit; 2 the same with L2::evict_last priority; 3 right after the block's
- * programmatic-launch wait. The default is 0 (no measured gain yet); $NGPT_PREFETCH picks a mode and
- * $NGPT_PREFETCH_MAX_MB caps the bytes (default 24: half of an H100's or H200's 50 MB L2).
- */
-export interface PrefetchPolicy {
-  mode: number;
-  max_bytes: number;
-}
-
-export function default_prefetch_policy(): PrefetchPolicy {
-  return {
-    mode: env_int("NGPT_PREFETCH", 0, 3) ?? 0,
-    max_bytes: (env_int("NGPT_PREFETCH_MAX_MB", 1, 1024) ?? 24) << 20,
-  };
-}
-
-/**
- * The window of `next` (the next matmul's weights) to prefetch: its last `max_bytes` at most, from a
- * 128-byte line boundary, as (address, 128-byte lines). The tail rather than the head: the next
- * gemv's blocks request their first tiles (the weights' first rows) themselves before their wait;
- * the tiles of its later rounds are the ones that wait on memory.
- */
-export function prefetch_window(
-  next: Buf | null | undefined,
-  p: PrefetchPolicy,
-): { ptr: bigint; lines: number } {
-  if (!next || p.mode === 0 || next.bytes <= 0) return { ptr: 0n, lines: 0 };
-  const end = next.ptr + BigInt(next.bytes);
-  let start = end - BigInt(Math.min(next.bytes, p.max_bytes));
-  start -= start % 128n; // the line holding the window's first byte (weights are 256-byte aligned)
-  return { ptr: start, lines: Number((end - start + 127n) / 128n) };
-}
-
-/**
  * Rows of K elements of a gemv's dynamic shared memory: x's M, then, with a layernorm, its weight and
  * bias (staged before the programmatic-launch wait: gemv.cu's gemv_stage_ln) and, at M = 1, x before
  * it is normalized (gemv_stage_x writes x' into the first row).

@@ -31,7 +31,6 @@ import { ArgPack } from "./launch_args.ts";
 import { KERNEL_CONSTANTS, type KernelName, MAX_HEAD_DIM } from "./kernels.ts";
 import type { KernelModules } from "./modules.ts";
 import {
-  default_prefetch_policy,
   gemm_smem_bytes,
   gemm_split,
   gemv_flags,
@@ -39,7 +38,6 @@ import {
   GEMV_SPLIT_MAX_TILES,
   GEMV_STATIC_SMEM,
   type GemvShape,
-  prefetch_window,
 } from "./matmul.ts";
 import { env, env_int } from "../../util/env.ts";
 
@@ -205,7 +203,6 @@ export class KernelOps {
   /** The decode plan's experiment knobs, read once ($NGPT_DECODE_MAX_WPH, $NGPT_DECODE_MIN_KEYS). */
   #decode_max_wph = decode_max_wph();
   #decode_min_keys = decode_min_keys();
-  #prefetch = default_prefetch_policy();
   /** Dynamic shared memory each function may use, where raised above SMEM_WITHOUT_OPT_IN. */
   #func_smem = new Map<bigint, number>();
   /** The decode attention's partials when keys are split (attention_combine merges them). */
@@ -344,8 +341,6 @@ export class KernelOps {
     if (l.kernel.startsWith("gemv_mma_")) {
       this.#args.ptr(part).ptr(split ? this.#gemv_count : 0n).i32(l.kslices);
     }
-    const pf = prefetch_window(a.next_w, this.#prefetch);
-    this.#args.ptr(pf.ptr).i32(pf.lines).i32(pf.lines > 0 ? this.#prefetch.mode : 0);
     this.#ctx.launch(f, [l.blocks, 1, 1], [l.threads, 1, 1], l.smem_bytes, this.#stream, this.#args);
   }
 
