@@ -5,8 +5,11 @@
  */
 import { assert, assertEquals, assertThrows, with_env } from "./helpers/assert.ts";
 import {
+  DECODE_FEW_PAIRS_MIN_KEYS_PER_WARP,
   DECODE_KV8_MIN_KEYS_PER_WARP,
+  DECODE_MANY_PAIRS_PER_SM,
   DECODE_MIN_KEYS_PER_WARP,
+  decode_min_keys_per_warp,
   decode_plan,
 } from "../src/backend/cuda/ops.ts";
 import type { Buf, DType, MatmulArgs } from "../src/backend/backend.ts";
@@ -73,6 +76,20 @@ Deno.test("decode_plan: once the heads fill the SMs, short caches cap the warps 
   assertEquals([kv8.warps_per_head, kv8.heads_per_block], [1, 4]);
   assertEquals(decode_plan(256, 12, 384, SMS).warps_per_head, 2);
   assertEquals(decode_plan(256, 12, 1024, SMS, 8, DECODE_KV8_MIN_KEYS_PER_WARP).warps_per_head, 4);
+});
+
+Deno.test("decode_min_keys_per_warp: fewer keys a warp until the pairs fill the SMs several times over", () => {
+  const many = DECODE_MANY_PAIRS_PER_SM * SMS;
+  assertEquals(decode_min_keys_per_warp(many - 1, SMS, false), DECODE_FEW_PAIRS_MIN_KEYS_PER_WARP);
+  assertEquals(decode_min_keys_per_warp(many, SMS, false), DECODE_MIN_KEYS_PER_WARP);
+  for (const pairs of [1, 200, many, 4096]) {
+    assertEquals(decode_min_keys_per_warp(pairs, SMS, true), DECODE_KV8_MIN_KEYS_PER_WARP);
+  }
+  // gpt2-xl b8 (200 pairs) at the bucket of 256 keys: 4 warps a head (128 keys a warp would give 2);
+  // gpt2-xl b64 (1600 pairs) at 384: 2, as above.
+  assertEquals(decode_plan(8, 25, 256, SMS).warps_per_head, 4);
+  assertEquals(decode_plan(8, 25, 256, SMS, 8, DECODE_MIN_KEYS_PER_WARP).warps_per_head, 2);
+  assertEquals(decode_plan(64, 25, 384, SMS).warps_per_head, 2);
 });
 
 Deno.test("padded_vocab: rows of the LM head and logits are a multiple of VOCAB_ALIGN, never fewer", () => {

@@ -114,6 +114,16 @@ export const DECODE_WARPS_PER_SM = 64;
  */
 export const DECODE_MIN_KEYS_PER_WARP = 128;
 /**
+ * DECODE_MIN_KEYS_PER_WARP where the pairs fill the SMs fewer than DECODE_MANY_PAIRS_PER_SM times over:
+ * there, more warps a head keep more loads in flight. H200 (perf-notes.md, tenth round), 64 against
+ * 128, alternating twice: gpt2-xl b8 (200 pairs) 2332 -> 2203 us a step, b16 (400) 2309 -> 2261, gpt2
+ * b16 (192) 436 -> 418, b32 (384) 463 -> 457; gpt2-xl b32 (800) 2568 -> 2594 and the eighth round's
+ * b64 and b256 cases went the other way.
+ */
+export const DECODE_FEW_PAIRS_MIN_KEYS_PER_WARP = 64;
+/** (b, head) pairs per SM from which a decode counts as many pairs (DECODE_MIN_KEYS_PER_WARP applies). */
+export const DECODE_MANY_PAIRS_PER_SM = 4;
+/**
  * DECODE_MIN_KEYS_PER_WARP for the int8 cache, whose warps cost more to start and merge than their
  * keys take (its kernel's registers capped, KERNEL_CONSTANTS.DECODE_KV8_*). Measured alone
  * (tests/gpu/attention_bench.ts, gpt2 b256, H200, the engine's bound of a launch): at 192 keys (bound
@@ -121,6 +131,14 @@ export const DECODE_MIN_KEYS_PER_WARP = 128;
  * instead of 4 from 68.3 to 63.9.
  */
 export const DECODE_KV8_MIN_KEYS_PER_WARP = 256;
+/** The decode plan's least keys a warp for `pairs` (b, head) pairs on `sm_count` SMs and the cache's type. */
+export function decode_min_keys_per_warp(pairs: number, sm_count: number, kv8: boolean): number {
+  if (kv8) return DECODE_KV8_MIN_KEYS_PER_WARP;
+  return pairs >= DECODE_MANY_PAIRS_PER_SM * sm_count
+    ? DECODE_MIN_KEYS_PER_WARP
+    : DECODE_FEW_PAIRS_MIN_KEYS_PER_WARP;
+}
+
 /** Below this max_T a decode step never splits the keys in chunks (one launch does everything). */
 export const DECODE_SPLIT_MIN_T = 512;
 /** The fewest keys of a chunk when the keys are split. */
@@ -129,7 +147,7 @@ export const DECODE_MIN_CHUNK = 256;
 /**
  * The decode split for B sequences of H heads over caches of max_T positions on `sm_count` SMs.
  * Each (b, head) gets the fewest warps (up to 8, fewer for short caches: at least `min_keys_per_warp`
- * of max_T's keys each, DECODE_MIN_KEYS_PER_WARP or for the int8 cache DECODE_KV8_MIN_KEYS_PER_WARP)
+ * of max_T's keys each, decode_min_keys_per_warp's)
  * that make DECODE_WARPS_PER_SM warps per SM in all;
  * when that is under 4, a block holds several heads of one sequence (a divisor of H, about 4 warps
  * in all). When even 8 warps per head leave SMs idle and the cache is long, the keys are cut in
@@ -141,7 +159,7 @@ export function decode_plan(
   max_T: number,
   sm_count: number,
   max_warps_per_head = 8,
-  min_keys_per_warp = DECODE_MIN_KEYS_PER_WARP,
+  min_keys_per_warp = decode_min_keys_per_warp(B * H, sm_count, false),
 ): DecodePlan {
   const pairs = B * H;
   let cap = max_warps_per_head;
@@ -163,7 +181,7 @@ export function decode_plan(
   return { warps_per_head, heads_per_block, chunk, n_chunks: Math.ceil(max_T / chunk) };
 }
 
-/** $NGPT_DECODE_MIN_KEYS (a positive integer): an experiment's DECODE_MIN_KEYS_PER_WARP, for either cache. */
+/** $NGPT_DECODE_MIN_KEYS (a positive integer): an experiment's least keys a warp, for every decode (either cache). */
 function decode_min_keys(): number | undefined {
   return env_int("NGPT_DECODE_MIN_KEYS", 1);
 }
@@ -513,7 +531,7 @@ export class KernelOps {
   #decode(a: AttentionArgs, bs_log2: number): void {
     const L = a.layout, D = L.head_dim, H = L.n_head, max_T = a.max_len!;
     const kv8 = a.cache.k_scale !== undefined;
-    const min_keys = this.#decode_min_keys ?? (kv8 ? DECODE_KV8_MIN_KEYS_PER_WARP : DECODE_MIN_KEYS_PER_WARP);
+    const min_keys = this.#decode_min_keys ?? decode_min_keys_per_warp(a.B * H, this.#ctx.sm_count, kv8);
     const plan = decode_plan(a.B, H, max_T, this.#ctx.sm_count, this.#decode_max_wph, min_keys);
     const parts = a.B * H * plan.n_chunks;
     const scratch = plan.n_chunks > 1
