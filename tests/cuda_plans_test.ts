@@ -3,7 +3,8 @@
  * (decode attention's split over warps and chunks; the gemv kernel's launch shapes and the auto
  * policy; gemm_mma's K split; the padded vocabulary of the LM head).
  */
-import { assert, assertEquals, assertThrows, with_env } from "./helpers/assert.ts";
+import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
+import { with_env } from "./helpers/env.ts";
 import {
   DECODE_FEW_PAIRS_MIN_KEYS_PER_WARP,
   DECODE_KV8_MIN_KEYS_PER_WARP,
@@ -241,7 +242,7 @@ Deno.test("gemv launch shapes and the auto policy (host logic, no GPU needed)", 
   assertEquals(gemv_preferred(mm(8, 768, 768), "f32", true), false);
 });
 
-Deno.test("gemv tensor cores policy: all by default, int8 weights only, or off", () => {
+Deno.test("gemv tensor cores policy: all by default, int8 weights only, or off", async () => {
   const buf: Buf = { ptr: 0n, bytes: 1 << 30, label: "b" };
   const a: MatmulArgs = {
     out: buf,
@@ -259,30 +260,28 @@ Deno.test("gemv tensor cores policy: all by default, int8 weights only, or off",
     (["int8", "all", "off"] as const).map((p) => [gemv_tensor_cores_for(p, a), gemv_tensor_cores_for(p, w8)]),
     [[false, true], [true, true], [false, false]],
   );
-  with_env("NGPT_GEMV_MMA", (set) => {
-    set(undefined);
+  await with_env({ NGPT_GEMV_MMA: undefined }, (set) => {
     assertEquals(default_gemv_tensor_cores(), "all");
-    set("int8");
+    set("NGPT_GEMV_MMA", "int8");
     assertEquals(default_gemv_tensor_cores(), "int8");
-    set("1");
+    set("NGPT_GEMV_MMA", "1");
     assertThrows(() => default_gemv_tensor_cores(), Error, "NGPT_GEMV_MMA");
   });
 });
 
-Deno.test("gemv split policy: NGPT_GEMV_SPLIT caps the K slices, bad values name the variable", () => {
-  with_env("NGPT_GEMV_SPLIT", (set) => {
-    set(undefined);
+Deno.test("gemv split policy: NGPT_GEMV_SPLIT caps the K slices, bad values name the variable", async () => {
+  await with_env({ NGPT_GEMV_SPLIT: undefined }, (set) => {
     assertEquals(default_gemv_split(), GEMV_SPLIT_MAX);
-    set("1");
+    set("NGPT_GEMV_SPLIT", "1");
     assertEquals(default_gemv_split(), 1);
     for (const bad of ["0", "5", "2.5", "two"]) {
-      set(bad);
+      set("NGPT_GEMV_SPLIT", bad);
       assertThrows(() => default_gemv_split(), Error, "NGPT_GEMV_SPLIT");
     }
   });
 });
 
-Deno.test("gemm_split: K split only where the tiles leave SMs idle, within its bounds; NGPT_GEMM_SPLIT", () => {
+Deno.test("gemm_split: K split only where the tiles leave SMs idle, within its bounds; NGPT_GEMM_SPLIT", async () => {
   // gpt2 at M = 256: c_attn 144 tiles and c_fc 192 fill 132 SMs; both c_proj shapes make 48 tiles.
   assertEquals(gemm_split(mm(256, 2304, 768), SMS), 1);
   assertEquals(gemm_split(mm(256, 3072, 768), SMS), 1);
@@ -303,13 +302,12 @@ Deno.test("gemm_split: K split only where the tiles leave SMs idle, within its b
   assert(!gemm_fits(mm(256, 768, 768), "f32"), "16-bit storage only");
   assert(!gemm_fits(mm(256, 760, 768), "bf16"), "N a multiple of 64");
   assert(!gemm_fits({ ...mm(256, 768, 768), out: { ...buf, ptr: 8n } }, "bf16"), "16-byte aligned out");
-  with_env("NGPT_GEMM_SPLIT", (set) => {
-    set(undefined);
+  await with_env({ NGPT_GEMM_SPLIT: undefined }, (set) => {
     assertEquals(forced_gemm_split(), undefined);
-    set("2");
+    set("NGPT_GEMM_SPLIT", "2");
     assertEquals(forced_gemm_split(), 2);
     for (const bad of ["0", String(GEMM_SPLIT_MAX + 1), "1.5", "two"]) {
-      set(bad);
+      set("NGPT_GEMM_SPLIT", bad);
       assertThrows(() => forced_gemm_split(), Error, "NGPT_GEMM_SPLIT");
     }
   });

@@ -8,6 +8,7 @@ import {
   type HubOptions,
 } from "../src/loaders/hf_hub.ts";
 import { HubServer, type HubServerOptions } from "./helpers/hub_server.ts";
+import { with_env } from "./helpers/env.ts";
 
 const FIXTURE_DIR = new URL("./fixtures/hf_tiny_lm/", import.meta.url).pathname;
 const REPO = "tiny-org/tiny-gpt2";
@@ -59,23 +60,6 @@ async function with_hub(
     );
   } finally {
     await Deno.remove(cache_dir, { recursive: true });
-  }
-}
-
-/** Runs `fn` with environment variables set (undefined: unset), restoring them afterwards. */
-async function with_env(
-  vars: Record<string, string | undefined>,
-  fn: () => unknown,
-): Promise<void> {
-  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, Deno.env.get(k)]));
-  const apply = (v: Record<string, string | undefined>) => {
-    for (const [k, x] of Object.entries(v)) x === undefined ? Deno.env.delete(k) : Deno.env.set(k, x);
-  };
-  apply(vars);
-  try {
-    await fn();
-  } finally {
-    apply(saved);
   }
 }
 
@@ -269,11 +253,11 @@ Deno.test("hub_download rejects invalid repo ids and file names before any reque
 });
 
 Deno.test("default_cache_dir: NGPT_CACHE, then XDG_CACHE_HOME/ngpt, then ~/.cache/ngpt", async () => {
-  await with_env({ NGPT_CACHE: "/n", XDG_CACHE_HOME: "/x", HOME: "/h" }, () => {
+  await with_env({ NGPT_CACHE: "/n", XDG_CACHE_HOME: "/x", HOME: "/h" }, (set) => {
     assertEquals(default_cache_dir(), "/n");
-    Deno.env.delete("NGPT_CACHE");
+    set("NGPT_CACHE", undefined);
     assertEquals(default_cache_dir(), join("/x", "ngpt"));
-    Deno.env.delete("XDG_CACHE_HOME");
+    set("XDG_CACHE_HOME", undefined);
     assertEquals(default_cache_dir(), join("/h", ".cache", "ngpt"));
   });
 });

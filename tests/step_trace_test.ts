@@ -10,6 +10,7 @@ import {
 } from "../src/backend/cuda/step_trace.ts";
 import { KERNELS } from "../src/backend/cuda/kernels.ts";
 import { summarize_steps } from "./helpers/step_summary.ts";
+import { with_env } from "./helpers/env.ts";
 
 const TAG = Object.fromEntries(Object.keys(KERNELS).map((k, i) => [k, i]));
 
@@ -123,25 +124,20 @@ Deno.test("summarize_steps: a step's rows add up to it; gemvs get their matmul; 
   );
 });
 
-Deno.test("trace_capacity and trace_defines: NGPT_TRACE names a record count; bad values are named", () => {
-  const old = Deno.env.get("NGPT_TRACE");
-  try {
-    Deno.env.delete("NGPT_TRACE");
+Deno.test("trace_capacity and trace_defines: NGPT_TRACE names a record count; bad values are named", async () => {
+  await with_env({ NGPT_TRACE: undefined }, (set) => {
     assertEquals(trace_capacity(), 0);
-    Deno.env.set("NGPT_TRACE", "1");
+    set("NGPT_TRACE", "1");
     assertEquals(trace_capacity(), 1 << 18);
-    Deno.env.set("NGPT_TRACE", "5000");
+    set("NGPT_TRACE", "5000");
     assertEquals(trace_capacity(), 5000);
-    Deno.env.set("NGPT_TRACE", "many");
+    set("NGPT_TRACE", "many");
     assertThrows(
       () => trace_capacity(),
       Error,
       'NGPT_TRACE must be 0, 1 or a record count in 2..16777216, got "many"',
     );
-  } finally {
-    if (old === undefined) Deno.env.delete("NGPT_TRACE");
-    else Deno.env.set("NGPT_TRACE", old);
-  }
+  });
   assertEquals(trace_defines(0xabcn, 10, "sample"), [
     "NG_TRACE=0xabcull",
     "NG_TRACE_CAP=10",

@@ -49,17 +49,3 @@ export async function assertRejects(
   }
   throw new Error(`expected ${cls.name} to be rejected`);
 }
-
-/**
- * Runs `fn` with `set` (a value for $name, undefined to unset it), then restores $name as it was,
- * whatever `fn` did or threw.
- */
-export function with_env(name: string, fn: (set: (value: string | undefined) => void) => void): void {
-  const prev = Deno.env.get(name);
-  const set = (v: string | undefined) => v === undefined ? Deno.env.delete(name) : Deno.env.set(name, v);
-  try {
-    fn(set);
-  } finally {
-    set(prev);
-  }
-}
